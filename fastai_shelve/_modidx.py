@@ -183,6 +183,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.store._Env.__init__': ('store.html#_env.__init__', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store._acquire_env': ('store.html#_acquire_env', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store._db_names': ('store.html#_db_names', 'fastai_shelve/store.py'),
+                                     'fastai_shelve.store._drop_inherited': ('store.html#_drop_inherited', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store._enc': ('store.html#_enc', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store._lock_needed': ('store.html#_lock_needed', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store._release_env': ('store.html#_release_env', 'fastai_shelve/store.py'),

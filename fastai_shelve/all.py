@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #b49fe07d
+# %% ../nbs/99_all.ipynb #2dd3f4d2
 from .codec import *
 from .store import *
 from .build import *

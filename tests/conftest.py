@@ -1,0 +1,33 @@
+"Shared fixtures: real image files and shelves written to a temporary folder."
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+
+def bars_image(labels, h=96, w=80, rng=None):
+    "A gray image with a bright bar in band i for each positive label i: a learnable multi-label task."
+    rng = rng or np.random.default_rng(0)
+    img = rng.integers(0, 60, (h, w), dtype=np.uint8)
+    for j in np.flatnonzero(labels): img[8+28*j:20+28*j, 8:w-8] = 230
+    return img
+
+def write_bars(folder, n, seed=0, ext='.jpg'):
+    "Write `n` bars images as real files; return the DataFrame describing them (from_df shape)."
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        lab = rng.integers(0, 2, 3)
+        Image.fromarray(bars_image(lab, rng=rng)).save(folder/f'id{i:04d}{ext}')
+        rows.append(dict(StudyInstanceUID=f'id{i:04d}', a=lab[0], b=lab[1], c=lab[2], PatientID=f'p{i//3}'))
+    return pd.DataFrame(rows)
+
+@pytest.fixture
+def bars(tmp_path):
+    "(folder, DataFrame) of 48 real JPEGs."
+    return tmp_path, write_bars(tmp_path, 48)
+
+@pytest.fixture
+def bars_shelf(bars):
+    from fastai_shelve.build import build_shelf
+    folder, df = bars
+    build_shelf(df, folder/'bars.shelf', img_path=folder, suffix='.jpg', label_cols=['a', 'b', 'c'], size=64,
+                n_workers=0, progress=False)
+    return folder/'bars.shelf', df

@@ -1,0 +1,121 @@
+"The builder over real image files: bad inputs, resize modes, resume after a kill, parallel == serial."
+import os, sys, time, signal, subprocess, textwrap
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+from fastai_shelve.build import build_shelf, load_image
+from fastai_shelve.store import open_shelf
+from fastai_shelve.codec import ShelfError
+from conftest import write_bars
+
+def test_bad_inputs_reported_exactly(tmp_path):
+    df = write_bars(tmp_path, 12)
+    ids = df.StudyInstanceUID.tolist()
+    p = lambda i: tmp_path/f'{ids[i]}.jpg'
+    p(1).write_bytes(p(1).read_bytes()[:300])          # truncated JPEG
+    p(2).write_bytes(b'')                               # 0-byte file
+    p(3).write_text('this is not an image')             # text named .jpg
+    p(4).unlink()                                       # missing file
+    Image.fromarray(np.zeros((40, 30, 4), np.uint8), 'RGBA').save(p(5), format='PNG')  # PNG with alpha, named .jpg
+    Image.fromarray(np.full((50, 40), 3000, np.uint16)).save(p(6), format='PNG')       # 16-bit
+    Image.fromarray(np.zeros((30, 30), np.uint8)).convert('P').save(p(7), format='PNG') # palette
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(p(8))                              # 1x1
+    Image.fromarray(np.zeros((3, 20000), np.uint8)).save(p(9), format='PNG')            # very wide
+    r = build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=32,
+                    n_workers=2, progress=False)
+    bad = dict(zip(r.bad_df.key, r.bad_df.reason))
+    assert sorted(bad) == sorted(ids[i] for i in (1, 2, 3, 4)), bad
+    assert bad[ids[4]] == 'missing file'
+    with open_shelf(tmp_path/'s.shelf') as s:
+        assert sorted(s.keys()) == sorted(ids[i] for i in range(12) if i not in (1, 2, 3, 4))
+        for i in (5, 6, 7, 8, 9): assert s[ids[i]]['image'].shape == (32, 32) and s[ids[i]]['image'].dtype == np.uint8
+        assert s[ids[6]]['image'].max() == round(3000*255/65535)
+
+def test_strict_stops_but_keeps_what_was_written(tmp_path):
+    df = write_bars(tmp_path, 6)
+    (tmp_path/'id0003.jpg').write_bytes(b'junk')
+    with pytest.raises(ShelfError, match='id0003'):
+        build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', size=16, n_workers=0, strict=True, progress=False)
+    with open_shelf(tmp_path/'s.shelf') as s: assert s.keys() == ['id0000', 'id0001', 'id0002']
+
+@pytest.mark.parametrize('bad_df, match', [
+    (lambda df: pd.concat([df, df.iloc[:2]]), 'more than once'),
+    (lambda df: df.assign(a=df.a.astype(float).where(df.index != 2)), 'empty labels'),
+    (lambda df: df.assign(a=df.a + 1), 'must be 0 or 1'),
+    (lambda df: df.assign(StudyInstanceUID=df.StudyInstanceUID.where(df.index != 1)), 'empty ids'),
+])
+def test_bad_tables_fail_before_writing(tmp_path, bad_df, match):
+    df = write_bars(tmp_path, 5)
+    with pytest.raises(ShelfError, match=match):
+        build_shelf(bad_df(df), tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], progress=False)
+    assert not (tmp_path/'s.shelf').exists()
+
+def test_label_func_widths_checked(tmp_path):
+    df = write_bars(tmp_path, 4)
+    f = lambda r: [1, 0] if r.name != 2 else [1, 0, 1]
+    with pytest.raises(ShelfError, match="'id0002'"): build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_func=f, progress=False)
+
+def test_non_string_ids_and_category_labels(tmp_path):
+    for i in range(4): Image.fromarray(np.full((20, 20), i*40, np.uint8)).save(tmp_path/f'{100+i}.png')
+    df = pd.DataFrame({'id': [100, 101, 102, 103], 'finding': ['cvc', 'ett', 'cvc', 'ngt']})
+    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.png', label_cols='finding', progress=False, n_workers=0)
+    with open_shelf(tmp_path/'s.shelf') as s:
+        assert s.keys() == ['100', '101', '102', '103'] and s.meta['vocab'] == ['cvc', 'ett', 'ngt']
+        assert int(s['103']['labels']) == 2
+
+def test_resize_modes(tmp_path):
+    Image.fromarray(np.zeros((300, 500), np.uint8)).save(tmp_path/'wide.jpg')
+    Image.fromarray(np.zeros((500, 300, 3), np.uint8)).save(tmp_path/'tall.png')
+    files = [tmp_path/'wide.jpg', tmp_path/'tall.png']
+    for kw, shapes in [(dict(size=64), [(64, 64), (64, 64)]), (dict(size=(40, 80)), [(40, 80), (40, 80)]),
+                       (dict(shortest_side=150), [(150, 250), (250, 150)]), (dict(max_side=100), [(60, 100), (100, 60)]),
+                       (dict(), [(300, 500), (500, 300)])]:
+        for f, shape in zip(files, shapes): assert load_image(f, **kw).shape == shape, (kw, f)
+    build_shelf(files, tmp_path/'s.shelf', shortest_side=150, gray=False, progress=False, n_workers=0)
+    with open_shelf(tmp_path/'s.shelf') as s: assert s['tall']['image'].shape == (250, 150, 3)
+
+def test_parallel_equals_serial(tmp_path):
+    df = write_bars(tmp_path, 20)
+    kw = dict(img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=48, progress=False)
+    build_shelf(df, tmp_path/'p.shelf', n_workers=2, **kw); build_shelf(df, tmp_path/'q.shelf', n_workers=0, **kw)
+    with open_shelf(tmp_path/'p.shelf') as p, open_shelf(tmp_path/'q.shelf') as q:
+        assert p.keys() == q.keys()
+        for a,b in zip(p.get_many(p.keys()), q.get_many(q.keys())):
+            np.testing.assert_array_equal(a['image'], b['image']); np.testing.assert_array_equal(a['labels'], b['labels'])
+        assert p.meta['stats']['mean'] == pytest.approx(q.meta['stats']['mean'])
+
+BUILD = textwrap.dedent('''
+    import sys, pandas as pd
+    from fastai_shelve.build import build_shelf
+    df = pd.read_csv(sys.argv[1])
+    build_shelf(df, sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'], size=96,
+                n_workers=int(sys.argv[4]), commit_every=5, progress=False)
+''')
+
+@pytest.mark.parametrize('kill_after', [1, 25])
+def test_resume_after_kill(tmp_path, kill_after):
+    "SIGKILL a build mid-way: the shelf holds only whole records; rerunning finishes with exactly the expected keys."
+    df = write_bars(tmp_path, 120, ext='.png')
+    df.to_csv(tmp_path/'train.csv', index=False)
+    (tmp_path/'build.py').write_text(BUILD)
+    shelf = tmp_path/'s.shelf'
+    proc = subprocess.Popen([sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), '1'])
+    deadline = time.time() + 120
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        if shelf.exists():
+            try:
+                with open_shelf(shelf) as s: n = len(s)
+            except ShelfError: n = 0
+            if n >= kill_after: break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    with open_shelf(shelf) as s:
+        done = s.keys()
+        assert len(done) < 120, 'the build finished before the kill: make the test slower'
+        assert not s.verify()  # every record present decodes and matches its checksum
+    r = build_shelf(df, shelf, img_path=tmp_path, suffix='.png', label_cols=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
+    assert r.existing == len(done) and r.written == 120 - len(done)
+    with open_shelf(shelf) as s:
+        assert s.keys() == sorted(df.StudyInstanceUID)
+        for k in df.StudyInstanceUID[::7]:
+            np.testing.assert_array_equal(s[k]['image'], load_image(tmp_path/f'{k}.png', size=96))

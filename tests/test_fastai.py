@@ -1,0 +1,125 @@
+"fastai integration: batch fetch DataLoader, augmentation by split, training, show_batch, test_dl, predict."
+import os, numpy as np, pytest, torch
+from torch import nn
+import matplotlib; matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+import albumentations as A
+from fastai.vision.all import Learner, BCEWithLogitsLossFlat, TfmdDL, accuracy_multi, Flatten
+from fastai_shelve.store import Shelf, open_shelf
+from fastai_shelve.data import ShelfDataLoaders, shelf_dblock
+from fastai_shelve.fetch import ShelfDL
+from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
+
+def tiny_cnn():
+    # Pools to 4 rows so a bar's vertical band survives: enough for the bars task, fast on a CPU.
+    return nn.Sequential(nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(), nn.AdaptiveMaxPool2d((4, 1)), Flatten(), nn.Linear(32, 3))
+
+def test_learner_trains_loss_falls(bars_shelf):
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0)
+    learn = Learner(dls, tiny_cnn(), loss_func=BCEWithLogitsLossFlat(), metrics=accuracy_multi)
+    before = learn.validate()[0]
+    learn.fit_one_cycle(6, 3e-2)
+    after, acc = learn.validate()
+    assert after < before * 0.7, (before, after)
+    assert acc > 0.8
+
+def _batches(dl): return [tuple(t.clone() for t in b) for b in dl]
+
+def test_batches_equal_per_item_path(bars_shelf):
+    "No augmentation: the batch fetch gives bit-for-bit the batches of fastai's plain per-item TfmdDL."
+    path, _ = bars_shelf
+    shelf = open_shelf(path)
+    dls = shelf_dblock(shelf, seed=1).dataloaders(shelf.keys(), bs=7, num_workers=0, shelf=shelf)
+    assert isinstance(dls.valid, ShelfDL)
+    for dl in (dls.train.new(shuffle=False, drop_last=False), dls.valid):
+        plain = dl.new(cls=TfmdDL)
+        assert type(plain) is TfmdDL
+        a, b = _batches(dl), _batches(plain)
+        assert len(a) == len(b) == len(dl)
+        for x, y in zip(a, b):
+            for u, v in zip(x, y): assert torch.equal(u, v) and type(u) == type(v)
+
+class CountingShelf(Shelf):
+    "A shelf that logs each handle it opens, with the pid that opened it."
+    log = None
+    def _open(self):
+        super()._open()
+        with open(self.log, 'a') as f: f.write(f'{os.getpid()}\n')
+
+def test_each_worker_opens_once_per_epoch(bars_shelf, tmp_path):
+    path, _ = bars_shelf
+    CountingShelf.log = str(tmp_path/'opens.log')
+    shelf = CountingShelf(path)
+    dls = ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=2)
+    (tmp_path/'opens.log').write_text('')
+    n_batches = 0
+    for epoch in range(2):
+        for _ in dls.train: n_batches += 1
+    pids = (tmp_path/'opens.log').read_text().split()
+    assert n_batches >= 16
+    assert str(os.getpid()) not in pids
+    assert len(pids) == 4 and len(set(pids)) == 4, pids  # 2 workers x 2 epochs, one open each
+
+@pytest.mark.parametrize('n_workers', [0, 2])
+def test_len_matches_batches(bars_shelf, n_workers):
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=5, valid_pct=0.25, seed=0, num_workers=n_workers)
+    n_tr = len(dls.train.items)
+    for bs in (1, 3, 5, 12, n_tr, n_tr + 5):
+        for drop_last in (False, True):
+            for shuffle in (False, True):
+                dl = dls.train.new(bs=bs, drop_last=drop_last, shuffle=shuffle)
+                sizes = [len(b[0]) for b in dl]
+                assert len(sizes) == len(dl) == (n_tr // bs if drop_last else -(-n_tr // bs)), (bs, drop_last)
+                assert sum(sizes) == (n_tr // bs * bs if drop_last else n_tr)
+
+def test_shuffle_covers_every_item_once(bars_shelf):
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=5, seed=0, num_workers=2)
+    dl = dls.train.new(drop_last=False)
+    ys = torch.cat([b[1] for b in dl])
+    labels = np.stack([open_shelf(path)[k]['labels'] for k in dls.train.items]).astype(np.float32)
+    assert len(ys) == len(labels)
+    assert sorted(map(tuple, ys.tolist())) == sorted(map(tuple, labels.tolist()))
+
+def test_augmentation_only_on_training_set(bars_shelf):
+    path, _ = bars_shelf
+    shelf = open_shelf(path)
+    inv = AlbumentationsTransform(A.Compose([A.InvertImg(p=1)]))
+    dls = ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=0, normalize=False,
+                                      item_tfms=inv, shuffle=False)
+    raw = lambda keys: torch.from_numpy(np.stack([shelf[k]['image'] for k in keys]))[:, None].float() / 255
+    xt, _ = dls.train.one_batch(); xv, _ = dls.valid.one_batch()
+    assert torch.allclose(xt, 1 - raw(dls.train.items[:4]), atol=1e-6)
+    assert torch.allclose(xv, raw(dls.valid.items[:4]), atol=1e-6)
+    xtest, = dls.test_dl(list(dls.valid.items[:4])).one_batch()
+    assert torch.allclose(xtest, raw(dls.valid.items[:4]), atol=1e-6)
+
+def test_xray_recipe_end_to_end_with_workers(bars_shelf):
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=2,
+                                      item_tfms=AlbumentationsTransform(xray_augs(56), xray_valid_augs(56)))
+    for dl in (dls.train, dls.valid):
+        n = 0
+        for x, y in dl:
+            assert x.shape[1:] == (1, 56, 56) and x.dtype == torch.float32 and y.shape[1] == 3
+            assert x.mean().abs() < 3  # normalised with the shelf's stats
+            n += len(x)
+        assert n == len(dl.items) - (len(dl.items) % 8 if dl.drop_last else 0)
+
+def test_show_batch_predict_get_preds(bars_shelf, tmp_path):
+    path, df = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0)
+    dls.show_batch(max_n=4, figsize=(5, 5))
+    plt.gcf().savefig(tmp_path/'show_batch.png'); plt.close('all')
+    assert (tmp_path/'show_batch.png').stat().st_size > 5000
+    learn = Learner(dls, tiny_cnn(), loss_func=BCEWithLogitsLossFlat())
+    learn.fit(1, 1e-2)
+    preds, targs = learn.get_preds()
+    assert preds.shape == (len(dls.valid.items), 3) and targs.shape == preds.shape
+    k = dls.valid.items[0]
+    dec, _, probs = learn.predict(k)
+    assert probs.shape == (3,) and all(d in ('a', 'b', 'c') for d in dec)
+    _, _, probs_file = learn.predict(path.parent/f'{k}.jpg')  # a new image file, resized as the shelf was built
+    assert torch.allclose(probs, probs_file, atol=0.05)

@@ -1,0 +1,23 @@
+"The notebooks are the source: the modules must be what nbdev exports from them, and their own tests must pass."
+import shutil, subprocess, sys, filecmp
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = sorted((ROOT/'nbs').glob('[0-9]*.ipynb'))
+
+def test_modules_match_notebooks(tmp_path):
+    for p in ('nbs', 'pyproject.toml', 'setup.cfg', 'fastai_shelve'): 
+        (shutil.copytree if (ROOT/p).is_dir() else shutil.copy)(ROOT/p, tmp_path/p)
+    exe = Path(sys.executable).with_name('nbdev-export')
+    subprocess.run([str(exe)], cwd=tmp_path, check=True)
+    cmp = filecmp.dircmp(ROOT/'fastai_shelve', tmp_path/'fastai_shelve', ignore=['__pycache__'])
+    assert not cmp.diff_files and not cmp.right_only, (
+        f"modules differ from the notebooks ({cmp.diff_files + cmp.right_only}): edit nbs/ and run nbdev-export")
+
+@pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
+def test_notebook(nb, monkeypatch):
+    from nbdev.test import test_nb
+    monkeypatch.chdir(ROOT)
+    ok, _ = test_nb(nb, skip_flags=['slow'])
+    assert ok, f"{nb.name} failed: see the traceback above"

@@ -1,0 +1,160 @@
+"The shelf store: round trips, batch reads, per-process handles, stdlib shelve files, bad stores."
+import os, shelve, json, pickle, multiprocessing as mp
+import numpy as np, pytest, lmdb
+from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis.extra import numpy as hnp
+from fastai_shelve.codec import encode_record, decode_record, RecordError, FormatVersionError, ShelfError
+from fastai_shelve.store import open_shelf, Shelf, StdShelf, PickleRefusedError, ShelfClosedError
+
+DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_, np.complex64]
+
+def test_round_trip_dtypes_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    recs = {f'k{i}': {'a': (rng.random((3, i+1, 2)) * 100).astype(dt), 'scalar': dt(1), 'name': f'n{i}', 'n': i, 'f': 0.5}
+            for i,dt in enumerate(DTYPES)}
+    recs['empty'] = {'a': np.zeros((0, 5), np.float32)}
+    with open_shelf(tmp_path/'s.shelf', 'c') as s: s.put_many(recs)
+    with open_shelf(tmp_path/'s.shelf') as s:
+        for k,r in recs.items():
+            got = s[k]
+            assert set(got) == set(r)
+            for f,v in r.items():
+                if isinstance(v, (np.ndarray, np.generic)):
+                    assert got[f].dtype == np.asarray(v).dtype and got[f].shape == np.shape(v)
+                    np.testing.assert_array_equal(got[f], v)
+                else: assert got[f] == v
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(st.sampled_from(['u1', 'i2', '<f4', '>i4', 'f8', '?']), hnp.array_shapes(min_dims=0, max_dims=4, max_side=6)),
+       st.dictionaries(st.text(max_size=5), st.one_of(st.integers(-2**40, 2**40), st.text(max_size=8), st.booleans(), st.none()), max_size=3))
+def test_codec_round_trip_fuzz(a, vals):
+    rec = {'arr': a, **{f'v_{k}': v for k,v in vals.items()}}
+    out = decode_record(encode_record(rec), check=True)
+    np.testing.assert_array_equal(out['arr'], a); assert out['arr'].dtype == a.dtype
+    assert {k:v for k,v in out.items() if k != 'arr'} == {k:v for k,v in rec.items() if k != 'arr'}
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400))
+def test_codec_arbitrary_bytes_never_crash(b):
+    try: decode_record(b)
+    except ShelfError: pass
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10**6), st.integers(0, 255))
+def test_codec_any_single_byte_change_is_caught_or_harmless(pos, val):
+    b = bytearray(encode_record({'image': np.arange(100, dtype=np.uint8).reshape(10, 10), 'labels': np.ones(3, np.int8)}))
+    b[pos % len(b)] = val
+    try: decode_record(bytes(b), check=True)
+    except ShelfError: pass  # a clear error; else the change hit padding or kept the value
+
+def test_get_many_order_and_missing(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s.put_many({f'k{i}': {'x': np.array([i])} for i in range(20)})
+        keys = ['k7', 'k3', 'k19', 'k3']
+        assert [int(r['x'][0]) for r in s.get_many(keys)] == [7, 3, 19, 3]
+        with pytest.raises(KeyError, match="'nope' not in"): s.get_many(['k1', 'nope'])
+        with pytest.raises(KeyError, match='nope'): s['nope']
+        assert 'k1' in s and 'nope' not in s and 5 not in s
+        b = s.get_batch(['k2', 'k5'])
+        assert b['x'].shape == (2, 1) and b['x'][:, 0].tolist() == [2, 5]
+
+def test_get_many_copies_out_of_the_transaction(tmp_path):
+    "Arrays from get_many stay valid after the read transaction ends and more writes happen."
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s['a'] = {'x': np.full(10000, 7, np.uint8)}
+        got = s.get_many(['a'])[0]['x']
+        for i in range(50): s[f'b{i}'] = {'x': np.zeros(10000, np.uint8)}
+        s['a'] = {'x': np.zeros(10000, np.uint8)}
+        assert (got == 7).all()
+
+def _seed_shelve(path, n=6):
+    "A stdlib shelve laid out exactly as the seed notebook wrote training_data.db."
+    rng = np.random.default_rng(1)
+    recs = {f'1.2.826.0.1.{i}': {'image': rng.integers(0, 255, (32, 32), dtype=np.uint8),
+                                 'labels': rng.integers(0, 2, (1, 11)).astype(np.int8)} for i in range(n)}
+    with shelve.open(str(path)) as db:
+        for k,v in recs.items(): db[k] = v
+    return recs
+
+def test_seed_shelve_refused_then_read(tmp_path):
+    recs = _seed_shelve(tmp_path/'training_data.db')
+    with pytest.raises(PickleRefusedError, match='runs their code'): open_shelf(tmp_path/'training_data.db')
+    with open_shelf(tmp_path/'training_data.db', allow_pickle=True) as s:
+        assert isinstance(s, StdShelf) and len(s) == len(recs) and sorted(s.keys()) == sorted(recs)
+        for k,r in zip(list(recs), s.get_many(list(recs))):
+            np.testing.assert_array_equal(r['image'], recs[k]['image']); assert r['labels'].shape == (1, 11)
+
+class Boom:
+    "A pickle that writes a marker file when loaded: what a malicious shelf would do."
+    def __init__(self, marker): self.marker = marker
+    def __reduce__(self): return (open, (self.marker, 'w'))
+
+def test_untrusted_pickle_never_runs(tmp_path):
+    marker = tmp_path/'pwned'
+    with shelve.open(str(tmp_path/'evil.db')) as db: db['x'] = Boom(str(marker))
+    with pytest.raises(PickleRefusedError): open_shelf(tmp_path/'evil.db')
+    s = StdShelf(tmp_path/'evil.db')  # even the class itself refuses to unpickle
+    with pytest.raises(PickleRefusedError): s['x']
+    assert len(s) == 1 and 'x' in s
+    s.close()
+    assert not marker.exists()
+
+def _read_in_child(s, key, q):
+    q.put((os.getpid(), int(s[key]['x'][0]), s._pid == os.getpid()))
+
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_reads_in_worker_processes(tmp_path, method):
+    with open_shelf(tmp_path/'s.shelf', 'c') as w: w.put_many({f'k{i}': {'x': np.array([i])} for i in range(5)})
+    s = open_shelf(tmp_path/'s.shelf')
+    assert s['k1']['x'][0] == 1  # the parent's handle is open and used before the child starts
+    ctx = mp.get_context(method)
+    q = ctx.Queue()
+    p = ctx.Process(target=_read_in_child, args=(s, 'k3', q)); p.start(); p.join(30)
+    pid, val, own = q.get(timeout=5)
+    assert p.exitcode == 0 and pid != os.getpid() and val == 3 and own  # the child opened its own handle
+    assert s['k4']['x'][0] == 4 and s._pid == os.getpid()
+    s.close()
+
+def test_read_only_promise(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as w: w.put_many({f'k{i}': {'x': np.arange(100)} for i in range(30)})
+    before = ((tmp_path/'s.shelf').read_bytes(), os.stat(tmp_path/'s.shelf').st_mtime_ns)
+    from fastai_shelve.cli import shelf_info
+    with open_shelf(tmp_path/'s.shelf') as s:
+        s.get_many(s.keys()); len(s); s.verify(); s.meta; shelf_info(tmp_path/'s.shelf')
+        with pytest.raises(ShelfError, match='read-only'): s['new'] = {'x': np.arange(3)}
+        with pytest.raises(ShelfError, match='read-only'): del s['k1']
+    assert ((tmp_path/'s.shelf').read_bytes(), os.stat(tmp_path/'s.shelf').st_mtime_ns) == before
+    with pytest.raises(ShelfClosedError): s['k1']
+
+def test_newer_format_version_refused(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s['a'] = {'x': np.arange(3)}; s.update_meta(format_version=99, package_version='9.0')
+    with pytest.raises(FormatVersionError, match='format 99'): open_shelf(tmp_path/'s.shelf')
+
+def test_bad_stores_give_clear_errors(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s: s.put_many({f'k{i}': {'x': np.arange(5000)} for i in range(40)})
+    data = (tmp_path/'s.shelf').read_bytes()
+    (tmp_path/'cut.shelf').write_bytes(data[:len(data)//2])
+    with pytest.raises(ShelfError, match='truncated'): open_shelf(tmp_path/'cut.shelf')
+    (tmp_path/'rand.shelf').write_bytes(os.urandom(20000))
+    with pytest.raises(ShelfError, match='is not a shelf'): open_shelf(tmp_path/'rand.shelf')
+    (tmp_path/'empty.shelf').write_bytes(b'')
+    with pytest.raises(ShelfError, match='is not a shelf'): open_shelf(tmp_path/'empty.shelf')
+    env = lmdb.open(str(tmp_path/'plain.lmdb'), subdir=False); env.close()
+    with pytest.raises(ShelfError, match='not a fastai_shelve shelf'): open_shelf(tmp_path/'plain.lmdb')
+    with pytest.raises(ShelfError, match='is a directory'): open_shelf(tmp_path)
+
+def test_lying_record_header(tmp_path):
+    "A record whose header claims a bigger array than its bytes hold: a clear error naming the key."
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s['ok'] = {'x': np.arange(10, dtype=np.uint8)}
+        good = encode_record({'x': np.arange(10, dtype=np.uint8)})
+        liar = good.replace(b'[10]', b'[99]')
+        s._write([(b'liar', liar)])
+        with pytest.raises(RecordError, match=r"key 'liar'.*claims"): s['liar']
+        assert s.verify()[0][0] == 'liar' and len(s.verify()) == 1
+
+def test_map_grows(tmp_path):
+    with Shelf(tmp_path/'s.shelf', 'c', map_size=1<<20) as s:
+        s.put_many({f'k{i}': {'x': np.zeros(200_000, np.uint8)} for i in range(20)})  # 4 MB into a 1 MB map
+        assert len(s) == 20
