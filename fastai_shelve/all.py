@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #2dd3f4d2
+# %% ../nbs/99_all.ipynb #6357fbcf
 from .codec import *
 from .store import *
 from .build import *
