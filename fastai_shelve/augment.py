@@ -26,7 +26,7 @@ def _like(a:np.ndarray, t):
 
 class AlbumentationsTransform(ItemTransform):
     "Apply `train_aug` to the training set's items and `valid_aug` (if any) to the others: image, and mask if present."
-    split_idx, order = None, 2
+    split_idx, order = None, 6  # after fastai's ToTensor (5), so file-based PIL pipelines hand it tensors too
     def __init__(self, train_aug, valid_aug=None): store_attr(); super().__init__()
     def __call__(self, b, split_idx=None, **kwargs):
         self.aug = self.train_aug if split_idx == 0 else self.valid_aug

@@ -60,12 +60,12 @@ def encode_record(rec:dict) -> bytes:
     _prefix.pack_into(out, 0, MAGIC, FORMAT_VERSION, start-_prefix.size, crc)
     return bytes(out)
 
-# %% ../nbs/00_codec.ipynb #fa2b217a
+# %% ../nbs/00_codec.ipynb #66025698
 class Layout:
     "The parsed header of a record: its arrays (name, dtype, shape, offset, nbytes) and its JSON values."
-    def __init__(self, arrays, values, start): self.arrays,self.values,self.start = arrays,values,start
-    @property
-    def nbytes(self): return max((o+n for _,_,_,o,n in self.arrays), default=0)
+    def __init__(self, arrays, values, start):
+        self.arrays,self.values,self.start = arrays,values,start
+        self.nbytes = max((o+n for _,_,_,o,n in arrays), default=0)  # data bytes the record must hold
     def new_values(self):
         "A fresh copy of the JSON values, so callers may mutate them."
         return copy.deepcopy(self.values) if self._mutable else dict(self.values)

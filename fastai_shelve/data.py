@@ -10,10 +10,12 @@ from fastcore.foundation import L
 from fastai.torch_core import TensorImage, TensorImageBW, TensorMask
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
+from fastai.data.transforms import EncodedMultiCategorize, Categorize
+from fastai.torch_core import TensorMultiCategory, TensorCategory
 from fastai.data.core import DataLoaders
 from .store import ShelfBase, open_shelf
 from .build import load_image
-from .fetch import ShelfDL
+from .fetch import ShelfDL, BATCH_TFMS
 from .augment import XRAY_STATS
 
 # %% auto #0
@@ -30,10 +32,15 @@ class ArrayToImage(Transform):
     def encodes(self, o:np.ndarray):
         t = torch.from_numpy(o)
         return TensorImageGray(t[None]) if t.ndim == 2 else TensorImage(t.permute(2, 0, 1))
+    def encodes_batch(self, o:np.ndarray):
+        "A stacked (N,H,W) or (N,H,W,C) batch → (N,C,H,W), as the per-item path and collation would give."
+        t = torch.from_numpy(o)
+        return TensorImageGray(t[:, None]) if t.ndim == 3 else TensorImage(t.permute(0, 3, 1, 2).contiguous())
 
 class ArrayToMask(Transform):
     "An integer (H,W) array → `TensorMask`."
     def encodes(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
+    def encodes_batch(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
 
 def ShelfImageBlock():
     "A `TransformBlock` for record images: arrays to tensor images, uint8 until `IntToFloatTensor`."
@@ -43,11 +50,13 @@ def ShelfMaskBlock(codes=None):
     "A `TransformBlock` for segmentation masks stored in records."
     return TransformBlock(type_tfms=ArrayToMask(), item_tfms=None, batch_tfms=IntToFloatTensor)
 
-# %% ../nbs/05_data.ipynb #5acee83e
-class ShelfGetter:
+# %% ../nbs/05_data.ipynb #96ff2d89
+class ShelfGetter(Transform):
     "Read `field` of the record of a shelf key; with `new_items`, image files and arrays too."
-    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False): store_attr()
-    def __call__(self, o):
+    # A `Transform`, not a plain callable: fastai wraps callables, and `ShelfDL` needs to see this object.
+    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False): super().__init__(); store_attr()
+    def encodes(self, o): return self.post(self.read(o))
+    def read(self, o):
         if isinstance(o, str):
             try: return self.shelf[o][self.field]
             except KeyError:
@@ -55,15 +64,24 @@ class ShelfGetter:
         if not self.new_items: raise TypeError(f"expected a shelf key, got {type(o).__name__}")
         if isinstance(o, np.ndarray): return o
         return load_image(o, **self.shelf.meta.get('build', {}))
+    def post(self, x): return x
+    def encodes_batch(self, o): return o  # `get_batch` already stacked the field
 
 class MultiLabels(ShelfGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
-    def __call__(self, o): return np.asarray(super().__call__(o)).reshape(-1)
+    def post(self, x): return np.asarray(x).reshape(-1)
+    def encodes_batch(self, o): return o.reshape(len(o), -1)
 
 class CategoryLabel(ShelfGetter):
     "A record's category index, as its name from the shelf's vocab."
-    def __init__(self, shelf, vocab, field='labels'): super().__init__(shelf, field); self.vocab = vocab
-    def __call__(self, o): return self.vocab[int(super().__call__(o))]
+    # `names`, not `vocab`: fastai gathers every `vocab` in a pipeline, and `Categorize` owns that one.
+    def __init__(self, shelf, names, field='labels'): super().__init__(shelf, field); self.names = list(names)
+    def post(self, x): return self.names[int(x)]
+    def encodes_batch(self, o): return np.array(self.names, dtype=object)[o.astype(np.int64)]
+
+# The batch versions of fastai's label transforms, for `ShelfDL`'s whole-batch path.
+BATCH_TFMS[EncodedMultiCategorize] = lambda tfm, o: TensorMultiCategory(torch.from_numpy(o).float())
+BATCH_TFMS[Categorize] = lambda tfm, o: TensorCategory(torch.tensor([tfm.vocab.o2i[v] for v in o]))
 
 # %% ../nbs/05_data.ipynb #c71896b1
 def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):

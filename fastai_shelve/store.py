@@ -83,6 +83,14 @@ class ShelfBase(MutableMapping):
         try: yield self._batch
         finally: self._batch = None
 
+    def get_batch(self, keys, fields=None) -> dict:
+        "Records of `keys` stacked field by field (arrays stacked, other values as lists)."
+        recs = self.get_many(keys)
+        if not recs: return {}
+        names = [n for n in recs[0] if fields is None or n in fields]
+        try: return {n: np.stack([r[n] for r in recs]) if isinstance(recs[0][n], np.ndarray) else [r[n] for r in recs] for n in names}
+        except (ValueError, KeyError) as e: raise ShelfError(f"{self.path}: records of {keys[:3]}... differ: {e}: use get_many") from None
+
     def __iter__(self): return iter(self.keys())
     def __enter__(self): return self
     def __exit__(self, *args): self.close()
@@ -155,6 +163,11 @@ def _enc(shelf, key) -> bytes:
     return b
 
 @patch
+def _layout(self:Shelf, key, buf):
+    try: return record_layout(buf)
+    except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
+
+@patch
 def _decode(self:Shelf, key, buf, copy=True, check=False):
     try: return decode_record(buf, copy=copy, check=check)
     except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
@@ -178,24 +191,27 @@ def get_many(self:Shelf, keys, default=_raise) -> list:
 def get_batch(self:Shelf, keys, fields=None) -> dict:
     "Stack the arrays of `keys`' records into preallocated batch arrays, one copy per record; JSON values as lists."
     keys = list(keys)
-    out = {}
+    if not keys: return {}
     with self.env.begin(db=self._recs, buffers=True) as txn:
         for i,k in enumerate(keys):
             buf = txn.get(_enc(self, k))
             if buf is None: raise self._key_error(k)
-            try: lay = record_layout(buf)
-            except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
-            if i == 0:
-                first = lay
-                for name,dt,shape,_,_ in lay.arrays:
-                    if fields is None or name in fields: out[name] = np.empty((len(keys),)+shape, dt)
-                vals = {n:[] for n in lay.values if fields is None or n in fields}
-            elif lay is not first and [a[:3] for a in lay.arrays] != [a[:3] for a in first.arrays]:
-                raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than {keys[0]!r}: use get_many")
-            for name,dt,shape,off,nb in lay.arrays:
-                if name in out: out[name][i] = np.frombuffer(buf, dt, nb // dt.itemsize, lay.start+off).reshape(shape)
-            for n in vals: vals[n].append(lay.values[n])
-    return {**out, **vals} if keys else {}
+            # Records of one shelf share their header byte for byte: compare it, don't parse it.
+            if i and buf[:8] == head and buf[12:first.start] == hdr and len(buf) >= end: lay = first
+            else:
+                lay = self._layout(k, buf)
+                if i == 0:
+                    first, head, hdr, end = lay, bytes(buf[:8]), bytes(buf[12:lay.start]), lay.start + lay.nbytes
+                    out = {n: np.empty((len(keys),)+shape, dt) for n,dt,shape,_,_ in lay.arrays if fields is None or n in fields}
+                    vals = {n: [] for n in lay.values if fields is None or n in fields}
+                elif [a[:3] for a in lay.arrays] != [a[:3] for a in first.arrays]:
+                    raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than {keys[0]!r}: use get_many")
+            for n,dt,shape,off,nb in lay.arrays:
+                if n in out: out[n][i] = np.frombuffer(buf, dt, nb // dt.itemsize, lay.start+off).reshape(shape)
+            if vals:
+                v = lay.new_values()
+                for n in vals: vals[n].append(v[n])
+    return {**out, **vals}
 
 @patch
 def __contains__(self:Shelf, key):

@@ -33,12 +33,32 @@ def test_batches_equal_per_item_path(bars_shelf):
     dls = shelf_dblock(shelf, seed=1).dataloaders(shelf.keys(), bs=7, num_workers=0, shelf=shelf)
     assert isinstance(dls.valid, ShelfDL)
     for dl in (dls.train.new(shuffle=False, drop_last=False), dls.valid):
+        assert dl.batch_plans() is not None  # the whole-batch path is the one under test
         plain = dl.new(cls=TfmdDL)
         assert type(plain) is TfmdDL
         a, b = _batches(dl), _batches(plain)
         assert len(a) == len(b) == len(dl)
         for x, y in zip(a, b):
             for u, v in zip(x, y): assert torch.equal(u, v) and type(u) == type(v)
+
+def test_whole_batch_equals_items_for_rgb_and_categories(tmp_path):
+    "Colour images and single-label categories: whole-batch, item-by-item and plain fastai give the same batches."
+    import pandas as pd
+    from PIL import Image
+    from fastai_shelve.build import build_shelf
+    rng = np.random.default_rng(3)
+    for i in range(13): Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path/f'{i}.png')
+    df = pd.DataFrame({'id': range(13), 'finding': rng.choice(['cvc', 'ett', 'ngt'], 13)})
+    build_shelf(df, tmp_path/'c.shelf', img_path=tmp_path, suffix='.png', label_cols='finding', gray=False, progress=False, n_workers=0)
+    dls = ShelfDataLoaders.from_shelf(tmp_path/'c.shelf', bs=4, seed=0, num_workers=0, shuffle=False)
+    dl = dls.train.new(drop_last=False)
+    assert dl.batch_plans() is not None
+    with_items = dl.new(after_item=lambda o: o)  # any other item transform forces the per-item path
+    assert with_items.batch_plans() is None
+    for other in (with_items, dl.new(cls=TfmdDL)):
+        for (x, y), (u, v) in zip(dl, other):
+            assert x.shape[1] == 3 and torch.equal(x, u) and torch.equal(y, v) and type(x) == type(u) and type(y) == type(v)
+    assert list(dls.vocab) == ['cvc', 'ett', 'ngt'], dls.vocab
 
 class CountingShelf(Shelf):
     "A shelf that logs each handle it opens, with the pid that opened it."
