@@ -71,6 +71,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.build._to_mode': ('build.html#_to_mode', 'fastai_shelve/build.py'),
                                      'fastai_shelve.build.build_shelf': ('build.html#build_shelf', 'fastai_shelve/build.py'),
                                      'fastai_shelve.build.load_image': ('build.html#load_image', 'fastai_shelve/build.py'),
+                                     'fastai_shelve.build.pixel_hist': ('build.html#pixel_hist', 'fastai_shelve/build.py'),
                                      'fastai_shelve.build.stream_map': ('build.html#stream_map', 'fastai_shelve/build.py'),
                                      'fastai_shelve.build.target_size': ('build.html#target_size', 'fastai_shelve/build.py')},
             'fastai_shelve.cli': { 'fastai_shelve.cli._fields': ('cli.html#_fields', 'fastai_shelve/cli.py'),

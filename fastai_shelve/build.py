@@ -5,15 +5,15 @@ from __future__ import annotations
 import os, time, itertools, multiprocessing as mp
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
-import numpy as np, pandas as pd
+import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastprogress.fastprogress import progress_bar
-from .codec import ShelfError
+from .codec import ShelfError, encode_record
 from .store import open_shelf, Shelf
 
 # %% auto #0
-__all__ = ['target_size', 'load_image', 'stream_map', 'BuildReport', 'build_shelf']
+__all__ = ['target_size', 'load_image', 'pixel_hist', 'stream_map', 'BuildReport', 'build_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -41,9 +41,11 @@ def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bo
         out = target_size(*im.size, size=size, shortest_side=shortest_side, max_side=max_side)
         if im.format == 'JPEG': im.draft('L' if gray else 'RGB', out)
         im.load()
-        im = _to_mode(im, gray)
-        if im.size != out: im = im.resize(out, Image.BILINEAR, reducing_gap=3.0)
-        return np.array(im)  # writable, so torch can wrap it without a warning
+        a = np.asarray(_to_mode(im, gray))
+    if a.shape[1::-1] == out: return a.copy()  # writable, so torch can wrap it without a warning
+    # Area averaging where shrinking by 2x or more; below that (draft already did the big step) linear aliases no more.
+    shrink = min(a.shape[1] / out[0], a.shape[0] / out[1])
+    return cv2.resize(a, out, interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
 
 # %% ../nbs/02_build.ipynb #1533c8eb
 def _read_source(source, fn_col) -> tuple:
@@ -95,13 +97,20 @@ def _multi(a, keys, names) -> tuple:
         raise ShelfError(f"multi-label values must be 0 or 1: id {keys[r]!r} has {a[r,c]!r} in {names[c]!r}")
     return list(a.astype(np.int8)), dict(label_kind='multi', label_names=[str(o) for o in names])
 
-# %% ../nbs/02_build.ipynb #7c37e996
+# %% ../nbs/02_build.ipynb #875b3d0c
+def pixel_hist(img:np.ndarray) -> np.ndarray:
+    "Counts of each uint8 value, one row per channel: exact, cheap, and summable across a build and its resumptions."
+    chans = [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])] if img.ndim == 3 else [img]
+    return np.stack([cv2.calcHist([c], [0], None, [256], [0, 256]).reshape(-1) for c in chans]).astype(np.int64)
+
 def _decode_task(task):
-    "Worker: (key, image or None, reason or None)."
-    key, fn, opts = task
-    try: return key, load_image(fn, **opts), None
-    except FileNotFoundError: return key, None, 'missing file'
-    except Exception as e: return key, None, f'{type(e).__name__}: {e}'
+    "Worker: (key, encoded record, pixel histogram, None) or (key, None, None, reason)."
+    key, fn, lab, opts = task
+    try: img = load_image(fn, **opts)
+    except FileNotFoundError: return key, None, None, 'missing file'
+    except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
+    # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
+    return key, encode_record({'image': img} if lab is None else {'image': img, 'labels': lab}), pixel_hist(img), None
 
 def _mp_context():
     # fork: workers need no importable __main__, so a script without a main guard (a Kaggle cell) works.
@@ -143,20 +152,20 @@ def _check_same_build(shelf, params):
         raise ShelfError(f"{shelf.path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
 
 class _Stats:
-    "Running pixel sums, for the mean and std a `Normalize` needs."
-    def __init__(self, d=None): d = d or {}; self.n,self.s,self.ss = d.get('n', 0),d.get('sum', 0.),d.get('sumsq', 0.)
-    def add(self, img):
-        a = img.reshape(-1, img.shape[-1] if img.ndim == 3 else 1).astype(np.float64) / 255
-        self.n += len(a); self.s = self.s + a.sum(0); self.ss = self.ss + (a*a).sum(0)
+    "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
+    def __init__(self, d=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
+    def add(self, hist): self.h = hist if self.h is None else self.h + hist
     def as_meta(self):
-        if not self.n: return {}
-        m = np.atleast_1d(self.s/self.n); sd = np.sqrt(np.maximum(np.atleast_1d(self.ss/self.n) - m*m, 0))
-        return dict(n=self.n, sum=np.atleast_1d(self.s).tolist(), sumsq=np.atleast_1d(self.ss).tolist(), mean=m.tolist(), std=sd.tolist())
+        if self.h is None: return {}
+        v, n = np.arange(256) / 255, self.h.sum(1)
+        m = (self.h * v).sum(1) / n
+        sd = np.sqrt(np.maximum((self.h * v * v).sum(1) / n - m * m, 0))
+        return dict(hist=self.h.tolist(), mean=m.tolist(), std=sd.tolist())
 
-# %% ../nbs/02_build.ipynb #c05af62a
+#| export
 def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=None, label_func=None,
                 size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, n_workers:int=None,
-                commit_every:int=256, strict:bool=False, progress:bool=True) -> BuildReport:
+                commit_every:int=128, strict:bool=False, progress:bool=True) -> BuildReport:
     "Decode and resize the images of `source` (DataFrame, CSV or list of files) into the shelf at `path`."
     t0 = time.time()
     df, keys, col = _read_source(source, fn_col)
@@ -172,7 +181,7 @@ def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=
         if extra: shelf.set_table(df[extra].set_axis(keys))
         todo = set(shelf.missing(keys))
         by_key = {k:(f, l) for k,f,l in zip(keys, files, labels) if k in todo}
-        tasks = [(k, by_key[k][0], params) for k in keys if k in todo]
+        tasks = [(k, *by_key[k], params) for k in keys if k in todo]
         stats = _Stats(shelf.meta.get('stats'))
         bad, pending, nbytes, written = [], [], 0, 0
         def commit():
@@ -184,15 +193,14 @@ def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=
         results = stream_map(_decode_task, tasks, n_workers)
         pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else results
         try:
-            for key, img, reason in pb:
-                fn, lab = by_key[key]
-                if img is None:
+            for key, data, hist, reason in pb:
+                if data is None:
+                    fn = by_key[key][0]
                     bad.append((key, fn, reason))
                     if strict: raise ShelfError(f"{fn} (id {key!r}): {reason}")
                     continue
-                rec = {'image': img} if lab is None else {'image': img, 'labels': lab}
-                pending.append((key, rec)); nbytes += img.nbytes; stats.add(img)
-                if len(pending) >= commit_every or nbytes >= 64<<20: commit()
+                pending.append((key, data)); nbytes += len(data); stats.add(hist)
+                if len(pending) >= commit_every or nbytes >= 32<<20: commit()
                 if pb is not results: pb.comment = f'{(written+len(pending))/(time.time()-t0):.1f} img/s'
         finally: commit()  # an error or interrupt never loses what was decoded
         shelf.update_meta(n_records=len(shelf))

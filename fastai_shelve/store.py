@@ -251,12 +251,15 @@ def _write(self:Shelf, ops, db=None):
 
 @patch
 def put_many(self:Shelf, items):
-    "Write records from a dict or (key, record) pairs in one transaction: all or nothing."
+    "Write records (dicts, or bytes from `encode_record`) from a dict or (key, record) pairs in one transaction."
     items = items.items() if isinstance(items, dict) else items
     ops = []
     for k,r in items:
-        try: ops.append((_enc(self, k), encode_record(r)))
-        except RecordError as e: raise RecordError(f"key {k!r}: {e}") from None
+        if isinstance(r, bytes): self._layout(k, r)  # already encoded (by a build worker): check it is a record
+        else:
+            try: r = encode_record(r)
+            except RecordError as e: raise RecordError(f"key {k!r}: {e}") from None
+        ops.append((_enc(self, k), r))
     self._write(ops)
 
 @patch

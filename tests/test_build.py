@@ -82,6 +82,8 @@ def test_parallel_equals_serial(tmp_path):
         for a,b in zip(p.get_many(p.keys()), q.get_many(q.keys())):
             np.testing.assert_array_equal(a['image'], b['image']); np.testing.assert_array_equal(a['labels'], b['labels'])
         assert p.meta['stats']['mean'] == pytest.approx(q.meta['stats']['mean'])
+        imgs = np.stack([r['image'] for r in p.get_many(p.keys())]) / 255
+        assert p.meta['stats']['mean'][0] == pytest.approx(imgs.mean()) and p.meta['stats']['std'][0] == pytest.approx(imgs.std())
 
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
