@@ -121,3 +121,11 @@ def test_resume_after_kill(tmp_path, kill_after):
         assert s.keys() == sorted(df.StudyInstanceUID)
         for k in df.StudyInstanceUID[::7]:
             np.testing.assert_array_equal(s[k]['image'], load_image(tmp_path/f'{k}.png', size=96))
+
+def test_resume_with_tuple_size(tmp_path):
+    "A (h, w) size comes back from the metadata as a list; resuming with the same tuple must not look like new settings."
+    df = write_bars(tmp_path, 4)
+    kw = dict(img_path=tmp_path, suffix='.jpg', size=(40, 80), n_workers=0, progress=False)
+    build_shelf(df.iloc[:2], tmp_path/'s.shelf', **kw)
+    r = build_shelf(df, tmp_path/'s.shelf', **kw)
+    assert (r.existing, r.written) == (2, 2)

@@ -1,0 +1,23 @@
+"`fastai-shelve bench --quick` runs every section and writes a well-formed report (its speed is the benchmark's business, not the tests')."
+import json, subprocess, sys
+from pathlib import Path
+
+def test_bench_quick_output_is_well_formed(tmp_path):
+    exe = Path(sys.executable).with_name('fastai-shelve')
+    r = subprocess.run([str(exe), 'bench', '--quick', '--out', str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path/'bench.json').read_text())
+    assert {'cores', 'ram_gib', 'python', 'torch', 'fastai', 'lmdb', 'dbm_backend', 'mode'} <= set(res['facts'])
+    assert res['facts']['mode'] == 'quick'
+    sections = {r['section'] for r in res['rows']}
+    assert sections == {'1 fetch', '2 scale', '3 loaders', '4 build', '5 size', '6 augment'}
+    fetch = {r['name']: r for r in res['rows'] if r['section'] == '1 fetch' and r['cache'] == 'warm'}
+    assert fetch['memmap fancy index (ceiling)']['ratio_to_memmap'] == 1
+    assert all(r['s_per_batch'] > 0 and r['img_s'] > 0 for r in fetch.values())
+    loaders = [r for r in res['rows'] if r['section'] == '3 loaders']
+    assert {(r['aug'], r['workers']) for r in loaders} == {(a, w) for a in (False, True) for w in (0, 2)}
+    assert all(r['images'] > 0 and r['img_s'] > 0 for r in loaders)
+    assert len(res['targets']) >= 7 and all(isinstance(t['met'], bool) and t['measured'] for t in res['targets'])
+    table = (tmp_path/'bench.txt').read_text()
+    assert '== targets' in table and table.count('MET') + table.count('MISS') == len(res['targets'])
+    assert (tmp_path/'bench.png').read_bytes()[:4] == b'\x89PNG'

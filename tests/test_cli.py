@@ -1,0 +1,49 @@
+"The installed `fastai-shelve` command: real processes, real files, clear errors and exit codes."
+import subprocess, sys, shelve
+from pathlib import Path
+import numpy as np, pytest
+from conftest import write_bars
+
+EXE = str(Path(sys.executable).with_name('fastai-shelve'))
+def run(*args): return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+def test_build_info_verify(tmp_path):
+    df = write_bars(tmp_path, 10)
+    (tmp_path/'id0004.jpg').write_bytes(b'broken')
+    df.to_csv(tmp_path/'train.csv', index=False)
+    r = run('build', tmp_path/'train.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 32, '--workers', 2, '--quiet')
+    assert r.returncode == 0, r.stderr
+    assert '9 written' in r.stdout and "bad:" in r.stdout and 'id0004' in r.stdout
+    r = run('info', tmp_path/'t.shelf')
+    assert r.returncode == 0 and 'records: 9' in r.stdout and 'uint8[32, 32]' in r.stdout and '"a", "b", "c"' in r.stdout
+    r = run('verify', tmp_path/'t.shelf')
+    assert r.returncode == 0 and '9 of 9 records ok' in r.stdout
+
+def test_verify_fails_on_a_changed_byte(tmp_path):
+    from fastai_shelve.store import open_shelf
+    with open_shelf(tmp_path/'s.shelf', 'c') as s: s.put_many({f'k{i}': {'x': np.full(5000, i, np.uint8)} for i in range(5)})
+    data = bytearray((tmp_path/'s.shelf').read_bytes())
+    i = data.find(bytes([3]) * 5000)
+    assert i > 0
+    data[i + 100] = 7
+    (tmp_path/'s.shelf').write_bytes(bytes(data))
+    r = run('verify', tmp_path/'s.shelf')
+    assert r.returncode == 1 and "bad record 'k3'" in r.stdout and 'checksum' in r.stdout
+
+@pytest.mark.parametrize('args, msg', [
+    (('info', 'nope.shelf'), 'no shelf at'),
+    (('verify', '.'), 'is a directory'),
+    (('build', 'missing.csv', 'x.shelf'), 'no CSV at'),
+    (('frobnicate',), 'usage: fastai-shelve'),
+])
+def test_errors_are_clear(tmp_path, args, msg):
+    r = subprocess.run([EXE, *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and msg in r.stderr and 'Traceback' not in r.stderr
+
+def test_untrusted_shelve_info_and_verify(tmp_path):
+    with shelve.open(str(tmp_path/'old.db')) as db: db['a'] = {'image': np.zeros((4, 4), np.uint8)}
+    r = run('info', tmp_path/'old.db')
+    assert r.returncode == 0 and 'holds_pickles: True' in r.stdout
+    r = run('verify', tmp_path/'old.db')
+    assert r.returncode == 2 and 'holds pickles' in r.stderr
