@@ -104,9 +104,9 @@ def convert(src:str, # a stdlib shelve file, e.g. the seed's training_data.db
     print(f"{dst}: {n} records converted from {src}")
 
 def demo(out:str='demo_out', # folder for the demo data and shelf
-         n:int=200, # demo images to generate
+         n:int=400, # demo images to generate
          size:int=128, # shelf image size
-         epochs:int=1, # epochs to train
+         epochs:int=3, # epochs to train
          bs:int=16, # batch size
          workers:int=2): # decode and DataLoader worker processes
     "The main job on embedded demo data: build a shelf, train a fastai Learner, print the result."
