@@ -7,15 +7,16 @@ import numpy as np, pandas as pd, torch
 from fastcore.basics import store_attr, ifnone, listify
 from fastcore.meta import delegates
 from fastcore.foundation import L
-from fastai.torch_core import TensorImage, TensorImageBW, TensorMask
+from fastai.torch_core import TensorImage, TensorImageBW, TensorMask, TensorBase
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
 from fastai.data.transforms import EncodedMultiCategorize, Categorize
+from fastai.vision.core import AddMaskCodes
 from fastai.torch_core import TensorMultiCategory, TensorCategory
 from fastai.data.core import DataLoaders
 from .store import ShelfBase, open_shelf
 from .build import load_image
-from .fetch import ShelfDL, BATCH_TFMS
+from .fetch import ShelfDL, BATCH_TFMS, NOOP_ITEM_TFMS
 from .augment import XRAY_STATS
 
 # %% auto #0
@@ -47,8 +48,8 @@ def ShelfImageBlock():
     return TransformBlock(type_tfms=ArrayToImage(), batch_tfms=IntToFloatTensor)
 
 def ShelfMaskBlock(codes=None):
-    "A `TransformBlock` for segmentation masks stored in records."
-    return TransformBlock(type_tfms=ArrayToMask(), item_tfms=None, batch_tfms=IntToFloatTensor)
+    "A `TransformBlock` for segmentation masks stored in records, as fastai's `MaskBlock` (`codes` name the classes)."
+    return TransformBlock(type_tfms=ArrayToMask(), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
 # %% ../nbs/05_data.ipynb #96ff2d89
 class ShelfGetter(Transform):
@@ -79,7 +80,8 @@ class CategoryLabel(ShelfGetter):
     def post(self, x): return self.names[int(x)]
     def encodes_batch(self, o): return np.array(self.names, dtype=object)[o.astype(np.int64)]
 
-# The batch versions of fastai's label transforms, for `ShelfDL`'s whole-batch path.
+# The batch versions of fastai's label transforms, for `ShelfDL`'s whole-batch path; `AddMaskCodes` only decodes.
+NOOP_ITEM_TFMS.add(AddMaskCodes)
 BATCH_TFMS[EncodedMultiCategorize] = lambda tfm, o: TensorMultiCategory(torch.from_numpy(o).float())
 BATCH_TFMS[Categorize] = lambda tfm, o: TensorCategory(torch.tensor([tfm.vocab.o2i[v] for v in o]))
 
@@ -104,10 +106,11 @@ def KeySplitter(valid_keys):
     valid = set(map(str, valid_keys))
     return FuncSplitter(lambda k: k in valid)
 
-# %% ../nbs/05_data.ipynb #7d57f8d4
-def _label_getter(shelf:ShelfBase, label_names=None):
-    "(block, get_y) for the shelf's labels, from its metadata; (None, None) when it has none."
+# %% ../nbs/05_data.ipynb #d0737ea9
+def _label_getter(shelf:ShelfBase, label_names=None, y:str='labels'):
+    "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata; (None, None) for none."
     meta = shelf.meta
+    if y == 'mask': return ShelfMaskBlock(meta.get('codes')), ShelfGetter(shelf, 'mask')
     kind = meta.get('label_kind')
     if kind == 'category': return CategoryBlock(vocab=meta['vocab']), CategoryLabel(shelf, meta['vocab'])
     if kind == 'none': return None, None
@@ -131,11 +134,12 @@ def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
     if group_col is not None: return GroupSplitter(col(group_col), valid_pct, seed)
     return RandomSplitter(valid_pct, seed)
 
-# %% ../nbs/05_data.ipynb #71276f39
+# %% ../nbs/05_data.ipynb #a74e328a
 def shelf_dblock(shelf:ShelfBase, valid_pct:float=0.2, seed:int=None, valid_keys=None, valid_col:str=None,
-                 group_col:str=None, label_names=None, item_tfms=None, batch_tfms=None, normalize:bool=True) -> DataBlock:
-    "A fastai `DataBlock` over `shelf`'s keys: image → label, batches read with `ShelfDL`."
-    y_block, get_y = _label_getter(shelf, label_names)
+                 group_col:str=None, label_names=None, y:str='labels', item_tfms=None, batch_tfms=None,
+                 normalize:bool=True) -> DataBlock:
+    "A fastai `DataBlock` over `shelf`'s keys: image → target (`y`: 'labels', or 'mask' to segment), read by `ShelfDL`."
+    y_block, get_y = _label_getter(shelf, label_names, y)
     stats = shelf.meta.get('stats') or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])

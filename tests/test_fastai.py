@@ -143,3 +143,26 @@ def test_show_batch_predict_get_preds(bars_shelf, tmp_path):
     assert probs.shape == (3,) and all(d in ('a', 'b', 'c') for d in dec)
     _, _, probs_file = learn.predict(path.parent/f'{k}.jpg')  # a new image file, resized as the shelf was built
     assert torch.allclose(probs, probs_file, atol=0.05)
+
+SPAWN = '''
+import sys, multiprocessing as mp, torch
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.augment import AlbumentationsTransform, xray_valid_augs
+if __name__ == '__main__':
+    mp.set_start_method('spawn', force=True)  # what macOS and Windows use, and Python 3.14's default elsewhere
+    for tfm in (None, AlbumentationsTransform(xray_valid_augs(48), xray_valid_augs(48))):
+        dls = ShelfDataLoaders.from_shelf(sys.argv[1], bs=5, seed=0, num_workers=2, item_tfms=tfm, shuffle=False)
+        ref = dls.train.new(num_workers=0)
+        got, want = list(dls.train), list(ref)
+        assert len(got) == len(want) == len(dls.train), (len(got), len(want))
+        for (x, y), (u, v) in zip(got, want): assert torch.equal(x, u) and torch.equal(y, v)
+    print('ok', len(got))
+'''
+
+def test_spawned_workers(bars_shelf, tmp_path):
+    "Workers started with spawn get the shelf by pickling (its path, never a handle) and give the same batches."
+    import subprocess, sys
+    path, _ = bars_shelf
+    (tmp_path/'spawn.py').write_text(SPAWN)
+    r = subprocess.run([sys.executable, str(tmp_path/'spawn.py'), str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith('ok'), r.stderr[-3000:]

@@ -158,3 +158,25 @@ def test_map_grows(tmp_path):
     with Shelf(tmp_path/'s.shelf', 'c', map_size=1<<20) as s:
         s.put_many({f'k{i}': {'x': np.zeros(200_000, np.uint8)} for i in range(20)})  # 4 MB into a 1 MB map
         assert len(s) == 20
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root may read any file')
+def test_no_read_permission(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s: s['a'] = {'x': np.arange(3)}
+    os.chmod(tmp_path/'s.shelf', 0)
+    with pytest.raises(PermissionError, match='no permission'): open_shelf(tmp_path/'s.shelf')
+
+def test_opens_on_a_read_only_file_system(tmp_path):
+    "A shelf uploaded as a Kaggle dataset sits on a read-only mount: opening must not need to write its lock file."
+    import subprocess
+    src, ro = tmp_path/'src', tmp_path/'ro'
+    src.mkdir(); ro.mkdir()
+    with open_shelf(src/'s.shelf', 'c') as s: s.put_many({f'k{i}': {'x': np.full(100, i)} for i in range(10)})
+    (src/'s.shelf-lock').unlink()  # as uploaded: the data file only
+    if subprocess.run(['mount', '--bind', str(src), str(ro)], capture_output=True).returncode: pytest.skip('cannot bind-mount here')
+    try:
+        if subprocess.run(['mount', '-o', 'remount,ro,bind', str(ro)], capture_output=True).returncode: pytest.skip('cannot remount read-only')
+        with pytest.raises(OSError): (ro/'probe').write_text('x')  # really read-only
+        with open_shelf(ro/'s.shelf') as s:
+            assert len(s) == 10 and s['k7']['x'][0] == 7 and not s.verify()
+        assert not (ro/'s.shelf-lock').exists()
+    finally: subprocess.run(['umount', str(ro)], capture_output=True)
