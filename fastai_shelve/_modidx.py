@@ -201,6 +201,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShelfBase._key_error': ( 'store.html#shelfbase._key_error',
                                                                                    'fastai_shelve/store.py'),
+                                     'fastai_shelve.store.ShelfBase._live': ('store.html#shelfbase._live', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShelfBase.batch': ('store.html#shelfbase.batch', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShelfBase.get_batch': ( 'store.html#shelfbase.get_batch',
                                                                                   'fastai_shelve/store.py'),

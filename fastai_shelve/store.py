@@ -95,6 +95,11 @@ class ShelfBase(MutableMapping):
     def __enter__(self): return self
     def __exit__(self, *args): self.close()
     def __repr__(self): return f"{type(self).__name__}('{self.path}', mode='{self.mode}')"
+    def _live(self):
+        "Raise if closed; reopen if this process is not the one that opened the handle (a forked worker)."
+        if self._closed: raise ShelfClosedError(f"{self.path}: the shelf is closed")
+        if self._pid != os.getpid(): self._open()
+
     def _check_key(self, key):
         if not isinstance(key, str): raise TypeError(f"shelf keys are str, not {type(key).__name__}: {key!r}")
     def _key_error(self, key): return KeyError(f"{key!r} not in {self.path}")
@@ -151,8 +156,7 @@ class Shelf(ShelfBase):
     @property
     def env(self):
         "This process's LMDB environment: reopened after `fork`, an error after `close`."
-        if self._closed: raise ShelfClosedError(f"{self.path}: the shelf is closed")
-        if self._pid != os.getpid(): self._open()
+        self._live()
         return self._env
 
 # %% ../nbs/01_store.ipynb #952a1a8c
@@ -373,8 +377,7 @@ class StdShelf(ShelfBase):
     @property
     def db(self):
         "This process's `shelve` handle: reopened after `fork`, an error after `close`."
-        if self._closed: raise ShelfClosedError(f"{self.path}: the shelf is closed")
-        if self._pid != os.getpid(): self._open()
+        self._live()
         return self._db
 
     def _check_pickle(self):
