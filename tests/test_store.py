@@ -180,3 +180,9 @@ def test_opens_on_a_read_only_file_system(tmp_path):
             assert len(s) == 10 and s['k7']['x'][0] == 7 and not s.verify()
         assert not (ro/'s.shelf-lock').exists()
     finally: subprocess.run(['umount', str(ro)], capture_output=True)
+
+def test_garbled_dtype_in_header_is_a_record_error():
+    "Found by the fuzzer: numpy's dtype parser raises SyntaxError on ','; the decoder must still say RecordError."
+    b = encode_record({'image': np.zeros((2, 2), np.uint8)})
+    for bad in (b'",u1"', b'"|u,"', b'"(1,"'):  # same length, so the header stays valid JSON
+        with pytest.raises(RecordError, match='bad array entry'): decode_record(b.replace(b'"|u1"', bad))
