@@ -3,8 +3,8 @@
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_all.ipynb #dc43d048
-from . import codec, store, build, fetch, augment, data, demo
+# %% ../nbs/99_all.ipynb #2a342906
+from . import codec, store, build, fetch, augment, data, demo, shards
 from .codec import *
 from .store import *
 from .build import *
@@ -12,6 +12,7 @@ from .fetch import *
 from .augment import *
 from .data import *
 from .demo import *
+from .shards import *
 from .cli import shelf_info, convert_shelf
 # nbdev writes `__all__ = []` for a cell of imports; name what `import *` should bring.
-__all__ = [n for m in (codec, store, build, fetch, augment, data, demo) for n in m.__all__] + ['shelf_info', 'convert_shelf']
+__all__ = [n for m in (codec, store, build, fetch, augment, data, demo, shards) for n in m.__all__] + ['shelf_info', 'convert_shelf']

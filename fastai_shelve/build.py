@@ -94,8 +94,8 @@ def _check_unique(keys):
     dups = s[s.duplicated()].unique()
     if len(dups): raise ShelfError(f"{len(dups)} ids occur more than once, e.g. {list(dups[:5])}: ids must be unique")
 
-# %% ../nbs/02_build.ipynb #e935ad63
-def _labels(df, keys, label_cols, label_func) -> tuple:
+# %% ../nbs/02_build.ipynb #a54707ee
+def _labels(df, keys, label_cols, label_func, vocab=None) -> tuple:
     "(per-row labels, label metadata): multi-label int8 vectors, or category indices with their vocab."
     if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]
     elif label_cols: 
@@ -113,8 +113,10 @@ def _labels(df, keys, label_cols, label_func) -> tuple:
             w0 = len(vals[0]); bad = [k for k,v in zip(keys, vals) if len(v) != w0]
             raise ShelfError(f"labels have different widths {sorted(widths)}: e.g. ids {bad[:5]} differ from {keys[0]!r} ({w0})")
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
-    vocab = sorted({str(v) for v in vals})
+    vocab = list(vocab) if vocab is not None else sorted({str(v) for v in vals})
     idx = {v:i for i,v in enumerate(vocab)}
+    unknown = sorted({str(v) for v in vals} - set(idx))
+    if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
     return [np.array(idx[str(v)], np.int16) for v in vals], dict(label_kind='category', vocab=vocab)
 
 def _multi(a, keys, names) -> tuple:
@@ -193,12 +195,12 @@ class _Stats:
 #| export
 def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=None, label_func=None,
                 size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, n_workers:int=None,
-                commit_every:int=128, strict:bool=False, progress:bool=True) -> BuildReport:
-    "Decode and resize the images of `source` (DataFrame, CSV or list of files) into the shelf at `path`."
+                commit_every:int=128, strict:bool=False, progress:bool=True, vocab=None) -> BuildReport:
+    "Decode and resize the images of `source` (DataFrame, CSV or list of files) into the shelf at `path`; `vocab` fixes a category's."
     t0 = time.time()
     df, keys, col = _read_source(source, fn_col)
     _check_unique(keys)
-    labels, label_meta = _labels(df, keys, label_cols, label_func)
+    labels, label_meta = _labels(df, keys, label_cols, label_func, vocab)
     files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
     params = _build_params(size, shortest_side, max_side, gray)
     n_workers = ifnone(n_workers, min(os.cpu_count() or 1, 8))

@@ -29,7 +29,9 @@ def shelf_info(path, allow_pickle:bool=False) -> dict:
             return res
     with open_shelf(path) as s:
         keys = s.keys()
-        return dict(path=str(path), backend='lmdb', records=len(keys), holds_pickles=False, bytes=path.stat().st_size,
+        files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
+        return dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),
+                    holds_pickles=False, bytes=sum(f.stat().st_size for f in files),
                     meta={k:v for k,v in s.meta.items()}, sample=_fields(s[keys[0]]) if keys else None)
 
 def _fields(rec) -> dict:
@@ -71,13 +73,23 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           rgb:store_true=False, # keep colour (default: one gray channel)
           workers:int=None, # decode processes (default: cores)
           strict:store_true=False, # stop at the first bad image instead of reporting it
-          quiet:store_true=False): # no progress bar
-    "Decode and resize images listed in a CSV into a shelf."
-    r = build_shelf(csv, out, img_path=img_path, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suffix=suffix,
-                    label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
-                    max_side=max_side, gray=not rgb, n_workers=workers, strict=strict, progress=not quiet)
-    if quiet: print(r)
-    for k,p,why in r.bad: print(f"bad: {p} (id {k!r}): {why}")
+          quiet:store_true=False, # no progress bar
+          shards:int=0, # build N shard shelves in folder OUT, one Dask task each
+          scheduler:str=None): # with --shards: a dask.distributed scheduler address (default: local processes)
+    "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
+    kw = dict(img_path=img_path, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suffix=suffix,
+              label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
+              max_side=max_side, gray=not rgb, strict=strict)
+    if shards:
+        from fastai_shelve.shards import build_sharded
+        reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, **kw)
+        for r in reports: print(f"{r['path']}: {r['written']} written, {r['existing']} already there, {len(r['bad'])} bad, of {r['total']}")
+        bad = [b for r in reports for b in r['bad']]
+    else:
+        r = build_shelf(csv, out, n_workers=workers, progress=not quiet, **kw)
+        if quiet: print(r)
+        bad = r.bad
+    for k,p,why in bad: print(f"bad: {p} (id {k!r}): {why}")
 
 def info(path:str, # a shelf (LMDB) or a stdlib shelve file
          allow_pickle:store_true=False): # also unpickle one record of a stdlib shelve to show its fields

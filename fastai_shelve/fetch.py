@@ -10,7 +10,7 @@ from .codec import ShelfError
 from .store import ShelfBase
 
 # %% auto #0
-__all__ = ['BATCH_TFMS', 'NOOP_ITEM_TFMS', 'find_shelf', 'batch_plan', 'ShelfDL']
+__all__ = ['BATCH_TFMS', 'NOOP_ITEM_TFMS', 'find_shelf', 'batch_plan', 'ShelfDL', 'allow_cpu_distributed']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 def find_shelf(dataset) -> ShelfBase|None:
@@ -81,3 +81,14 @@ class ShelfDL(TfmdDL):
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
+
+# %% ../nbs/03_fetch.ipynb #98da2995
+def _broadcast_cpu(self, t, rank):
+    import torch, torch.distributed as dist
+    t = torch.LongTensor(t); dist.broadcast(t, rank)
+    return t.tolist()
+
+def allow_cpu_distributed():
+    "Let fastai's `DistributedDL` run on CPU ranks (gloo): broadcast each epoch's order with CPU tensors, not CUDA ones."
+    from fastai.distributed import DistributedDL
+    DistributedDL._broadcast = _broadcast_cpu

@@ -192,12 +192,15 @@ def get_many(self:Shelf, keys, default=_raise) -> list:
     return res
 
 @patch
-def get_batch(self:Shelf, keys, fields=None) -> dict:
-    "Stack the arrays of `keys`' records into preallocated batch arrays, one copy per record; JSON values as lists."
+def get_batch(self:Shelf, keys, fields=None, out:dict=None, rows=None, n:int=None) -> dict:
+    "Stack the arrays of `keys`' records into batch arrays, one copy per record; JSON values as lists."
+    # `out`, `rows`, `n`: fill rows `rows` of a batch of `n` (made here if `out` is None) -- how shards share one batch.
     keys = list(keys)
-    if not keys: return {}
+    if not keys: return out or {}
+    rows = range(len(keys)) if rows is None else rows
+    n = len(keys) if n is None else n
     with self.env.begin(db=self._recs, buffers=True) as txn:
-        for i,k in enumerate(keys):
+        for i,(k,row) in enumerate(zip(keys, rows)):
             buf = txn.get(_enc(self, k))
             if buf is None: raise self._key_error(k)
             # Records of one shelf share their header byte for byte: compare it, don't parse it.
@@ -206,16 +209,20 @@ def get_batch(self:Shelf, keys, fields=None) -> dict:
                 lay = self._layout(k, buf)
                 if i == 0:
                     first, head, hdr, end = lay, bytes(buf[:8]), bytes(buf[12:lay.start]), lay.start + lay.nbytes
-                    out = {n: np.empty((len(keys),)+shape, dt) for n,dt,shape,_,_ in lay.arrays if fields is None or n in fields}
-                    vals = {n: [] for n in lay.values if fields is None or n in fields}
-                elif [a[:3] for a in lay.arrays] != [a[:3] for a in first.arrays]:
-                    raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than {keys[0]!r}: use get_many")
-            for n,dt,shape,off,nb in lay.arrays:
-                if n in out: out[n][i] = np.frombuffer(buf, dt, nb // dt.itemsize, lay.start+off).reshape(shape)
-            if vals:
+                    if out is None:
+                        out = {nm: np.empty((n,)+shape, dt) for nm,dt,shape,_,_ in lay.arrays if fields is None or nm in fields}
+                        out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
+                    arrays = [a for a in lay.arrays if a[0] in out]
+                    values = [nm for nm in lay.values if nm in out]
+                if [a[:3] for a in lay.arrays] != [a[:3] for a in first.arrays] or any(
+                        out[nm].shape[1:] != shape or out[nm].dtype != dt for nm,dt,shape,_,_ in arrays):
+                    raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than the batch's: use get_many")
+            for nm,dt,shape,off,nb in (arrays if lay is first else [a for a in lay.arrays if a[0] in out]):
+                out[nm][row] = np.frombuffer(buf, dt, nb // dt.itemsize, lay.start+off).reshape(shape)
+            if values:
                 v = lay.new_values()
-                for n in vals: vals[n].append(v[n])
-    return {**out, **vals}
+                for nm in values: out[nm][row] = v[nm]
+    return out
 
 @patch
 def __contains__(self:Shelf, key):
@@ -424,11 +431,13 @@ class StdShelf(ShelfBase):
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_db', '_batch')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._db = None
 
-# %% ../nbs/01_store.ipynb #3a7cd310
+# %% ../nbs/01_store.ipynb #980d9b73
 def shelf_kind(path) -> str|None:
-    "'lmdb', 'shelve' (made by Python's `shelve`, any dbm) or None if nothing is there; an error for anything else."
+    "'lmdb', 'shelve' (made by Python's `shelve`, any dbm), 'sharded' (a folder of shards), None if nothing is there."
     path = Path(path)
-    if path.is_dir(): raise ShelfError(f"{path} is a directory, not a shelf")
+    if path.is_dir():
+        if (path/'manifest.json').exists(): return 'sharded'
+        raise ShelfError(f"{path} is a directory, not a shelf (nor a folder of shards: it has no manifest.json)")
     if dbm.whichdb(str(path)): return 'shelve'
     if not path.exists(): return None
     check_lmdb_file(path)
@@ -437,6 +446,9 @@ def shelf_kind(path) -> str|None:
 def open_shelf(path, mode:str='r', allow_pickle:bool=False, **kwargs) -> ShelfBase:
     "Open the shelf at `path`, whichever kind it is; read-only by default. New shelves are LMDB."
     kind = None if mode == 'n' else shelf_kind(path)
+    if kind == 'sharded':
+        from fastai_shelve.shards import ShardedShelf  # built on this module, so imported when needed
+        return ShardedShelf(path, mode)
     if kind == 'shelve':
         s = StdShelf(path, mode, allow_pickle=allow_pickle)
         if not allow_pickle: s.close(); raise PickleRefusedError(pickle_refusal(path, s.backend))

@@ -6,10 +6,11 @@ from fastai.distributed import DistributedDL
 from fastai_shelve.store import open_shelf
 from fastai_shelve.data import ShelfDataLoaders
 
+from fastai_shelve.fetch import _broadcast_cpu
+
 class CPUDistributedDL(DistributedDL):
     "fastai's `DistributedDL` broadcasts the epoch's order with CUDA tensors (NCCL); gloo on a CPU takes CPU tensors."
-    def _broadcast(self, t, rank):
-        t = torch.LongTensor(t); dist.broadcast(t, rank); return t.tolist()
+    _broadcast = _broadcast_cpu
 
 def _rank(rank, world, path, init, out):
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
@@ -35,3 +36,28 @@ def test_two_ranks_read_disjoint_slices(tmp_path):
     allseen = seen[0] + seen[1]
     assert len(set(allseen)) == n_train  # together the ranks saw every training item
     assert len(allseen) - len(set(allseen)) == len(allseen) - n_train  # repeats are only fastai's padding
+
+
+def test_fastai_distrib_ctx_two_cpu_ranks(tmp_path):
+    "torchrun, 2 CPU ranks, fastai's distrib_ctx: each epoch the ranks split the training set between them, and the loss falls."
+    import json, subprocess, sys
+    from pathlib import Path
+    from conftest import bars_image
+    rng = np.random.default_rng(0)
+    with open_shelf(tmp_path/'bars.shelf', 'c') as s:
+        for i in range(90):
+            lab = rng.integers(0, 2, 3); img = bars_image(lab, rng=rng); img[0, 0] = i  # the record's number, to see who read it
+            s[f'k{i:03d}'] = {'image': img, 'labels': lab.astype(np.int8)}
+        s.update_meta(label_kind='multi', label_names=['a', 'b', 'c'])
+    torchrun = str(Path(sys.executable).with_name('torchrun'))
+    r = subprocess.run([torchrun, '--nproc_per_node', '2', '--master_port', '29541', str(Path(__file__).with_name('ddp_train.py')),
+                        str(tmp_path/'bars.shelf'), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ranks = [json.loads((tmp_path/f'rank{i}.json').read_text()) for i in range(2)]
+    n = ranks[0]['train']
+    for a, b in zip(ranks[0]['seen'], ranks[1]['seen']):  # epoch by epoch
+        assert len(a) == len(b) == -(-n // 2)
+        assert len(set(a) | set(b)) == n and len(set(a) & set(b)) <= 1  # all of it, once; one repeat pads an odd count
+    for rk in ranks:
+        first, last = np.mean(rk['losses'][:4]), np.mean(rk['losses'][-4:])
+        assert last < 0.8 * first, (first, last)

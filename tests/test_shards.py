@@ -1,0 +1,63 @@
+"Sharded shelves: a Dask build equals a single-file build; a rerun finishes only the unfinished shard; one logical shelf."
+import json, subprocess, sys
+import numpy as np, pandas as pd, pytest
+from fastai_shelve.store import open_shelf
+from fastai_shelve.build import build_shelf
+from fastai_shelve.shards import build_sharded, ShardedShelf, shard_of
+from fastai_shelve.codec import ShelfError
+from fastai_shelve.data import ShelfDataLoaders
+from conftest import write_bars
+
+KW = dict(suffix='.jpg', label_cols=['a', 'b', 'c'], size=48)
+
+@pytest.fixture
+def sharded(tmp_path):
+    df = write_bars(tmp_path, 40)
+    reports = build_sharded(df, tmp_path/'sh', 3, n_workers=2, img_path=tmp_path, **KW)
+    build_shelf(df, tmp_path/'one.shelf', img_path=tmp_path, n_workers=0, progress=False, **KW)
+    return tmp_path, df, reports
+
+def test_sharded_equals_single(sharded):
+    d, df, reports = sharded
+    assert [r['written'] for r in reports] == [sum(shard_of(k, 3) == i for k in df.StudyInstanceUID) for i in range(3)]
+    sh, one = open_shelf(d/'sh'), open_shelf(d/'one.shelf')
+    assert isinstance(sh, ShardedShelf) and len(sh) == 40 and sh.keys() == one.keys()
+    for a, b in zip(sh.get_many(sh.keys()), one.get_many(one.keys())):
+        np.testing.assert_array_equal(a['image'], b['image']); np.testing.assert_array_equal(a['labels'], b['labels'])
+    ks = list(df.StudyInstanceUID[::-3])
+    np.testing.assert_array_equal(sh.get_batch(ks)['image'], one.get_batch(ks)['image'])
+    assert sh.meta['label_names'] == ['a', 'b', 'c'] and sh.meta['n_records'] == 40
+    assert sh.meta['stats']['mean'] == pytest.approx(one.meta['stats']['mean'])
+    assert sh.table.loc['id0007', 'PatientID'] == 'p2' and not sh.verify()
+    with pytest.raises(KeyError, match='nope'): sh.get_many(['id0001', 'nope'])
+
+def test_rerun_finishes_only_the_unfinished_shard(sharded):
+    d, df, _ = sharded
+    lost = [k for k in df.StudyInstanceUID if shard_of(k, 3) == 1][:5]
+    with open_shelf(d/'sh'/'shard-001.shelf', 'w') as s:  # as if its task had been killed before these commits
+        for k in lost: del s[k]
+    reports = build_sharded(df, d/'sh', 3, n_workers=2, img_path=d, **KW)
+    assert [r['written'] for r in reports] == [0, 5, 0]
+    with open_shelf(d/'sh') as sh: assert len(sh) == 40 and not sh.verify()
+
+def test_shards_must_agree(sharded):
+    d, df, _ = sharded
+    with open_shelf(d/'sh'/'shard-002.shelf', 'w') as s: s.update_meta(build={**s.meta['build'], 'size': 64})
+    with pytest.raises(ShelfError, match='shard-002.shelf disagrees'): open_shelf(d/'sh')
+    with pytest.raises(ShelfError, match='has 3 shards, not 4'): build_sharded(df, d/'sh', 4, img_path=d, **KW)
+
+def test_dataloaders_and_cli_on_shards(sharded):
+    d, df, _ = sharded
+    dls = ShelfDataLoaders.from_shelf(d/'sh', bs=8, seed=0)
+    x, y = dls.one_batch()
+    assert x.shape == (8, 1, 48, 48) and y.shape == (8, 3) and dls.train.batch_plans() is not None
+    exe = str(__import__('pathlib').Path(sys.executable).with_name('fastai-shelve'))
+    r = subprocess.run([exe, 'info', str(d/'sh')], capture_output=True, text=True)
+    assert r.returncode == 0 and 'records: 40' in r.stdout and '3 shards' in r.stdout
+    r = subprocess.run([exe, 'verify', str(d/'sh')], capture_output=True, text=True)
+    assert r.returncode == 0 and '40 of 40 records ok' in r.stdout
+    df.to_csv(d/'t.csv', index=False)
+    r = subprocess.run([exe, 'build', str(d/'t.csv'), str(d/'sh2'), '--img-path', str(d), '--suffix', '.jpg', '--size', '48',
+                        '--label-cols', 'a,b,c', '--shards', '2', '--workers', '2'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    with open_shelf(d/'sh2') as s: assert len(s) == 40 and s.n == 2
