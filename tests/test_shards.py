@@ -31,13 +31,36 @@ def test_sharded_equals_single(sharded):
     assert sh.table.loc['id0007', 'PatientID'] == 'p2' and not sh.verify()
     with pytest.raises(KeyError, match='nope'): sh.get_many(['id0001', 'nope'])
 
-def test_rerun_finishes_only_the_unfinished_shard(sharded):
+KILLED_SHARD = """
+import sys, time, pandas as pd
+import fastai_shelve.build as b
+from fastai_shelve.shards import _build_part
+_load = b.load_image
+b.load_image = lambda *a, **k: (time.sleep(0.05), _load(*a, **k))[1]  # a slower decode, so the kill lands mid-shard
+part = pd.read_csv(sys.argv[1])
+_build_part(part, sys.argv[2], img_path=sys.argv[3], fn_col='StudyInstanceUID', suffix='.jpg', label_cols=['a', 'b', 'c'],
+            size=48, commit_every=2)
+"""
+
+def test_kill_one_shards_task_then_rerun_finishes_only_it(sharded):
+    "SIGKILL the task building shard 1 part-way; the rerun writes only the rest of shard 1."
+    import signal, time
     d, df, _ = sharded
-    lost = [k for k in df.StudyInstanceUID if shard_of(k, 3) == 1][:5]
-    with open_shelf(d/'sh'/'shard-001.shelf', 'w') as s:  # as if its task had been killed before these commits
-        for k in lost: del s[k]
+    part = df[[shard_of(k, 3) == 1 for k in df.StudyInstanceUID]]
+    shard1 = d/'sh'/'shard-001.shelf'
+    for p in (shard1, d/'sh'/'shard-001.shelf-lock'): p.unlink()
+    part.to_csv(d/'part1.csv', index=False); (d/'task.py').write_text(KILLED_SHARD)
+    proc = subprocess.Popen([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)])
+    n, t0 = 0, time.time()
+    while proc.poll() is None and time.time() - t0 < 60 and n < 3:
+        try:
+            with open_shelf(shard1) as s: n = len(s)
+        except (ShelfError, FileNotFoundError): pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    with open_shelf(shard1) as s: n = len(s); assert 0 < n < len(part) and not s.verify()
     reports = build_sharded(df, d/'sh', 3, n_workers=2, img_path=d, **KW)
-    assert [r['written'] for r in reports] == [0, 5, 0]
+    assert [r['written'] for r in reports] == [0, len(part) - n, 0]
     with open_shelf(d/'sh') as sh: assert len(sh) == 40 and not sh.verify()
 
 def test_shards_must_agree(sharded):
