@@ -8,7 +8,7 @@ import albumentations as A
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from fastcore.basics import store_attr
 from fastai.data.transforms import ItemTransform
-from fastai.torch_core import TensorImage, TensorImageBW, TensorMask
+from fastai.torch_core import TensorImage, TensorMask
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs']

@@ -10,7 +10,7 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record
-from .store import open_shelf, Shelf
+from .store import open_shelf
 
 # %% auto #0
 __all__ = ['target_size', 'is_dicom', 'read_dicom', 'load_image', 'pixel_hist', 'stream_map', 'BuildReport', 'build_shelf']

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 from .build import build_shelf
-from .store import open_shelf
 
 # %% auto #0
 __all__ = ['RANZCR_LABELS', 'draw_xray', 'make_demo_data', 'run_demo']
@@ -50,7 +49,7 @@ def make_demo_data(path, n:int=200, size=(600, 512), seed:int=42) -> Path:
 def run_demo(out='demo_out', n:int=400, size:int=128, epochs:int=3, bs:int=16, lr:float=1e-2, n_workers:int=2,
              arch='resnet18', show:bool=True) -> dict:
     "Build a shelf from generated RANZCR-style data in `out`, train a fastai Learner on it, return the results."
-    from fastai.vision.all import vision_learner, accuracy_multi, resnet18, resnet34, defaults
+    from fastai.vision.all import vision_learner, accuracy_multi, resnet18, resnet34
     from fastai_shelve.data import ShelfDataLoaders
     from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
     out = Path(out); t0 = time.time()
