@@ -38,9 +38,11 @@ def drop_caches() -> bool:
 
 def synth_images(n:int, side:int, seed:int=0):
     "Yield `n` gray uint8 `side`x`side` images that compress like X-rays: a real photograph, shifted, with mild noise."
-    from skimage import data
     import cv2
-    base = cv2.resize(data.camera(), (side, side))
+    try: from skimage import data; base = cv2.resize(data.camera(), (side, side))  # the `dev` extra's sample image
+    except ImportError:  # installed without it: the demo's drawn chest, which needs nothing
+        from fastai_shelve.demo import draw_xray
+        base = np.asarray(draw_xray(np.ones(11), (side, side), np.random.default_rng(seed)))
     rng = np.random.default_rng(seed)
     for i in range(n):
         img = np.roll(base, (i*7) % side, axis=1).astype(np.int16) + rng.integers(-2, 3, base.shape)
