@@ -76,7 +76,9 @@ class ShelfDL(TfmdDL):
         for idxs in self.chunkify(samps):
             keys = self.keys_of(idxs)
             b = self.whole_batch(plans, keys) if plans and len(keys) == len(idxs) else None
-            if b is None: b = self.item_batch(idxs, keys)
+            if b is None:
+                plans = None  # shapes differ, or items aren't keys: don't retry whole batches this epoch
+                b = self.item_batch(idxs, keys)
             if b is not None: yield b
 
     def new(self, dataset=None, cls=None, **kwargs):
