@@ -192,7 +192,7 @@ class _Stats:
         sd = np.sqrt(np.maximum((self.h * v * v).sum(1) / n - m * m, 0))
         return dict(hist=self.h.tolist(), mean=m.tolist(), std=sd.tolist())
 
-#| export
+# %% ../nbs/02_build.ipynb #12b6ea20
 def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=None, label_func=None,
                 size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, n_workers:int=None,
                 commit_every:int=128, strict:bool=False, progress:bool=True, vocab=None) -> BuildReport:
