@@ -1,4 +1,5 @@
-"Shared fixtures: real image files and shelves written to a temporary folder."
+"Shared fixtures and helpers: real image files and shelves written to a temporary folder, killing a building process."
+import signal, subprocess, time
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 
@@ -31,3 +32,21 @@ def bars_shelf(bars):
     build_shelf(df, folder/'bars.shelf', img_path=folder, suffix='.jpg', label_cols=['a', 'b', 'c'], size=64,
                 n_workers=0, progress=False)
     return folder/'bars.shelf', df
+
+def kill_when(cmd, shelf, n, extra=0., timeout=120):
+    "Start `cmd`; SIGKILL it `extra` seconds after `shelf` holds at least `n` records. Whether it was still running."
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.codec import ShelfError
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < timeout:
+        if shelf.exists():
+            try:
+                with open_shelf(shelf) as s:
+                    if len(s) >= n: break
+            except (ShelfError, FileNotFoundError): pass  # not created yet, or mid-creation
+        time.sleep(0.002)
+    time.sleep(extra)  # land between commits as well as right after one
+    running = p.poll() is None
+    p.send_signal(signal.SIGKILL); p.wait()
+    return running

@@ -1,11 +1,11 @@
 "The builder over real image files: bad inputs, resize modes, resume after a kill, parallel == serial."
-import os, sys, time, signal, subprocess, textwrap
+import sys, textwrap
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 from fastai_shelve.build import build_shelf, load_image
 from fastai_shelve.store import open_shelf
 from fastai_shelve.codec import ShelfError
-from conftest import write_bars
+from conftest import write_bars, kill_when
 
 def test_bad_inputs_reported_exactly(tmp_path):
     df = write_bars(tmp_path, 12)
@@ -100,17 +100,8 @@ def test_resume_after_kill(tmp_path, kill_after):
     df.to_csv(tmp_path/'train.csv', index=False)
     (tmp_path/'build.py').write_text(BUILD)
     shelf = tmp_path/'s.shelf'
-    proc = subprocess.Popen([sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), '1'])
-    deadline = time.time() + 120
-    n = 0
-    while time.time() < deadline and proc.poll() is None:
-        if shelf.exists():
-            try:
-                with open_shelf(shelf) as s: n = len(s)
-            except ShelfError: n = 0
-            if n >= kill_after: break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert kill_when([sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), '1'],
+                     shelf, kill_after), 'the build finished before the kill'
     with open_shelf(shelf) as s:
         done = s.keys()
         assert len(done) < 120, 'the build finished before the kill: make the test slower'

@@ -1,5 +1,5 @@
 "ShelfDL under fastai's DistributedDL: two real CPU ranks (gloo), each reading a disjoint slice with its own handle."
-import os, numpy as np, pytest, torch
+import os, numpy as np
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 from fastai.distributed import DistributedDL

@@ -1,27 +1,11 @@
 """Trying to break it: kills during build and convert, concurrent readers and writers, a full disk.
 Quick versions run by default; the full ones are marked `slow` (`pytest -m slow`)."""
-import os, sys, time, signal, shelve, subprocess, textwrap, random, multiprocessing as mp
-import numpy as np, pandas as pd, pytest
+import sys, time, shelve, subprocess, textwrap, random, multiprocessing as mp
+import numpy as np, pytest
 from fastai_shelve.store import open_shelf
-from fastai_shelve.build import build_shelf, load_image
+from fastai_shelve.build import build_shelf
 from fastai_shelve.codec import ShelfError
-from conftest import write_bars
-
-def _kill_when(cmd, shelf, n, extra, timeout=120):
-    "Start `cmd`; SIGKILL it `extra` seconds after `shelf` holds at least `n` records. Whether it was still running."
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while p.poll() is None and time.time() - t0 < timeout:
-        if shelf.exists():
-            try:
-                with open_shelf(shelf) as s:
-                    if len(s) >= n: break
-            except (ShelfError, FileNotFoundError): pass  # not created yet, or mid-creation
-        time.sleep(0.002)
-    time.sleep(extra)  # land between commits as well as right after one
-    running = p.poll() is None
-    p.send_signal(signal.SIGKILL); p.wait()
-    return running
+from conftest import write_bars, kill_when
 
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
@@ -48,7 +32,7 @@ def test_kill_during_build_then_resume(kill_corpus, tmp_path, i):
     rng = random.Random(i)
     shelf = tmp_path/'s.shelf'
     cmd = [sys.executable, str(d/'build.py'), str(d/'train.csv'), str(shelf), str(d), str(rng.choice([0, 2]))]
-    assert _kill_when(cmd, shelf, rng.randint(1, 250), rng.uniform(0, 0.03)), 'the build ended before the kill'
+    assert kill_when(cmd, shelf, rng.randint(1, 250), rng.uniform(0, 0.03)), 'the build ended before the kill'
     with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
         n = len(s)
         assert 0 < n <= 300 and not s.verify()  # no partial or corrupt record (the kill may follow the last commit)
@@ -73,7 +57,7 @@ def test_kill_during_convert_then_resume(tmp_path, i):
         for k,v in recs.items(): db[k] = v
     (tmp_path/'convert.py').write_text(CONVERT)
     cmd = [sys.executable, str(tmp_path/'convert.py'), str(tmp_path/'old.db'), str(tmp_path/'new.shelf')]
-    assert _kill_when(cmd, tmp_path/'new.shelf', int(rng.integers(1, 550)), float(rng.uniform(0, 0.01)))
+    assert kill_when(cmd, tmp_path/'new.shelf', int(rng.integers(1, 550)), float(rng.uniform(0, 0.01)))
     with open_shelf(tmp_path/'new.shelf') as s: n = len(s); assert n < 600 and not s.verify()
     assert convert_shelf(tmp_path/'old.db', tmp_path/'new.shelf', allow_pickle=True, progress=False) == 600 - n
     with open_shelf(tmp_path/'new.shelf') as s:

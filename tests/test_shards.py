@@ -1,12 +1,12 @@
 "Sharded shelves: a Dask build equals a single-file build; a rerun finishes only the unfinished shard; one logical shelf."
-import json, subprocess, sys
-import numpy as np, pandas as pd, pytest
+import subprocess, sys
+import numpy as np, pytest
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
 from fastai_shelve.shards import build_sharded, ShardedShelf, shard_of
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.data import ShelfDataLoaders
-from conftest import write_bars
+from conftest import write_bars, kill_when
 
 KW = dict(suffix='.jpg', label_cols=['a', 'b', 'c'], size=48)
 
@@ -44,20 +44,12 @@ _build_part(part, sys.argv[2], img_path=sys.argv[3], fn_col='StudyInstanceUID', 
 
 def test_kill_one_shards_task_then_rerun_finishes_only_it(sharded):
     "SIGKILL the task building shard 1 part-way; the rerun writes only the rest of shard 1."
-    import signal, time
     d, df, _ = sharded
     part = df[[shard_of(k, 3) == 1 for k in df.StudyInstanceUID]]
     shard1 = d/'sh'/'shard-001.shelf'
     for p in (shard1, d/'sh'/'shard-001.shelf-lock'): p.unlink()
     part.to_csv(d/'part1.csv', index=False); (d/'task.py').write_text(KILLED_SHARD)
-    proc = subprocess.Popen([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)])
-    n, t0 = 0, time.time()
-    while proc.poll() is None and time.time() - t0 < 60 and n < 3:
-        try:
-            with open_shelf(shard1) as s: n = len(s)
-        except (ShelfError, FileNotFoundError): pass
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert kill_when([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)], shard1, 3)
     with open_shelf(shard1) as s: n = len(s); assert 0 < n < len(part) and not s.verify()
     reports = build_sharded(df, d/'sh', 3, n_workers=2, img_path=d, **KW)
     assert [r['written'] for r in reports] == [0, len(part) - n, 0]

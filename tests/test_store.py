@@ -1,5 +1,5 @@
 "The shelf store: round trips, batch reads, per-process handles, stdlib shelve files, bad stores."
-import os, shelve, json, pickle, multiprocessing as mp
+import os, shelve, multiprocessing as mp
 import numpy as np, pytest, lmdb
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
