@@ -8,10 +8,11 @@ from fastai_shelve.fetch import allow_cpu_distributed
 
 class Seen(Callback):
     "Which records each training batch held, per epoch."
-    def before_fit(self): self.seen = []
-    def before_epoch(self): self.seen.append([])
+    # `record_ids`, not `seen`: fastai names the callback `learn.seen`, and the attribute would shadow it.
+    def before_fit(self): self.record_ids = []
+    def before_epoch(self): self.record_ids.append([])
     def before_batch(self):
-        if self.training: self.seen[-1] += (self.xb[0][:, 0, 0, 0] * 255).round().long().tolist()
+        if self.training: self.record_ids[-1] += (self.xb[0][:, 0, 0, 0] * 255).round().long().tolist()
 
 if __name__ == '__main__':
     path, out = sys.argv[1], sys.argv[2]
@@ -23,5 +24,7 @@ if __name__ == '__main__':
     seen = Seen()
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), cbs=seen)
     with learn.distrib_ctx(cpu=cpu): learn.fit(4, 3e-2)
-    json.dump(dict(seen=seen.seen, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items)),
+    json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items)),
               open(f'{out}/rank{dist.get_rank()}.json', 'w'))
+    # Tear gloo down while both ranks are alive: left to interpreter exit, a rank can abort ("terminate called ...").
+    dist.barrier(); dist.destroy_process_group()
