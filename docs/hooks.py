@@ -1,0 +1,107 @@
+"""mkdocs hooks: the notebooks in `nbs/` become the site's pages.
+
+quarto (what `nbdev_docs` renders with) can't be installed offline: PyPI's `quarto-cli` downloads its binary at install
+time. So mkdocs-material renders instead, from pages this hook makes the way nbdev's docs pipeline does: each notebook
+is run as `nbdev_test` runs it (cells flagged `slow` are shown, not run) with nbdev's `add_show_docs`, so every exported
+function gets a `show_doc` entry; then exported and hidden cells are dropped, directives stripped, and nbconvert writes
+Markdown with the outputs (figures as PNG files). A notebook that raises fails the build, naming the notebook and cell.
+"""
+import os, re, time, logging
+from pathlib import Path
+import nbformat
+from nbconvert import MarkdownExporter
+from traitlets.config import Config
+from fastcore.nbio import read_nb, nb2str
+from fastcore.xtras import working_directory
+from execnb.shell import CaptureShell
+from nbdev.process import NBProcessor
+from nbdev.processors import add_show_docs, hide_, rm_export, hide_line
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File
+
+log = logging.getLogger('mkdocs.hooks.notebooks')
+_SKIP_FLAGS = {'slow'}  # as `tst_flags` in pyproject.toml: not run by the tests, so not by the docs either
+
+def _notebooks(config):
+    "The numbered notebooks, but `99_all` (it only gathers the modules' names for `from fastai_shelve.all import *`)."
+    return [f for f in sorted(Path(config.docs_dir).glob('[0-9]*.ipynb')) if f.stem != '99_all']
+
+def _title(fn:Path) -> str:
+    "The notebook's `# Title` (nbdev's convention), else its file name."
+    for c in read_nb(fn).cells:
+        if c.cell_type == 'markdown' and (m := re.match(r'#\s+(.+)', c.source.strip())): return m.group(1).strip()
+    return fn.stem
+
+def on_config(config):
+    "Nav: the README as home, then tutorials (notebooks whose name says so), then one API page per module."
+    nbs = _notebooks(config)
+    tuts = [{_title(f): f'{f.stem}.md'} for f in nbs if '_tutorial_' in f.stem]
+    api = [{_title(f): f'{f.stem}.md'} for f in nbs if '_tutorial_' not in f.stem]
+    config.nav = [{'Home': 'index.md'}] + ([{'Tutorials': tuts}] if tuts else []) + [{'API': api}]
+    return config
+
+def _skip(cell) -> bool:
+    d = cell.directives_ or {}
+    return cell.cell_type != 'code' or bool(_SKIP_FLAGS & d.keys()) or d.get('eval', ['true'])[0].lower() == 'false'
+
+def run_notebook(fn:Path):
+    "Run `fn` with nbdev's `show_doc` cells added; the executed notebook, or `PluginError` naming the failing cell."
+    nb = NBProcessor(fn, procs=[add_show_docs], rm_directives=False, process=True).nb
+    k = CaptureShell(fn, mpl_format='png')
+    k.run_cell('from nbdev.showdoc import show_doc')
+    os.environ['IN_TEST'] = '1'
+    try:
+        with working_directory(fn.parent): k.run_all(nb, exc_stop=True, preproc=_skip, cell_timeout=600)
+    except BaseException as e:
+        raise PluginError(f"notebook {fn} failed, so the docs were not built:\n{k.prettytb(fname=fn) or e}") from None
+    finally: os.environ.pop('IN_TEST', None)
+    return nb
+
+_BAR = re.compile(r'^\s*(\S.*: )?\|[█-]*\|.*\]\s*$|^\s*█?\s*$')  # fastprogress's console bars, and their residue
+
+def _terminal_view(text:str) -> str:
+    "What a terminal would show of a stream: each line's last carriage-return segment; progress bars dropped."
+    lines = [next((seg for seg in reversed(l.split('\r')) if seg.strip()), '') for l in text.split('\n')]
+    return '\n'.join(l for l in lines if not _BAR.match(l)) + '\n'
+
+def _for_display(cell):
+    "show_doc cells show only their output; skipped cells are marked so; warnings (stderr) are left out."
+    if cell.cell_type != 'code': return
+    cell.outputs = [o for o in cell.outputs if o.get('name') != 'stderr']
+    for o in cell.outputs:
+        if o.get('name') == 'stdout': o.text = _terminal_view(''.join(o.text))
+    cell.outputs = [o for o in cell.outputs if o.get('name') != 'stdout' or o.text.strip()]
+    cell.metadata.pop('execution', None)  # execnb's timings, which nbformat's schema refuses
+    if cell.pop('has_sd', False) or cell.source.startswith('show_doc('): cell.metadata['tags'] = ['remove_input']
+    elif _skip(cell): cell.source = f'# not run when the docs are built (flagged {", ".join(_SKIP_FLAGS & cell.directives_.keys())})\n' + cell.source
+
+def to_markdown(nb, stem:str):
+    "(markdown, {file name: bytes}) of an executed notebook, exported code and hidden cells left out."
+    nb.metadata['language_info'] = {'name': 'python'}  # nbconvert's code fences take their language from here
+    nb = NBProcessor(nb=nb, procs=[hide_line, hide_, rm_export, _for_display], rm_directives=True, process=True).nb
+    c = Config()
+    c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
+    c.TagRemovePreprocessor.enabled = True
+    md, res = MarkdownExporter(config=c).from_notebook_node(nbformat.reads(nb2str(nb), as_version=4),
+                                                         resources={'output_files_dir': f'{stem}_files'})
+    # show_doc links each entry to its source on GitHub; this project has no public repository URL to link to
+    return re.sub(r'\[source\]\(/blob/[^)]*\)', '', md), res.get('outputs', {})
+
+def _index(root:Path) -> str:
+    "The README as the home page, its links into `nbs/` made site-relative."
+    md = (root/'README.md').read_text()
+    md = re.sub(r'\]\(nbs/(\d\d_\w+)\.ipynb\)', r'](\1.md)', md)
+    md = re.sub(r'^!\[[^]]*\]\(docs/screenshots/[^)]*\)\n', '', md, flags=re.M)  # the site's own screenshots
+    return md.replace('](nbs/', '](')
+
+def on_files(files, config):
+    "Run every notebook and add its page (and figures) to the site."
+    root = Path(config.config_file_path).parent
+    if (root/'README.md').exists(): files.append(File.generated(config, 'index.md', content=_index(root)))
+    for fn in _notebooks(config):
+        t0 = time.time()
+        md, outs = to_markdown(run_notebook(fn), fn.stem)
+        files.append(File.generated(config, f'{fn.stem}.md', content=md))
+        for name, data in outs.items(): files.append(File.generated(config, name, content=data))
+        log.info(f'{fn.name}: ran in {time.time()-t0:.1f}s, {len(outs)} figure(s)')
+    return files
