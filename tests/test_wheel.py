@@ -1,26 +1,69 @@
-"Kaggle offline use: a pure-Python wheel that installs with --no-deps next to the image's own fastai/torch, and runs."
-import os, subprocess, sys
+"""Kaggle offline use, at the lowest versions `setup.cfg` allows.
+
+A fresh venv that already has fastai, as a Kaggle image does: torch, numpy and the rest come from this environment
+(a `.pth` line, like a system site-packages), and fastai, fastcore and albumentations are installed into the venv at
+the lowest versions `setup.cfg` admits. Our wheel then goes in as on Kaggle, `pip install --no-deps --no-index`, and
+the CLI demo and the fastai and store tests run from that copy.
+"""
+import configparser, json, os, re, subprocess, sys, sysconfig
 from pathlib import Path
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+LOWEST_OF = ('fastai', 'fastcore', 'albumentations')
 
-def test_wheel_installs_offline_and_runs(tmp_path):
-    pip = [sys.executable, '-m', 'pip']
-    r = subprocess.run(pip + ['wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path/'dist'), str(ROOT)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    whl, = (tmp_path/'dist').glob('fastai_shelve-*.whl')
-    assert whl.name.endswith('-py3-none-any.whl')  # pure Python: one file for every Kaggle image
-    # As on Kaggle: upload the wheel as a dataset, then `pip install --no-deps /kaggle/input/.../*.whl`, no index.
-    r = subprocess.run(pip + ['install', '--no-deps', '--no-index', '-q', '--target', str(tmp_path/'site'), str(whl)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    code = ("import sys, fastai_shelve\n"
-            "assert fastai_shelve.__file__.startswith(sys.argv[1]), fastai_shelve.__file__  # the wheel's copy, not the checkout\n"
-            "from fastai_shelve.demo import run_demo\n"
-            "r = run_demo(sys.argv[2], n=24, size=48, bs=8, epochs=1, n_workers=0, show=False)\n"
-            "print('records', r['records'])\n")
-    r = subprocess.run([sys.executable, '-c', code, str(tmp_path/'site'), str(tmp_path/'demo')], capture_output=True, text=True,
-                       timeout=600, env={**os.environ, 'PYTHONPATH': str(tmp_path/'site'), 'MPLBACKEND': 'Agg'}, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().endswith('records 24')
+def lowest_versions() -> dict:
+    "{package: lowest version} from `setup.cfg`'s `install_requires` for `LOWEST_OF`."
+    cfg = configparser.ConfigParser(); cfg.read(ROOT/'setup.cfg')
+    reqs = dict(re.match(r'([\w-]+)\s*>=\s*([\w.]+)', l).groups() for l in cfg['options']['install_requires'].split() if '>=' in l)
+    return {p: reqs[p] for p in LOWEST_OF}
+
+def run(cmd, **kw):
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
+    assert r.returncode == 0, f'{cmd}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}'
+    return r
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+    d = tmp_path_factory.mktemp('dist')
+    run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', d, ROOT], timeout=300)
+    whl, = d.glob('fastai_shelve-*.whl')
+    return whl
+
+@pytest.fixture(scope='module')
+def lowest_venv(tmp_path_factory, wheel):
+    venv = tmp_path_factory.mktemp('venv')/'lowest'
+    run([sys.executable, '-m', 'venv', venv], timeout=300)
+    py = venv/'bin'/'python'
+    site = Path(run([py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])']).stdout.strip())
+    # A plain path line: this environment's packages, after the venv's own; its .pth files (our editable install) don't run
+    (site/'base_env.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    pins = [f'{p}=={v}' for p,v in lowest_versions().items()]
+    run([py, '-m', 'pip', 'install', '-q', *pins], timeout=900)
+    run([py, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', wheel], timeout=300)  # as on Kaggle: no index
+    return venv
+
+ENV = {**os.environ, 'NO_ALBUMENTATIONS_UPDATE': '1', 'MPLBACKEND': 'Agg'}
+
+def test_wheel_is_pure_python(wheel):
+    assert wheel.name.endswith('-py3-none-any.whl')  # one file for every Kaggle image
+
+def test_lowest_versions_are_what_runs(lowest_venv):
+    code = ('import json, fastai, fastcore, albumentations, fastai_shelve\n'
+            'print(json.dumps(dict(fastai=fastai.__version__, fastcore=fastcore.__version__, '
+            'albumentations=albumentations.__version__, at=fastai_shelve.__file__)))')
+    got = json.loads(run([lowest_venv/'bin'/'python', '-c', code], env=ENV, cwd=lowest_venv).stdout)
+    assert got.pop('at').startswith(str(lowest_venv)), 'fastai_shelve was not imported from the installed wheel'
+    assert got == lowest_versions()
+
+def test_demo_runs_from_the_wheel(lowest_venv, tmp_path):
+    r = run([lowest_venv/'bin'/'fastai-shelve', 'demo', '--out', tmp_path/'demo', '--n', 48, '--size', 48, '--epochs', 1,
+             '--bs', 8], env=ENV, cwd=tmp_path, timeout=600)
+    assert re.search(r'accuracy_multi \d\.\d+', r.stdout), r.stdout[-2000:]
+    assert (tmp_path/'demo'/'train.shelf').exists()
+
+def test_fastai_and_store_tests_pass_at_lowest_versions(lowest_venv, tmp_path):
+    # run from tmp_path: with the checkout as the working directory Python would import its fastai_shelve, not the wheel's
+    r = run([lowest_venv/'bin'/'python', '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow',
+             ROOT/'tests'/'test_fastai.py', ROOT/'tests'/'test_store.py'], env=ENV, cwd=tmp_path, timeout=1200)
+    assert ' passed' in r.stdout and 'failed' not in r.stdout
