@@ -84,6 +84,14 @@ def test_tutorial_in_browser(browser):
     assert any('10_tutorial_ranzcr_files' in s for s in imgs), f'no show_batch output image: {imgs}'
     page.screenshot(path=SHOTS/'tutorial_ranzcr.png', full_page=True)
 
+def test_stores_tutorial_in_browser(browser):
+    page = open_page(browser, '12_tutorial_stores/')
+    assert texts(page, 'article h1') == ['Tutorial: choosing a store']
+    tables = ' '.join(texts(page, 'article table'))
+    assert 'JPEG q95' in tables and 'PNG files + PIL' in tables  # the live measurement and the benchmark's table
+    assert any('12_tutorial_stores_files' in s for s in loaded_images(page)), 'the square vs shortest-side figure is missing'
+    page.screenshot(path=SHOTS/'tutorial_stores.png', full_page=True)
+
 def test_api_page_has_show_doc_entries(browser):
     page = open_page(browser, '05_data/')
     h = texts(page, 'article h3')
