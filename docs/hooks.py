@@ -85,7 +85,9 @@ def to_markdown(nb, stem:str):
     md, res = MarkdownExporter(config=c).from_notebook_node(nbformat.reads(nb2str(nb), as_version=4),
                                                          resources={'output_files_dir': f'{stem}_files'})
     # show_doc links each entry to its source on GitHub; this project has no public repository URL to link to
-    return re.sub(r'\[source\]\(/blob/[^)]*\)', '', md), res.get('outputs', {})
+    md = re.sub(r'\[source\]\(/blob/[^)]*\)', '', md)
+    # nbconvert puts blank lines between a cell's outputs; Markdown merges adjacent indented blocks, blank lines and all
+    return re.sub(r'\n(?:[ \t]*\n){2,}', '\n\n', md), res.get('outputs', {})
 
 def _index(root:Path) -> str:
     "The README as the home page, its links into `nbs/` made site-relative."
