@@ -52,7 +52,7 @@ def run_notebook(fn:Path):
     os.environ['IN_TEST'] = '1'
     try:
         with working_directory(fn.parent): k.run_all(nb, exc_stop=True, preproc=_skip, cell_timeout=600)
-    except BaseException as e:
+    except Exception as e:
         raise PluginError(f"notebook {fn} failed, so the docs were not built:\n{k.prettytb(fname=fn) or e}") from None
     finally: os.environ.pop('IN_TEST', None)
     return nb
