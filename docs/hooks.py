@@ -6,7 +6,7 @@ is run as `nbdev_test` runs it (cells flagged `slow` are shown, not run) with nb
 function gets a `show_doc` entry; then exported and hidden cells are dropped, directives stripped, and nbconvert writes
 Markdown with the outputs (figures as PNG files). A notebook that raises fails the build, naming the notebook and cell.
 """
-import os, re, time, logging
+import os, re, time, logging, warnings
 from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
@@ -51,7 +51,10 @@ def run_notebook(fn:Path):
     k.run_cell('from nbdev.showdoc import show_doc')
     os.environ['IN_TEST'] = '1'
     try:
-        with working_directory(fn.parent): k.run_all(nb, exc_stop=True, preproc=_skip, cell_timeout=600)
+        # libraries' deprecation notices (matplotlib on fastai tensors, ...) would fill the build log; the tests show them
+        with working_directory(fn.parent), warnings.catch_warnings():
+            warnings.simplefilter('ignore', DeprecationWarning); warnings.simplefilter('ignore', FutureWarning)
+            k.run_all(nb, exc_stop=True, preproc=_skip, cell_timeout=600)
     except Exception as e:
         raise PluginError(f"notebook {fn} failed, so the docs were not built:\n{k.prettytb(fname=fn) or e}") from None
     finally: os.environ.pop('IN_TEST', None)
