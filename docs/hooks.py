@@ -7,6 +7,7 @@ function gets a `show_doc` entry; then exported and hidden cells are dropped, di
 Markdown with the outputs (figures as PNG files). A notebook that raises fails the build, naming the notebook and cell.
 """
 import os, re, time, logging, warnings
+from functools import partial
 from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
@@ -14,13 +15,17 @@ from traitlets.config import Config
 from fastcore.nbio import read_nb, nb2str
 from fastcore.xtras import working_directory
 from execnb.shell import CaptureShell
+from nbdev.config import get_config
 from nbdev.process import NBProcessor
 from nbdev.processors import add_show_docs, hide_, rm_export, hide_line
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 log = logging.getLogger('mkdocs.hooks.notebooks')
-_SKIP_FLAGS = {'slow'}  # as `tst_flags` in pyproject.toml: not run by the tests, so not by the docs either
+
+def skip_flags(fn:Path) -> set:
+    "Flags of cells `nbdev_test` leaves out (`tst_flags` in the project's config): the docs don't run them either."
+    return set(get_config(fn.parent).tst_flags.split())
 
 def _notebooks(config):
     "The numbered notebooks, but `99_all` (it only gathers the modules' names for `from fastai_shelve.all import *`)."
@@ -40,9 +45,9 @@ def on_config(config):
     config.nav = [{'Home': 'index.md'}] + ([{'Tutorials': tuts}] if tuts else []) + [{'API': api}]
     return config
 
-def _skip(cell) -> bool:
+def _skip(cell, flags:set) -> bool:
     d = cell.directives_ or {}
-    return cell.cell_type != 'code' or bool(_SKIP_FLAGS & d.keys()) or d.get('eval', ['true'])[0].lower() == 'false'
+    return cell.cell_type != 'code' or bool(flags & d.keys()) or d.get('eval', ['true'])[0].lower() == 'false'
 
 def run_notebook(fn:Path):
     "Run `fn` with nbdev's `show_doc` cells added; the executed notebook, or `PluginError` naming the failing cell."
@@ -54,7 +59,7 @@ def run_notebook(fn:Path):
         # libraries' deprecation notices (matplotlib on fastai tensors, ...) would fill the build log; the tests show them
         with working_directory(fn.parent), warnings.catch_warnings():
             warnings.simplefilter('ignore', DeprecationWarning); warnings.simplefilter('ignore', FutureWarning)
-            k.run_all(nb, exc_stop=True, preproc=_skip, cell_timeout=600)
+            k.run_all(nb, exc_stop=True, preproc=partial(_skip, flags=skip_flags(fn)), cell_timeout=600)
     except Exception as e:
         raise PluginError(f"notebook {fn} failed, so the docs were not built:\n{k.prettytb(fname=fn) or e}") from None
     finally: os.environ.pop('IN_TEST', None)
@@ -67,7 +72,7 @@ def _terminal_view(text:str) -> str:
     lines = [next((seg for seg in reversed(l.split('\r')) if seg.strip()), '') for l in text.split('\n')]
     return '\n'.join(l for l in lines if not _BAR.match(l)) + '\n'
 
-def _for_display(cell):
+def _for_display(cell, flags:set):
     "show_doc cells show only their output; skipped cells are marked so; warnings (stderr) are left out."
     if cell.cell_type != 'code': return
     cell.outputs = [o for o in cell.outputs if o.get('name') != 'stderr']
@@ -76,12 +81,12 @@ def _for_display(cell):
     cell.outputs = [o for o in cell.outputs if o.get('name') != 'stdout' or o.text.strip()]
     cell.metadata.pop('execution', None)  # execnb's timings, which nbformat's schema refuses
     if cell.pop('has_sd', False) or cell.source.startswith('show_doc('): cell.metadata['tags'] = ['remove_input']
-    elif _skip(cell): cell.source = f'# not run when the docs are built (flagged {", ".join(_SKIP_FLAGS & cell.directives_.keys())})\n' + cell.source
+    elif _skip(cell, flags): cell.source = f'# not run when the docs are built (flagged {", ".join(flags & cell.directives_.keys())})\n' + cell.source
 
-def to_markdown(nb, stem:str):
+def to_markdown(nb, stem:str, flags:set):
     "(markdown, {file name: bytes}) of an executed notebook, exported code and hidden cells left out."
     nb.metadata['language_info'] = {'name': 'python'}  # nbconvert's code fences take their language from here
-    nb = NBProcessor(nb=nb, procs=[hide_line, hide_, rm_export, _for_display], rm_directives=True, process=True).nb
+    nb = NBProcessor(nb=nb, procs=[hide_line, hide_, rm_export, partial(_for_display, flags=flags)], rm_directives=True, process=True).nb
     c = Config()
     c.TagRemovePreprocessor.remove_input_tags = {'remove_input'}
     c.TagRemovePreprocessor.enabled = True
@@ -105,7 +110,7 @@ def on_files(files, config):
     if (root/'README.md').exists(): files.append(File.generated(config, 'index.md', content=_index(root)))
     for fn in _notebooks(config):
         t0 = time.time()
-        md, outs = to_markdown(run_notebook(fn), fn.stem)
+        md, outs = to_markdown(run_notebook(fn), fn.stem, skip_flags(fn))
         files.append(File.generated(config, f'{fn.stem}.md', content=md))
         for name, data in outs.items(): files.append(File.generated(config, name, content=data))
         log.info(f'{fn.name}: ran in {time.time()-t0:.1f}s, {len(outs)} figure(s)')

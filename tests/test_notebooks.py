@@ -18,6 +18,7 @@ def test_modules_match_notebooks(tmp_path):
 @pytest.mark.parametrize('nb', NBS, ids=[p.stem for p in NBS])
 def test_notebook(nb, monkeypatch):
     from nbdev.test import test_nb
+    from nbdev.config import get_config
     monkeypatch.chdir(ROOT)
-    ok, _ = test_nb(nb, skip_flags=['slow'])
+    ok, _ = test_nb(nb, skip_flags=get_config(ROOT).tst_flags.split())  # as nbdev_test: pyproject.toml's tst_flags
     assert ok, f"{nb.name} failed: see the traceback above"
