@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
-from fastcore.nbio import read_nb, nb2str
+from fastcore.nbio import read_nb, nb2str, does_cell_eval
 from fastcore.xtras import working_directory
 from execnb.shell import CaptureShell
 from nbdev.config import get_config
@@ -46,8 +46,8 @@ def on_config(config):
     return config
 
 def _skip(cell, flags:set) -> bool:
-    d = cell.directives_ or {}
-    return cell.cell_type != 'code' or bool(flags & d.keys()) or d.get('eval', ['true'])[0].lower() == 'false'
+    "nbdev_test's rule: not code, flagged, or not evaluated (`eval: false`, nbclient's `skip-execution` tag)."
+    return cell.cell_type != 'code' or bool(flags & (cell.directives_ or {}).keys()) or not does_cell_eval(cell, True)
 
 def run_notebook(fn:Path):
     "Run `fn` with nbdev's `show_doc` cells added; the executed notebook, or `PluginError` naming the failing cell."
