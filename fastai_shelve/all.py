@@ -6,15 +6,16 @@
 __all__ = []
 
 # %% ../nbs/99_all.ipynb #2a342906
-from . import codec, store, build, fetch, augment, data, demo, shards
-from .codec import *
-from .store import *
-from .build import *
-from .fetch import *
-from .augment import *
-from .data import *
-from .demo import *
-from .shards import *
-from .cli import shelf_info, convert_shelf
-# nbdev writes `__all__ = []` for a cell of imports; name what `import *` should bring.
-__all__ = [n for m in (codec, store, build, fetch, augment, data, demo, shards) for n in m.__all__] + ['shelf_info', 'convert_shelf']
+from .codec import ShelfError, RecordError, FormatVersionError
+from .store import open_shelf, shelf_info, PickleRefusedError, ShelfClosedError, ReadOnlyError
+from .build import build_shelf, convert_shelf, BuildSettings
+from .shards import build_sharded
+from .fetch import cpu_distributed
+from .augment import AlbumentationsTransform, FastPiecewiseAffine, xray_augs, xray_valid_augs
+from .data import ShelfDataLoaders, shelf_dblock, GroupSplitter, KeySplitter
+from .demo import RANZCR_LABELS, make_demo_data, run_demo
+# What a user calls, and nothing of fastai's names: everything else is importable from its module.
+__all__ = ['ShelfError', 'RecordError', 'FormatVersionError', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
+           'open_shelf', 'shelf_info', 'build_shelf', 'convert_shelf', 'BuildSettings', 'build_sharded', 'cpu_distributed',
+           'AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs',
+           'ShelfDataLoaders', 'shelf_dblock', 'GroupSplitter', 'KeySplitter', 'RANZCR_LABELS', 'make_demo_data', 'run_demo']

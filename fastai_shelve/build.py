@@ -4,18 +4,19 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, json, time, itertools, multiprocessing as mp
+import os, sys, json, time, signal, ctypes, itertools, multiprocessing as mp
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastprogress.fastprogress import progress_bar
-from .codec import ShelfError, encode_record
-from .store import open_shelf
+from .codec import ShelfError, FormatVersionError, encode_record
+from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, ReadOnlyError, key_bytes, record_meta
 
 # %% auto #0
-__all__ = ['target_size', 'is_dicom', 'read_dicom', 'load_image', 'pixel_hist', 'stream_map', 'BuildReport', 'build_shelf']
+__all__ = ['target_size', 'is_dicom', 'read_dicom', 'load_image', 'BuildSettings', 'read_source', 'encode_labels', 'pixel_hist',
+           'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -76,31 +77,74 @@ def _resize(a:np.ndarray, out) -> np.ndarray:
     shrink = min(a.shape[1] / out[0], a.shape[0] / out[1])
     return cv2.resize(a, out, interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
 
+class BuildSettings:
+    "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
+    schema = 1  # the version of this record in a shelf's metadata ('build'); shelves before it hold the same fields
+    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True):
+        size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
+        store_attr()
+
+    @classmethod
+    def from_meta(cls, d:dict|None) -> BuildSettings:
+        "The settings a shelf's metadata `d` holds (its 'build' entry); a newer schema is refused."
+        d = dict(d or {})
+        v = d.pop('schema', 1)
+        if not isinstance(v, int) or v > cls.schema:
+            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): upgrade fastai_shelve")
+        unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray'}
+        if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
+        return cls(**d)
+
+    def as_meta(self) -> dict:
+        "The JSON a shelf's metadata keeps under 'build'."
+        return dict(schema=self.schema, size=self.size, shortest_side=self.shortest_side, max_side=self.max_side, gray=self.gray)
+
+    def load(self, fn) -> np.ndarray:
+        "Decode and resize file `fn` exactly as the build did."
+        return load_image(fn, self.size, self.shortest_side, self.max_side, self.gray)
+
+    def prepare(self, im) -> np.ndarray:
+        "An image already in memory (a PIL image or an array, any size) as the build would have stored it."
+        if not isinstance(im, Image.Image):
+            a = np.asarray(im)
+            im = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
+        a = np.asarray(_to_mode(im, self.gray))
+        return _resize(a, target_size(a.shape[1], a.shape[0], self.size, self.shortest_side, self.max_side))
+
+    def __eq__(self, other): return isinstance(other, BuildSettings) and self.as_meta() == other.as_meta()
+    def __repr__(self): return f"BuildSettings({', '.join(f'{k}={v!r}' for k,v in self.as_meta().items() if k != 'schema')})"
+
 # %% ../nbs/02_build.ipynb #4bd13905
-def _read_source(source, fn_col) -> tuple:
-    "(table, keys, column of ids) from a DataFrame, a CSV file or a list of image files."
+def read_source(source, fn_col=0) -> tuple:
+    "(table, keys, id column) from a DataFrame, a CSV file (ids read as text) or a list of image files; ids checked unique."
     if isinstance(source, (str, Path)) and Path(source).suffix.lower() in ('.csv', '.gz', '.zip'):
         if not Path(source).exists(): raise FileNotFoundError(f"no CSV at {source}")
-        source = pd.read_csv(source)
+        cols = pd.read_csv(source, nrows=0).columns
+        col = fn_col if isinstance(fn_col, str) else cols[fn_col] if fn_col < len(cols) else None
+        source = pd.read_csv(source, dtype={col: str} if col in cols else None)  # ids as text: '007' stays '007'
     if isinstance(source, pd.DataFrame):
         df = source.reset_index(drop=True)
         col = fn_col if isinstance(fn_col, str) else df.columns[fn_col]
         if col not in df.columns: raise ShelfError(f"no column {col!r} in the table (it has {list(df.columns)})")
-        if df[col].isna().any(): raise ShelfError(f"column {col!r} has {df[col].isna().sum()} empty ids (rows {list(np.where(df[col].isna())[0][:5])})")
-        return df, df[col].map(str).tolist(), col
-    files = [Path(o) for o in listify(source)]
-    return pd.DataFrame({'file': [str(f) for f in files]}), [f.stem for f in files], None
-
-def _check_unique(keys):
-    s = pd.Series(keys)
-    dups = s[s.duplicated()].unique()
+        empty = df[col].isna() | (df[col].astype(str) == '')
+        if empty.any(): raise ShelfError(f"column {col!r} has {empty.sum()} empty ids (rows {list(np.where(empty)[0][:5])})")
+        keys, col = df[col].map(str).tolist(), col
+    else:
+        files = [Path(o) for o in listify(source)]
+        df, keys, col = pd.DataFrame({'file': [str(f) for f in files]}), [f.stem for f in files], None
+    dups = pd.Series(keys)[pd.Series(keys).duplicated()].unique()
     if len(dups): raise ShelfError(f"{len(dups)} ids occur more than once, e.g. {list(dups[:5])}: ids must be unique")
+    return df, keys, col
 
 # %% ../nbs/02_build.ipynb #a54707ee
-def _labels(df, keys, label_cols, label_func, vocab=None) -> tuple:
-    "(per-row labels, label metadata): multi-label int8 vectors, or category indices with their vocab."
+def _native(v):
+    "A numpy scalar as the Python value JSON can keep (int, float, bool, str)."
+    return v.item() if isinstance(v, np.generic) else v
+
+def encode_labels(df, keys, label_cols=None, label_func=None, vocab=None) -> tuple:
+    "(per-row labels, label metadata): multi-label int8 vectors, or category indices with their vocab, as fastai sorts it."
     if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]
-    elif label_cols: 
+    elif label_cols:
         cols = listify(label_cols)
         miss = [c for c in cols if c not in df.columns]
         if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
@@ -115,11 +159,15 @@ def _labels(df, keys, label_cols, label_func, vocab=None) -> tuple:
             w0 = len(vals[0]); bad = [k for k,v in zip(keys, vals) if len(v) != w0]
             raise ShelfError(f"labels have different widths {sorted(widths)}: e.g. ids {bad[:5]} differ from {keys[0]!r} ({w0})")
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
-    vocab = list(vocab) if vocab is not None else sorted({str(v) for v in vals})
+    vals = [_native(v) for v in vals]
+    # fastai's CategoryMap sorts the values themselves: ints as ints (0, 1, 2, ..., 10), not as strings
+    try: found = sorted(set(vals))
+    except TypeError: found = sorted(set(vals), key=str)  # mixed types: sort as text
+    vocab = [_native(v) for v in vocab] if vocab is not None else found
     idx = {v:i for i,v in enumerate(vocab)}
-    unknown = sorted({str(v) for v in vals} - set(idx))
+    unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
-    return [np.array(idx[str(v)], np.int16) for v in vals], dict(label_kind='category', vocab=vocab)
+    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab)
 
 def _multi(a, keys, names) -> tuple:
     bad = ~np.isin(a, (0, 1))
@@ -136,22 +184,31 @@ def pixel_hist(img:np.ndarray) -> np.ndarray:
 
 def _decode_task(task):
     "Worker: (key, encoded record, pixel histogram, None) or (key, None, None, reason)."
-    key, fn, lab, opts = task
-    try: img = load_image(fn, **opts)
+    key, fn, lab, settings, compression = task
+    try: img = settings.load(fn)
     except FileNotFoundError: return key, None, None, 'missing file'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
     # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
-    return key, encode_record({'image': img} if lab is None else {'image': img, 'labels': lab}), pixel_hist(img), None
+    rec = {'image': img} if lab is None else {'image': img, 'labels': lab}
+    return key, encode_record(rec, *compression), pixel_hist(img), None
 
-def _mp_context():
-    # fork: workers need no importable __main__, so a script without a main guard (a Kaggle cell) works.
+def mp_context():
+    "fork where there is one: workers need no importable __main__, so a script without a main guard (a Kaggle cell) works."
     return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
+
+def die_with_parent():
+    "Ask Linux to kill this process when its parent dies (a worker outliving a killed build); elsewhere nothing."
+    if not sys.platform.startswith('linux'): return
+    parent = os.getppid()
+    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError): return
+    if os.getppid() != parent: os._exit(1)  # the parent died before the request took effect
 
 def stream_map(f, tasks, n_workers:int=0):
     "Yield `f(t)` for `tasks` as they finish, at most two per worker in flight (in order when `n_workers=0`)."
     if not n_workers: yield from map(f, tasks); return
     it = iter(tasks)
-    with ProcessPoolExecutor(n_workers, mp_context=_mp_context()) as ex:
+    with ProcessPoolExecutor(n_workers, mp_context=mp_context(), initializer=die_with_parent) as ex:
         running = {ex.submit(f, t) for t in itertools.islice(it, 2*n_workers)}
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -173,55 +230,63 @@ class BuildReport:
                 f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)")
 
 # %% ../nbs/02_build.ipynb #88eb2517
-def _build_params(size, shortest_side, max_side, gray):
-    # As the metadata will hold them (JSON: a tuple comes back a list), so a resume compares like with like.
-    return json.loads(json.dumps(dict(size=size, shortest_side=shortest_side, max_side=max_side, gray=gray)))
-
-def _check_same_build(shelf, params):
-    old = shelf.meta.get('build')
-    if old is not None and old != params:
-        diff = {k:(old.get(k), v) for k,v in params.items() if old.get(k) != v}
-        raise ShelfError(f"{shelf.path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
-
-class _Stats:
-    "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
-    def __init__(self, d=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
-    def add(self, hist): self.h = hist if self.h is None else self.h + hist
-    def as_meta(self):
-        if self.h is None: return {}
-        v, n = np.arange(256) / 255, self.h.sum(1)
-        m = (self.h * v).sum(1) / n
-        sd = np.sqrt(np.maximum((self.h * v * v).sum(1) / n - m * m, 0))
-        return dict(hist=self.h.tolist(), mean=m.tolist(), std=sd.tolist())
+def _check_same_build(path, settings:BuildSettings):
+    "A `check` for `update_meta`: refuse to resume a shelf that was built with other settings."
+    def check(meta):
+        if meta.get('build') is None: return
+        old = BuildSettings.from_meta(meta['build'])
+        if old != settings:
+            diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
+            raise ShelfError(f"{path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
+    return check
 
 # %% ../nbs/02_build.ipynb #12b6ea20
-def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=None, label_func=None,
-                size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, n_workers:int=None,
-                commit_every:int=128, strict:bool=False, progress:bool=True, vocab=None) -> BuildReport:
-    "Decode and resize the images of `source` (DataFrame, CSV or list of files) into the shelf at `path`; `vocab` fixes a category's."
+def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
+                path, # the shelf to write (a build into an existing one resumes it)
+                img_path='.', # folder of the images
+                fn_col=0, # id column (name or index); with `suffix`, names the file
+                suffix:str='', # appended to ids to name files, e.g. '.jpg'
+                label_cols=None, # several columns: multi-label; one: a category
+                label_func=None, # or a function of the row giving the label
+                size=None, # square (or (h, w)) output size: stretches, as the seed did
+                shortest_side:int=None, # keep aspect; the shorter side becomes this
+                max_side:int=None, # keep aspect; shrink so the longer side is at most this
+                gray:bool=True, # one gray channel (else RGB)
+                n_workers:int=None, # decode processes (default: cores, at most 8)
+                commit_every:int=128, # records per commit
+                strict:bool=False, # stop at the first bad input instead of reporting it
+                progress:bool=True, # show a progress bar and print the report
+                vocab=None, # fix a category's vocab (and its order)
+                compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
+                level:int=None, # the compression level (None: the library's default)
+               ) -> BuildReport:
+    "Decode and resize the images of `source` once, in worker processes, into the shelf at `path`; resumable."
     t0 = time.time()
-    df, keys, col = _read_source(source, fn_col)
-    _check_unique(keys)
-    labels, label_meta = _labels(df, keys, label_cols, label_func, vocab)
+    df, keys, col = read_source(source, fn_col)
+    labels, label_meta = encode_labels(df, keys, label_cols, label_func, vocab)
     files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
-    params = _build_params(size, shortest_side, max_side, gray)
+    settings = BuildSettings(size, shortest_side, max_side, gray)
     n_workers = ifnone(n_workers, min(os.cpu_count() or 1, 8))
-    with open_shelf(path, 'c') as shelf:
-        _check_same_build(shelf, params)
+    bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
+    if shelf_kind(path) == 'sharded': raise ReadOnlyError(f"{path}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
+    with open_shelf(path, 'c', compression=compression, level=level) as shelf:
+        if not isinstance(shelf, Shelf): shelf._refuse('take a build_shelf')
+        # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
+        shelf.update_meta(check=_check_same_build(path, settings), build=settings.as_meta(),
+                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta)
         extra = [c for c in df.columns if c not in listify(label_cols) + [col, 'file']]
-        shelf.update_meta(build=params, image_mode='L' if gray else 'RGB', **label_meta)
         if extra: shelf.set_table(df[extra].set_axis(keys))
-        todo = set(shelf.missing(keys))
+        valid = [k for k in keys if key_bytes(k) is not None]
+        todo = set(shelf.missing(valid))
         by_key = {k:(f, l) for k,f,l in zip(keys, files, labels) if k in todo}
-        tasks = [(k, *by_key[k], params) for k in keys if k in todo]
-        stats = _Stats(shelf.meta.get('stats'))
-        bad, pending, nbytes, written = [], [], 0, 0
+        tasks = [(k, *by_key[k], settings, (compression, level)) for k in keys if k in todo]
+        stats = PixelStats(shelf.meta.get('stats'))
+        pending, nbytes, written = [], 0, 0
         def commit():
             nonlocal pending, nbytes, written
             if pending:
-                shelf.put_many(pending)
+                shelf.put_many(pending, meta=dict(stats=stats.as_meta()))  # the histograms commit with their records
                 written += len(pending); pending, nbytes = [], 0
-                shelf.update_meta(stats=stats.as_meta())
         results = stream_map(_decode_task, tasks, n_workers)
         pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else results
         try:
@@ -236,6 +301,33 @@ def build_shelf(source, path, img_path='.', fn_col=0, suffix:str='', label_cols=
                 if pb is not results: pb.comment = f'{(written+len(pending))/(time.time()-t0):.1f} img/s'
         finally: commit()  # an error or interrupt never loses what was decoded
         shelf.update_meta(n_records=len(shelf))
-    report = BuildReport(path, len(keys), written, len(keys)-len(tasks), bad, time.time()-t0)
+    report = BuildReport(path, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
     if progress: print(report)
     return report
+
+# %% ../nbs/02_build.ipynb #d665093c
+def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
+                  dst, # the new LMDB shelf (resumes if it exists)
+                  allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles
+                  chunk:int=256, # records per transaction
+                  progress:bool=True, # show a progress bar
+                  compression:str=None, # None, 'zstd' or 'lz4' for the new shelf
+                  level:int=None, # the compression level
+                 ) -> int:
+    "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
+    src = open_shelf(src, allow_pickle=allow_pickle)
+    with src, open_shelf(dst, 'c', compression=compression, level=level) as out:
+        keys = out.missing(src.keys())
+        it = range(0, len(keys), chunk)
+        for i in (progress_bar(it, leave=False) if progress else it):
+            ks = keys[i:i+chunk]
+            recs = src.get_many(ks)
+            for k,r in zip(ks, recs):
+                if not isinstance(r, dict): raise ShelfError(f"{src.path}: key {k!r} holds a {type(r).__name__}, not a record dict")
+            out.put_many(zip(ks, recs))
+        ours = {k:v for k,v in src.meta.items() if k not in ('format', 'format_version', 'created', 'package_version', 'backend',
+                                                             'n_records', 'n_shards', 'compression', 'converted_from')}
+        meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
+        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression})
+        if src.table is not None: out.set_table(src.table)
+    return len(keys)

@@ -4,13 +4,15 @@
 
 # %% ../nbs/00_codec.ipynb #db9fc78a
 from __future__ import annotations
-import json, struct, zlib, copy
+import json, struct, zlib, copy, threading, importlib
+from typing import NamedTuple
 from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAGIC', 'ShelfError', 'RecordError', 'FormatVersionError', 'encode_record', 'Layout',
-           'record_layout', 'check_crc', 'decode_record']
+__all__ = ['FORMAT_VERSION', 'MAGIC', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError', 'compress', 'decompress',
+           'encode_record', 'Field', 'Layout', 'record_version', 'record_layout', 'record_crc', 'check_crc',
+           'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -18,9 +20,10 @@ class RecordError(ShelfError, ValueError): "A record that cannot be encoded, or 
 class FormatVersionError(ShelfError): "A shelf or record written by a newer fastai_shelve than this one."
 
 # %% ../nbs/00_codec.ipynb #2257f7e9
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b'FSR'
 _prefix = struct.Struct('<3sBII')
+_CRC_AT = 8       # the crc's offset in the prefix: what the checksum skips
 _ALIGN = 64
 _KINDS = 'biufc'  # bool, int, uint, float, complex: plain bytes, safe to view
 
@@ -33,10 +36,42 @@ def _jsonable(v) -> bool:
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(o) for k,o in v.items())
     return False
 
+# %% ../nbs/00_codec.ipynb #cce8d6f3
+COMPRESSIONS = ('zstd', 'lz4')
+_MIN_COMPRESS = 256
+_local = threading.local()  # zstd contexts are not thread-safe: one per thread
+
+def _codec_lib(name:str):
+    try: return importlib.import_module({'zstd': 'zstandard', 'lz4': 'lz4.block'}[name])
+    except KeyError: raise RecordError(f"unknown compression {name!r}: use one of {COMPRESSIONS} or None") from None
+    except ImportError: raise RecordError(f"{name} compression needs its library: pip install 'fastai_shelve[compress]'") from None
+
+def compress(raw, codec:str, level:int=None) -> bytes:
+    "`raw` bytes compressed with `codec` ('zstd' or 'lz4') at `level` (the library's default if None)."
+    lib = _codec_lib(codec)
+    if codec == 'lz4': return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
+    c = getattr(_local, 'zc', {}).get(level)
+    if c is None: c = lib.ZstdCompressor(level=3 if level is None else level); _local.__dict__.setdefault('zc', {})[level] = c
+    return c.compress(raw)
+
+def decompress(data, codec:str, nbytes:int) -> bytes:
+    "The `nbytes` bytes that `compress` packed into `data`; a `RecordError` if they don't come back whole."
+    lib = _codec_lib(codec)
+    try:
+        if codec == 'lz4': out = lib.decompress(data, uncompressed_size=nbytes)
+        else:
+            d = getattr(_local, 'zd', None)
+            if d is None: d = _local.zd = lib.ZstdDecompressor()
+            out = d.decompress(data, max_output_size=nbytes)
+    except Exception as e: raise RecordError(f"{codec} data does not decompress: {e}") from None
+    if len(out) != nbytes: raise RecordError(f"{codec} data decompressed to {len(out)} bytes, not {nbytes}")
+    return out
+
 # %% ../nbs/00_codec.ipynb #f1d410d6
-def encode_record(rec:dict) -> bytes:
-    "Encode `rec`, a dict of arrays and JSON values, as header + aligned raw buffers."
+def encode_record(rec:dict, compression:str=None, level:int=None) -> bytes:
+    "Encode `rec`, a dict of arrays and JSON values, as header + aligned buffers, raw or compressed (`compression`)."
     if not isinstance(rec, dict): raise RecordError(f"a record must be a dict, not {type(rec).__name__}")
+    if compression is not None: _codec_lib(compression)
     arrays, values, off = [], {}, 0
     for k,v in rec.items():
         if not isinstance(k, str): raise RecordError(f"field names must be str, not {k!r}")
@@ -45,56 +80,83 @@ def encode_record(rec:dict) -> bytes:
             if not a.flags.c_contiguous: a = a.copy(order='C')
             if a.dtype.kind not in _KINDS:
                 raise RecordError(f"field {k!r}: dtype {a.dtype} cannot be stored (numbers and bools only)")
-            arrays.append((k, a, off)); off += _pad(a.nbytes)
+            raw = a.reshape(-1).view(np.uint8)
+            entry = [k, a.dtype.str, a.shape, off]
+            if compression and a.nbytes >= _MIN_COMPRESS:
+                raw = compress(raw, compression, level); entry += [len(raw), compression]
+            arrays.append((entry, raw)); off += _pad(len(raw))
         elif _jsonable(v): values[k] = v
         else: raise RecordError(f"field {k!r}: cannot store a {type(v).__name__} (arrays, numbers, strings, lists, dicts)")
-    header = json.dumps({'a': [[k, a.dtype.str, a.shape, o] for k,a,o in arrays], 'v': values},
-                        separators=(',', ':'), allow_nan=True).encode()
+    header = json.dumps({'a': [e for e,_ in arrays], 'v': values}, separators=(',', ':'), allow_nan=True).encode()
     start = _pad(_prefix.size + len(header))
     out = bytearray(start + off)
-    body, crc = np.frombuffer(out, np.uint8), 0
-    for k,a,o in arrays:
-        raw = a.reshape(-1).view(np.uint8)
-        body[start+o:start+o+a.nbytes] = raw
-        crc = zlib.crc32(raw, crc)
+    body = np.frombuffer(out, np.uint8)
+    for e,raw in arrays: body[start+e[3]:start+e[3]+len(raw)] = np.frombuffer(raw, np.uint8)
     out[_prefix.size:_prefix.size+len(header)] = header
     out[_prefix.size+len(header):start] = b' ' * (start-_prefix.size-len(header))  # JSON ignores trailing blanks
-    _prefix.pack_into(out, 0, MAGIC, FORMAT_VERSION, start-_prefix.size, crc)
+    _prefix.pack_into(out, 0, MAGIC, FORMAT_VERSION, start-_prefix.size, 0)
+    struct.pack_into('<I', out, _CRC_AT, record_crc(out))
     return bytes(out)
 
 # %% ../nbs/00_codec.ipynb #66025698
+class Field(NamedTuple):
+    "One array of a record: where its bytes are, and how to read them."
+    name:str; dtype:np.dtype; shape:tuple; offset:int; nbytes:int; stored:int; codec:str|None
+
 class Layout:
-    "The parsed header of a record: its arrays (name, dtype, shape, offset, nbytes) and its JSON values."
-    def __init__(self, arrays, values, start):
-        self.arrays,self.values,self.start = arrays,values,start
-        self.nbytes = max((o+n for _,_,_,o,n in arrays), default=0)  # data bytes the record must hold
+    "The parsed header of a record: its arrays (`Field`s) and its JSON values."
+    def __init__(self, fields, values, start, head:bytes):
+        self.fields,self.values,self.start,self.head = fields,values,start,head
+        self.end = start + max((f.offset+f.stored for f in fields), default=0)  # bytes the record must hold
+        self._mutable = any(isinstance(v, (list, dict)) for v in values.values())
+        self.compressed = any(f.codec for f in fields)
+
     def new_values(self):
         "A fresh copy of the JSON values, so callers may mutate them."
         return copy.deepcopy(self.values) if self._mutable else dict(self.values)
 
+    def matches(self, buf) -> bool:
+        "Does `buf` have this very header (so the same fields at the same offsets), without parsing it?"
+        return len(buf) >= self.end and buf[:_CRC_AT] == self.head[:_CRC_AT] and buf[_prefix.size:self.start] == self.head[_prefix.size:]
+
+    def view(self, buf, f:Field) -> np.ndarray:
+        "Field `f` of `buf` as an array: a view for raw bytes, a new array for compressed ones."
+        at = self.start + f.offset
+        if f.codec is None: return np.frombuffer(buf, f.dtype, f.nbytes // f.dtype.itemsize, at).reshape(f.shape)
+        raw = decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes)
+        return np.frombuffer(raw, f.dtype).reshape(f.shape)
+
+    def read_into(self, buf, f:Field, out:np.ndarray, row:int):
+        "Copy (or decompress) field `f` of `buf` into `out[row]`, a row of its shape and dtype."
+        out[row] = self.view(buf, f)
+
+def _field(o) -> Field:
+    try:
+        name, dt, shape, off, *comp = o
+        dt, shape, off = np.dtype(dt), tuple(int(s) for s in shape), int(off)
+        nb = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        stored, codec = (int(comp[0]), comp[1]) if comp else (nb, None)
+        ok = (isinstance(name, str) and dt.kind in _KINDS and all(s >= 0 for s in shape) and off >= 0 and stored >= 0
+              and len(comp) in (0, 2) and codec in (None,) + COMPRESSIONS)
+    except Exception: ok = False  # numpy's dtype parser raises even SyntaxError on a string like ','  (found by fuzzing)
+    if not ok: raise RecordError(f"bad array entry in header: {o!r}"[:200])
+    return Field(name, dt, shape, off, nb, stored, codec)
+
 @lru_cache(maxsize=1024)
-def _parse_header(header:bytes, start:int) -> Layout:
-    try: h = json.loads(header)
+def _parse_header(head:bytes, start:int) -> Layout:
+    try: h = json.loads(head[_prefix.size:])
     except (ValueError, UnicodeDecodeError) as e: raise RecordError(f"unreadable header: {e}") from None
     if not isinstance(h, dict) or not isinstance(h.get('a'), list) or not isinstance(h.get('v'), dict):
         raise RecordError("header lacks its array list or value dict")
-    arrays = []
-    for o in h['a']:
-        try:
-            name, dt, shape, off = o
-            dt = np.dtype(dt)
-            shape = tuple(int(s) for s in shape)
-            ok = isinstance(name, str) and dt.kind in _KINDS and all(s >= 0 for s in shape) and int(off) >= 0
-        except Exception: ok = False  # numpy's dtype parser raises even SyntaxError on a string like ','  (found by fuzzing)
-        if not ok: raise RecordError(f"bad array entry in header: {o!r}"[:200])
-        arrays.append((name, dt, shape, int(off), int(np.prod(shape, dtype=np.int64)) * dt.itemsize))
-    lay = Layout(tuple(arrays), h['v'], start)
-    lay._mutable = any(isinstance(v, (list, dict)) for v in h['v'].values())
-    return lay
+    return Layout(tuple(_field(o) for o in h['a']), h['v'], start, head)
 
 # %% ../nbs/00_codec.ipynb #91031177
-def record_layout(buf) -> Layout:
-    "Check `buf`'s prefix and return its parsed (cached) header."
+def record_version(buf) -> int:
+    "The format version a record's prefix claims."
+    return buf[3] if len(buf) > 3 else 0
+
+def record_layout(buf, max_version:int=FORMAT_VERSION) -> Layout:
+    "Check `buf`'s prefix and return its parsed (cached) header; a version above `max_version` is refused."
     n = len(buf)
     if bytes(buf[:3]) != MAGIC:
         what = "a pickle" if bytes(buf[:1]) == b'\x80' else "not a fastai_shelve record"
@@ -103,30 +165,40 @@ def record_layout(buf) -> Layout:
     _, version, hlen, _ = _prefix.unpack_from(buf, 0)
     if version > FORMAT_VERSION:
         raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): upgrade fastai_shelve")
+    if version > max_version or version == 0:
+        raise RecordError(f"record claims format {version}, which its shelf (format {max_version}) cannot hold: damaged")
     start = _prefix.size + hlen
     if start > n: raise RecordError(f"header of {hlen} bytes runs past the end of a {n}-byte record")
-    lay = _parse_header(bytes(buf[_prefix.size:start]), start)
-    if start + lay.nbytes > n:
-        name,dt,shape,off,nb = next(a for a in lay.arrays if start+a[3]+a[4] > n)
-        raise RecordError(f"field {name!r} claims {dt}{list(shape)} ({nb} bytes at offset {off}) "
+    head = bytes(buf[:start]); head = head[:_CRC_AT] + b'\0\0\0\0' + head[_prefix.size:]  # the crc is no part of the schema
+    lay = _parse_header(head, start)
+    if lay.end > n:
+        f = next(f for f in lay.fields if start+f.offset+f.stored > n)
+        raise RecordError(f"field {f.name!r} claims {f.dtype}{list(f.shape)} ({f.stored} bytes at offset {f.offset}) "
                           f"but the record holds only {n-start} bytes of data")
     return lay
 
 # %% ../nbs/00_codec.ipynb #8311f13a
-def check_crc(buf, lay:Layout=None):
-    "Raise `RecordError` if the buffers of `buf` do not match the crc32 written with them."
-    lay = lay or record_layout(buf)
-    crc = 0
+def record_crc(buf) -> int:
+    "crc32 of a format-2 record: every byte but the crc's own four."
     mv = memoryview(buf)
-    for _,_,_,off,nb in lay.arrays: crc = zlib.crc32(mv[lay.start+off:lay.start+off+nb], crc)
-    if crc != _prefix.unpack_from(buf, 0)[3]: raise RecordError("checksum mismatch: the record's bytes were changed")
+    return zlib.crc32(mv[_prefix.size:], zlib.crc32(mv[:_CRC_AT]))
 
-def decode_record(buf, copy:bool=True, check:bool=False) -> dict:
+def check_crc(buf, lay:Layout=None):
+    "Raise `RecordError` unless `buf` matches the crc32 written with it (format 1: its buffers; 2: all of it)."
+    lay = lay or record_layout(buf)
+    want, mv = _prefix.unpack_from(buf, 0)[3], memoryview(buf)
+    if record_version(buf) >= 2: crc = record_crc(buf)
+    else:
+        crc = 0
+        for f in lay.fields: crc = zlib.crc32(mv[lay.start+f.offset:lay.start+f.offset+f.stored], crc)
+    if crc != want: raise RecordError("checksum mismatch: the record's bytes were changed")
+
+def decode_record(buf, copy:bool=True, check:bool=False, max_version:int=FORMAT_VERSION) -> dict:
     "Decode bytes made by `encode_record`; `copy=False` gives views on `buf`, `check` verifies the crc."
-    lay = record_layout(buf)
+    lay = record_layout(buf, max_version)
     if check: check_crc(buf, lay)
     rec = lay.new_values()
-    for name,dt,shape,off,nb in lay.arrays:
-        a = np.frombuffer(buf, dt, nb // dt.itemsize, lay.start + off).reshape(shape)
-        rec[name] = a.copy() if copy else a
+    for f in lay.fields:
+        a = lay.view(buf, f)
+        rec[f.name] = a.copy() if copy and f.codec is None else a
     return rec

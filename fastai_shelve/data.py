@@ -4,27 +4,29 @@
 
 # %% ../nbs/05_data.ipynb #87041646
 from __future__ import annotations
-import inspect
+import os, inspect
 from pathlib import Path
 import numpy as np, pandas as pd, torch
+from PIL import Image
 from fastcore.basics import store_attr
 from fastcore.meta import delegates
 from fastcore.foundation import L
-from fastai.torch_core import TensorImage, TensorImageBW, TensorMask
-from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
+from fastai.torch_core import TensorImage, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
+from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
 from fastai.data.transforms import EncodedMultiCategorize, Categorize
-from fastai.vision.core import AddMaskCodes
-from fastai.torch_core import TensorMultiCategory, TensorCategory
 from fastai.data.core import DataLoaders
-from .store import ShelfBase, open_shelf
-from .build import load_image
-from .fetch import ShelfDL, BATCH_TFMS, NOOP_ITEM_TFMS
+from fastai.vision.core import AddMaskCodes
+from fastai.losses import CrossEntropyLossFlat
+from .store import ShelfBase, open_shelf, record_meta
+from .build import BuildSettings
+from .fetch import ShelfDL, ShelfReader
 from .augment import XRAY_STATS
 
 # %% auto #0
 __all__ = ['TensorImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter', 'MultiLabels',
-           'CategoryLabel', 'GroupSplitter', 'KeySplitter', 'shelf_dblock', 'ShelfDataLoaders']
+           'CategoryLabel', 'ShelfCategorize', 'ShelfMultiCategorize', 'GroupSplitter', 'KeySplitter', 'shelf_dblock',
+           'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 class TensorImageGray(TensorImageBW):
@@ -43,6 +45,7 @@ class ArrayToImage(Transform):
 
 class ArrayToMask(Transform):
     "An integer (H,W) array → `TensorMask`."
+    loss_func = CrossEntropyLossFlat(axis=1)  # what fastai's `MaskBlock` gives `unet_learner` to infer
     def encodes(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
     def encodes_batch(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
 
@@ -55,21 +58,19 @@ def ShelfMaskBlock(codes=None):
     return TransformBlock(type_tfms=ArrayToMask(), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
 # %% ../nbs/05_data.ipynb #96ff2d89
-class ShelfGetter(Transform):
-    "Read `field` of the record of a shelf key; with `new_items`, image files and arrays too."
-    # A `Transform`, not a plain callable: fastai wraps callables, and `ShelfDL` needs to see this object.
-    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False): super().__init__(); store_attr()
+class ShelfGetter(ShelfReader):
+    "Read `field` of the record of a shelf key; with `new_items`, image files, PIL images and arrays too, prepared as the build did."
+    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False, settings:BuildSettings=None):
+        super().__init__(shelf, field); store_attr('new_items,settings')
     def encodes(self, o): return self.post(self.read(o))
     def read(self, o):
-        if isinstance(o, str):
-            try: return self.shelf[o][self.field]
-            except KeyError:
-                if not (self.new_items and Path(o).is_file()): raise
-        if not self.new_items: raise TypeError(f"expected a shelf key, got {type(o).__name__}")
-        if isinstance(o, np.ndarray): return o
-        return load_image(o, **self.shelf.meta.get('build', {}))
+        if isinstance(o, str): return self.shelf[o][self.field]
+        if not self.new_items: raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
+        if isinstance(o, Path): return self.settings.load(o)
+        if isinstance(o, torch.Tensor): o = o.numpy() if o.ndim == 2 else o.permute(1, 2, 0).numpy().squeeze(-1) if o.shape[0] == 1 else o.permute(1, 2, 0).numpy()
+        if isinstance(o, (np.ndarray, Image.Image)): return self.settings.prepare(o)
+        raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a PIL image or an array")
     def post(self, x): return x
-    def encodes_batch(self, o): return o  # `get_batch` already stacked the field
 
 class MultiLabels(ShelfGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
@@ -77,16 +78,19 @@ class MultiLabels(ShelfGetter):
     def encodes_batch(self, o): return o.reshape(len(o), -1)
 
 class CategoryLabel(ShelfGetter):
-    "A record's category index, as its name from the shelf's vocab."
+    "A record's category index, as its value from the shelf's vocab."
     # `names`, not `vocab`: fastai gathers every `vocab` in a pipeline, and `Categorize` owns that one.
     def __init__(self, shelf, names, field='labels'): super().__init__(shelf, field); self.names = list(names)
     def post(self, x): return self.names[int(x)]
-    def encodes_batch(self, o): return np.array(self.names, dtype=object)[o.astype(np.int64)]
+    def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).tolist()]
 
-# The batch versions of fastai's label transforms, for `ShelfDL`'s whole-batch path; `AddMaskCodes` only decodes.
-NOOP_ITEM_TFMS.add(AddMaskCodes)
-BATCH_TFMS[EncodedMultiCategorize] = lambda tfm, o: TensorMultiCategory(torch.from_numpy(o).float())
-BATCH_TFMS[Categorize] = lambda tfm, o: TensorCategory(torch.tensor([tfm.vocab.o2i[v] for v in o]))
+class ShelfCategorize(Categorize):
+    "fastai's `Categorize`, with the batch version `ShelfDL` runs on whole batches."
+    def encodes_batch(self, o): return TensorCategory(torch.tensor([self.vocab.o2i[v] for v in o]))
+
+class ShelfMultiCategorize(EncodedMultiCategorize):
+    "fastai's `EncodedMultiCategorize`, with the batch version `ShelfDL` runs on whole batches."
+    def encodes_batch(self, o): return TensorMultiCategory(torch.from_numpy(o).float())
 
 # %% ../nbs/05_data.ipynb #c71896b1
 def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
@@ -97,7 +101,9 @@ def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
         g = groups.reindex(keys)
         g = g.where(g.notna(), pd.Series(keys, index=g.index))  # a key without a group is its own group
         sizes = g.value_counts(sort=False)
-        order = sizes.index.to_numpy()[np.random.default_rng(seed).permutation(len(sizes))]
+        # Without a seed, draw from torch's generator as fastai's `RandomSplitter` does, so `set_seed` fixes the split
+        rng = np.random.default_rng(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
+        order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
         cum = sizes[order].cumsum().to_numpy()
         valid = set(order[:int(np.searchsorted(cum, valid_pct*len(keys))) + 1]) if valid_pct > 0 else set()
         is_valid = g.isin(valid).to_numpy()
@@ -114,15 +120,15 @@ def _label_getter(shelf:ShelfBase, label_names=None, y:str='labels'):
     "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata; (None, None) for none."
     meta = shelf.meta
     if y == 'mask': return ShelfMaskBlock(meta.get('codes')), ShelfGetter(shelf, 'mask')
-    kind = meta.get('label_kind')
-    if kind == 'category': return CategoryBlock(vocab=meta['vocab']), CategoryLabel(shelf, meta['vocab'])
-    if kind == 'none': return None, None
-    names = label_names or meta.get('label_names')
-    if names is None:  # a shelf from elsewhere (the seed's): take the width from one record
+    if meta.get('label_kind') is None and 'build' not in meta:  # a shelf from elsewhere (the seed's): ask one record
         k = next(iter(shelf.keys()), None)
-        if k is None or 'labels' not in shelf[k]: return None, None
-        names = [str(i) for i in range(np.asarray(shelf[k]['labels']).size)]
-    return MultiCategoryBlock(encoded=True, vocab=list(names)), MultiLabels(shelf, 'labels')
+        meta = {**meta, **(record_meta(shelf[k]) if k is not None else {})}
+    kind = meta.get('label_kind')
+    if kind == 'category':
+        return TransformBlock(type_tfms=ShelfCategorize(vocab=meta['vocab'], sort=False)), CategoryLabel(shelf, meta['vocab'])
+    if kind != 'multi': return None, None
+    names = label_names or meta.get('label_names')
+    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels')
 
 def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
     if valid_keys is not None: return KeySplitter(valid_keys)
@@ -146,8 +152,9 @@ def shelf_dblock(shelf:ShelfBase, valid_pct:float=0.2, seed:int=None, valid_keys
     stats = shelf.meta.get('stats') or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
+    settings = BuildSettings.from_meta(shelf.meta.get('build') or record_meta(shelf[shelf.keys()[0]]).get('build') if len(shelf) else None)
     return DataBlock(blocks=(ShelfImageBlock(),) + ((y_block,) if y_block else ()), dl_type=ShelfDL, n_inp=1,
-                     get_x=ShelfGetter(shelf, 'image', new_items=True), get_y=get_y,
+                     get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings), get_y=get_y,
                      splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
                      item_tfms=item_tfms, batch_tfms=batch_tfms)
 
@@ -166,5 +173,8 @@ class ShelfDataLoaders(DataLoaders):
         return cls(*dls.loaders, path=dls.path, device=dls.device)
 
     def test_dl(self, test_items, **kwargs):
-        "A test `DataLoader` on shelf keys, image files (resized as the shelf was built) or arrays."
-        return super().test_dl([str(o) if isinstance(o, Path) else o for o in test_items], **kwargs)
+        "A test `DataLoader` on shelf keys, image files, PIL images or arrays (the last three prepared as the shelf's images were)."
+        # A str naming an existing file is that file (how `learn.predict('new.jpg')` arrives); other strs are keys.
+        # Our getter takes every kind of item itself: no type transform is skipped (fastai would guess from the first item).
+        if kwargs.get('rm_type_tfms') is None: kwargs['rm_type_tfms'] = 0
+        return super().test_dl([Path(o) if isinstance(o, str) and os.path.isfile(o) else o for o in test_items], **kwargs)

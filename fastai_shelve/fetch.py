@@ -4,46 +4,64 @@
 
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
-from functools import partial
-from fastcore.basics import ifnone, merge
+from contextlib import contextmanager
+from plum import Signature, NotFoundLookupError
+from fastcore.basics import ifnone, merge, store_attr
 from fastai.data.core import TfmdDL
-from fastai.data.transforms import ToTensor
+from fastai.data.transforms import Transform, ToTensor
+from fastai.vision.core import PILImage
+from fastai.torch_core import TensorImage
 from .codec import ShelfError
 from .store import ShelfBase
 
 # %% auto #0
-__all__ = ['BATCH_TFMS', 'NOOP_ITEM_TFMS', 'find_shelf', 'batch_plan', 'ShelfDL', 'allow_cpu_distributed']
+__all__ = ['ShelfReader', 'find_shelf', 'acts_on', 'batch_plan', 'check_item_tfms', 'ShelfDL', 'cpu_distributed']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
+class ShelfReader(Transform):
+    "Read `field` of a shelf record: the first transform of a pipeline `ShelfDL` can run on a whole batch."
+    # A `Transform`, not a plain callable: fastai wraps callables, and `ShelfDL` needs to see this object.
+    def __init__(self, shelf:ShelfBase, field:str='image'): super().__init__(); store_attr('shelf,field')
+    def encodes(self, o): return self.shelf[o][self.field]
+    def encodes_batch(self, o): return o  # `get_batch` already stacked the field
+
 def find_shelf(dataset) -> ShelfBase|None:
     "The shelf that `dataset`'s transforms read from, if any."
     for tl in getattr(dataset, 'tls', [dataset]):
         for f in getattr(getattr(tl, 'tfms', None), 'fs', []):
-            s = getattr(f, 'shelf', None)
-            if isinstance(s, ShelfBase): return s
+            if isinstance(f, ShelfReader): return f.shelf
     return None
 
-# %% ../nbs/03_fetch.ipynb #d35e5af5
-BATCH_TFMS = {}        # transform type -> f(tfm, batch) computing on a whole batch what the transform does per item
-NOOP_ITEM_TFMS = {ToTensor}  # item transforms that leave our tensors as they are
+def acts_on(tfm, typ:type) -> bool:
+    "Would fastai's `tfm` change an item of type `typ` on the way in (has it an `encodes` for `typ`)?"
+    f = getattr(type(tfm), 'encodes', None)
+    if f is None: return False
+    try: f.resolve_method(Signature(type(tfm), typ)); return True  # fastai >= 2.8: plum's multiple dispatch
+    except NotFoundLookupError: return False
+    except AttributeError: return f[typ] is not None  # fastcore's TypeDispatch
 
+# %% ../nbs/03_fetch.ipynb #d35e5af5
 def batch_plan(tl):
-    "(field, [batch functions]) doing for a whole batch what `tl`'s pipeline does per item, or None."
+    "(field, [batch functions]) doing for a whole batch what `tl`'s pipeline does per item (the contract, 1 and 2), or None."
     fs = list(getattr(getattr(tl, 'tfms', None), 'fs', []))
-    if not fs or not hasattr(fs[0], 'field'): return None
-    fns = []
-    for f in fs:
-        fn = getattr(f, 'encodes_batch', None)
-        if fn is None and type(f) in BATCH_TFMS: fn = partial(BATCH_TFMS[type(f)], f)
-        if fn is None: return None
-        fns.append(fn)
-    return fs[0].field, fns
+    if not fs or not isinstance(fs[0], ShelfReader) or not all(hasattr(f, 'encodes_batch') for f in fs): return None
+    return fs[0].field, [f.encodes_batch for f in fs]
+
+def check_item_tfms(tfms):
+    "Refuse item transforms that act on PIL images only: on a shelf's tensor items they would silently do nothing."
+    for f in tfms:
+        if isinstance(f, ToTensor): continue
+        if acts_on(f, PILImage) and not acts_on(f, TensorImage):
+            raise ShelfError(f"item transform {f!r} acts on PIL images, and shelf items are tensors already decoded and resized: "
+                             f"resize at build time (build_shelf(size=...)), or use a batch transform (aug_transforms(size=...), "
+                             f"RandomResizedCropGPU) or AlbumentationsTransform as item transform")
 
 class ShelfDL(TfmdDL):
     "A `TfmdDL` whose batches read all their records with one `get_many` from the per-process shelf handle."
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
+        if self.shelf is not None: check_item_tfms(self.after_item.fs)
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
@@ -51,8 +69,8 @@ class ShelfDL(TfmdDL):
         return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
 
     def batch_plans(self):
-        "One `batch_plan` per part of the item when the whole pipeline has a batch version, else None."
-        if self.before_batch.fs or any(type(f) not in NOOP_ITEM_TFMS for f in self.after_item.fs): return None
+        "One `batch_plan` per part of the item when the whole pipeline keeps the contract, else None."
+        if self.before_batch.fs or any(acts_on(f, TensorImage) for f in self.after_item.fs if not isinstance(f, ToTensor)): return None
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
         return plans if plans and all(plans) else None
 
@@ -69,7 +87,9 @@ class ShelfDL(TfmdDL):
 
     def item_batch(self, idxs, keys):
         "The batch of `idxs` through fastai's per-item pipeline, its records read in one `get_many`."
-        with self.shelf.batch(keys): b = [o for o in map(self.do_item, idxs) if o is not None]
+        if not keys: b = [o for o in map(self.do_item, idxs) if o is not None]  # files or arrays: no shelf needed
+        else:
+            with self.shelf.batch(keys): b = [o for o in map(self.do_item, idxs) if o is not None]
         return self.do_batch(b) if b else None
 
     def create_batches(self, samps):
@@ -92,7 +112,11 @@ def _broadcast_cpu(self, t, rank):
     t = torch.LongTensor(t); dist.broadcast(t, rank)
     return t.tolist()
 
-def allow_cpu_distributed():
-    "Let fastai's `DistributedDL` run on CPU ranks (gloo): broadcast each epoch's order with CPU tensors, not CUDA ones."
+@contextmanager
+def cpu_distributed():
+    "Within this block fastai's `DistributedDL` runs on CPU ranks (gloo): each epoch's order is broadcast with CPU tensors."
     from fastai.distributed import DistributedDL
+    old = DistributedDL._broadcast
     DistributedDL._broadcast = _broadcast_cpu
+    try: yield
+    finally: DistributedDL._broadcast = old

@@ -4,7 +4,8 @@ import sys, json, torch, torch.distributed as dist
 from torch import nn
 from fastai.vision.all import Learner, BCEWithLogitsLossFlat, Callback, Flatten, set_seed
 from fastai_shelve.data import ShelfDataLoaders
-from fastai_shelve.fetch import allow_cpu_distributed
+import contextlib
+from fastai_shelve.fetch import cpu_distributed
 
 class Seen(Callback):
     "Which records each training batch held, per epoch."
@@ -17,13 +18,12 @@ class Seen(Callback):
 if __name__ == '__main__':
     path, out = sys.argv[1], sys.argv[2]
     cpu = not torch.cuda.is_available()
-    if cpu: allow_cpu_distributed()
     set_seed(0)
     dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, normalize=False, drop_last=False)
     model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(), nn.AdaptiveMaxPool2d((4, 1)), Flatten(), nn.Linear(32, 3))
     seen = Seen()
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), cbs=seen)
-    with learn.distrib_ctx(cpu=cpu): learn.fit(4, 3e-2)
+    with (cpu_distributed() if cpu else contextlib.nullcontext()), learn.distrib_ctx(cpu=cpu): learn.fit(4, 3e-2)
     json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items)),
               open(f'{out}/rank{dist.get_rank()}.json', 'w'))
     # Tear gloo down while both ranks are alive: left to interpreter exit, a rank can abort ("terminate called ...").

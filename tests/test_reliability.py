@@ -44,13 +44,13 @@ def test_kill_during_build_then_resume(kill_corpus, tmp_path, i):
 
 CONVERT = textwrap.dedent('''
     import sys
-    from fastai_shelve.cli import convert_shelf
+    from fastai_shelve.build import convert_shelf
     convert_shelf(sys.argv[1], sys.argv[2], allow_pickle=True, chunk=16, progress=False)
 ''')
 
 @pytest.mark.parametrize('i', [pytest.param(i, marks=pytest.mark.slow) if i >= 2 else i for i in range(6)])
 def test_kill_during_convert_then_resume(tmp_path, i):
-    from fastai_shelve.cli import convert_shelf
+    from fastai_shelve.build import convert_shelf
     rng = np.random.default_rng(i)
     recs = {f'k{j:04d}': {'image': rng.integers(0, 255, (128, 128), dtype=np.uint8), 'labels': np.ones((1, 11), np.int8)} for j in range(600)}
     with shelve.open(str(tmp_path/'old.db')) as db:

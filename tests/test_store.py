@@ -118,7 +118,7 @@ def test_reads_in_worker_processes(tmp_path, method):
 def test_read_only_promise(tmp_path):
     with open_shelf(tmp_path/'s.shelf', 'c') as w: w.put_many({f'k{i}': {'x': np.arange(100)} for i in range(30)})
     before = ((tmp_path/'s.shelf').read_bytes(), os.stat(tmp_path/'s.shelf').st_mtime_ns)
-    from fastai_shelve.cli import shelf_info
+    from fastai_shelve.store import shelf_info
     with open_shelf(tmp_path/'s.shelf') as s:
         s.get_many(s.keys()); len(s); s.verify(); s.meta; shelf_info(tmp_path/'s.shelf')
         with pytest.raises(ShelfError, match='read-only'): s['new'] = {'x': np.arange(3)}
@@ -150,7 +150,7 @@ def test_lying_record_header(tmp_path):
         s['ok'] = {'x': np.arange(10, dtype=np.uint8)}
         good = encode_record({'x': np.arange(10, dtype=np.uint8)})
         liar = good.replace(b'[10]', b'[99]')
-        s._write([(b'liar', liar)])
+        s._commit([(b"liar", liar)])
         with pytest.raises(RecordError, match=r"key 'liar'.*claims"): s['liar']
         assert s.verify()[0][0] == 'liar' and len(s.verify()) == 1
 
