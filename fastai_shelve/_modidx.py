@@ -116,6 +116,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.codec._jsonable': ('codec.html#_jsonable', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec._pad': ('codec.html#_pad', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec._parse_header': ('codec.html#_parse_header', 'fastai_shelve/codec.py'),
+                                     'fastai_shelve.codec.check_compression': ('codec.html#check_compression', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.check_crc': ('codec.html#check_crc', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.compress': ('codec.html#compress', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.decode_record': ('codec.html#decode_record', 'fastai_shelve/codec.py'),

@@ -270,7 +270,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     if shelf_kind(path) == 'sharded': raise ReadOnlyError(f"{path}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
     with open_shelf(path, 'c', compression=compression, level=level) as shelf:
-        if not isinstance(shelf, Shelf): shelf._refuse('take a build_shelf')
+        if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{path}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         shelf.update_meta(check=_check_same_build(path, settings), build=settings.as_meta(),
                           image_mode='L' if gray else 'RGB', compression=compression, **label_meta)
@@ -305,7 +305,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     if progress: print(report)
     return report
 
-# %% ../nbs/02_build.ipynb #d665093c
+# %% ../nbs/02_build.ipynb #773d2899
 def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   dst, # the new LMDB shelf (resumes if it exists)
                   allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles

@@ -10,9 +10,9 @@ from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAGIC', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError', 'compress', 'decompress',
-           'encode_record', 'Field', 'Layout', 'record_version', 'record_layout', 'record_crc', 'check_crc',
-           'decode_record']
+__all__ = ['FORMAT_VERSION', 'MAGIC', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError', 'check_compression',
+           'compress', 'decompress', 'encode_record', 'Field', 'Layout', 'record_version', 'record_layout',
+           'record_crc', 'check_crc', 'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -36,7 +36,7 @@ def _jsonable(v) -> bool:
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(o) for k,o in v.items())
     return False
 
-# %% ../nbs/00_codec.ipynb #cce8d6f3
+# %% ../nbs/00_codec.ipynb #662cd565
 COMPRESSIONS = ('zstd', 'lz4')
 _MIN_COMPRESS = 256
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread
@@ -45,6 +45,10 @@ def _codec_lib(name:str):
     try: return importlib.import_module({'zstd': 'zstandard', 'lz4': 'lz4.block'}[name])
     except KeyError: raise RecordError(f"unknown compression {name!r}: use one of {COMPRESSIONS} or None") from None
     except ImportError: raise RecordError(f"{name} compression needs its library: pip install 'fastai_shelve[compress]'") from None
+
+def check_compression(codec:str|None):
+    "Raise a `RecordError` unless `codec` is None or a compression whose library is installed."
+    if codec is not None: _codec_lib(codec)
 
 def compress(raw, codec:str, level:int=None) -> bytes:
     "`raw` bytes compressed with `codec` ('zstd' or 'lz4') at `level` (the library's default if None)."
@@ -71,7 +75,7 @@ def decompress(data, codec:str, nbytes:int) -> bytes:
 def encode_record(rec:dict, compression:str=None, level:int=None) -> bytes:
     "Encode `rec`, a dict of arrays and JSON values, as header + aligned buffers, raw or compressed (`compression`)."
     if not isinstance(rec, dict): raise RecordError(f"a record must be a dict, not {type(rec).__name__}")
-    if compression is not None: _codec_lib(compression)
+    check_compression(compression)
     arrays, values, off = [], {}, 0
     for k,v in rec.items():
         if not isinstance(k, str): raise RecordError(f"field names must be str, not {k!r}")

@@ -33,12 +33,14 @@ def find_shelf(dataset) -> ShelfBase|None:
     return None
 
 def acts_on(tfm, typ:type) -> bool:
-    "Would fastai's `tfm` change an item of type `typ` on the way in (has it an `encodes` for `typ`)?"
-    f = getattr(type(tfm), 'encodes', None)
+    "Would fastai's `tfm` change an item of type `typ` on the way in (has it an `encodes` for `typ`)? True when unsure."
+    f = tfm.__dict__.get('encodes')  # a function given as `Transform(enc=f)`: dispatched without `self`
+    sig = (typ,) if f is not None else (type(tfm), typ)
+    if f is None: f = getattr(type(tfm), 'encodes', None)
     if f is None: return False
-    try: f.resolve_method(Signature(type(tfm), typ)); return True  # fastai >= 2.8: plum's multiple dispatch
+    if not hasattr(f, 'resolve_method'): return True  # not plum's dispatch (an older fastai): assume it does
+    try: f.resolve_method(Signature(*sig)); return True
     except NotFoundLookupError: return False
-    except AttributeError: return f[typ] is not None  # fastcore's TypeDispatch
 
 # %% ../nbs/03_fetch.ipynb #d35e5af5
 def batch_plan(tl):

@@ -13,7 +13,7 @@ from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 import zlib, numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
-from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record, record_layout
+from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record, record_layout, check_compression
 import fastai_shelve
 
 # %% auto #0
@@ -182,6 +182,7 @@ class Shelf(ShelfBase):
     "A key→record store in one LMDB file: safe codec, one read transaction per `get_many`, one handle per process."
     def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None):
         if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
+        check_compression(compression)
         path = Path(path)
         if mode == 'n':
             for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
@@ -429,7 +430,7 @@ def check_lmdb_size(path:Path, env):
 def _db_names(env) -> set:
     with env.begin() as txn: return set(txn.cursor().iternext(values=False))
 
-# %% ../nbs/01_store.ipynb #9d468176
+# %% ../nbs/01_store.ipynb #0c258f36
 class PixelStats:
     "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
     def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
@@ -509,7 +510,7 @@ class StdShelf(ShelfBase):
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_db', '_batch')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._db = None
 
-# %% ../nbs/01_store.ipynb #1c29fab0
+# %% ../nbs/01_store.ipynb #c692cfc0
 MANIFEST = 'manifest.json'
 
 def shard_of(key:str, n:int) -> int:
@@ -641,7 +642,7 @@ def open_shelf(path, mode:str='r', allow_pickle:bool=False, **kwargs) -> ShelfBa
     if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
-# %% ../nbs/01_store.ipynb #49ab7250
+# %% ../nbs/01_store.ipynb #5cd956d9
 def record_meta(rec:dict) -> dict:
     "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
     img, lab, meta = rec.get('image'), rec.get('labels'), {}

@@ -13,12 +13,37 @@ def test_build_info_verify(tmp_path):
     df.to_csv(tmp_path/'train.csv', index=False)
     r = run('build', tmp_path/'train.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
             '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 32, '--workers', 2, '--quiet')
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # 1: done, but bad records were found
     assert '9 written' in r.stdout and "bad:" in r.stdout and 'id0004' in r.stdout
     r = run('info', tmp_path/'t.shelf')
     assert r.returncode == 0 and 'records: 9' in r.stdout and 'uint8[32, 32]' in r.stdout and '"a", "b", "c"' in r.stdout
     r = run('verify', tmp_path/'t.shelf')
     assert r.returncode == 0 and '9 of 9 records ok' in r.stdout
+    df.drop(index=4).to_csv(tmp_path/'good.csv', index=False)
+    r = run('build', tmp_path/'good.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 32, '--quiet')
+    assert r.returncode == 0 and '0 written, 9 already there, 0 bad' in r.stdout, r.stdout + r.stderr
+
+def test_build_compressed_and_convert(tmp_path):
+    df = write_bars(tmp_path, 12)
+    df['StudyInstanceUID'] = [f'{i:03d}' for i in range(12)]  # ids with leading zeros stay text
+    for i in range(12): (tmp_path/f'id{i:04d}.jpg').rename(tmp_path/f'{i:03d}.jpg')
+    df.to_csv(tmp_path/'train.csv', index=False)
+    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 48, '--compression', 'zstd', '--quiet')
+    assert r.returncode == 0 and '12 written' in r.stdout, r.stdout + r.stderr
+    r = run('info', tmp_path/'z.shelf')
+    assert r.returncode == 0 and 'compression: zstd' in r.stdout, r.stdout
+    r = run('convert', tmp_path/'z.shelf', tmp_path/'raw.shelf')
+    assert r.returncode == 0 and '12 records' in r.stdout
+    from fastai_shelve.store import open_shelf
+    with open_shelf(tmp_path/'z.shelf') as z, open_shelf(tmp_path/'raw.shelf') as raw:
+        assert z.keys() == raw.keys() == [f'{i:03d}' for i in range(12)]
+        np.testing.assert_array_equal(z.get_batch(z.keys())['image'], raw.get_batch(z.keys())['image'])
+        assert raw.meta['compression'] is None and raw.meta['label_names'] == ['a', 'b', 'c']
+    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 48, '--compression', 'gzip', '--quiet')
+    assert r.returncode == 2 and 'unknown compression' in r.stderr and 'Traceback' not in r.stderr
 
 def test_verify_fails_on_a_changed_byte(tmp_path):
     from fastai_shelve.store import open_shelf

@@ -1,0 +1,77 @@
+"The house rules, read from the source: imports flow one way, no module takes another's private names, the star import shadows nothing of fastai's."
+import ast
+from pathlib import Path
+import pytest
+
+PKG = Path(__file__).resolve().parents[1]/'fastai_shelve'
+MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
+# The layers, bottom up: a module may import only from layers below its own (and `all`/`cli` sit on top).
+LAYERS = [['codec'], ['store'], ['build', 'augment'], ['shards', 'fetch'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
+LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
+
+def imports_of(mod:str) -> list:
+    "(module, names) for every import of a sibling module in `mod`, at any depth (function-level imports count too)."
+    tree, res = ast.parse((PKG/f'{mod}.py').read_text()), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            src = node.module or ''
+            if node.level == 1 and src: res.append((src.split('.')[0], [a.name for a in node.names]))
+            elif node.level == 1: res += [(a.name, []) for a in node.names]  # from . import x
+            elif src.startswith('fastai_shelve.'): res.append((src.split('.')[1], [a.name for a in node.names]))
+            elif src == 'fastai_shelve': res += [(a.name, []) for a in node.names if a.name in MODULES]
+        elif isinstance(node, ast.Import):
+            res += [(a.name.split('.')[1], []) for a in node.names if a.name.startswith('fastai_shelve.')]
+    return [(m, ns) for m, ns in res if m in MODULES and m != mod]
+
+def test_every_module_has_a_layer():
+    assert sorted(LEVEL) == MODULES, set(MODULES) ^ set(LEVEL)
+
+def test_no_import_cycles():
+    graph = {m: {d for d, _ in imports_of(m)} for m in MODULES}
+    state = {}
+    def visit(m, path):
+        if state.get(m) == 'done': return
+        assert state.get(m) != 'open', f"import cycle: {' -> '.join(path + [m])}"
+        state[m] = 'open'
+        for d in sorted(graph[m]): visit(d, path + [m])
+        state[m] = 'done'
+    for m in MODULES: visit(m, [])
+
+def test_imports_flow_down_the_layers():
+    up = [(m, d) for m in MODULES for d, _ in imports_of(m) if LEVEL[d] >= LEVEL[m]]
+    assert not up, f"imports that do not go down a layer: {up}"
+
+def test_no_private_names_across_modules():
+    private = [(m, d, n) for m in MODULES for d, ns in imports_of(m) for n in ns if n.startswith('_') and n != '*']
+    assert not private, f"private names imported from other modules: {private}"
+
+def test_all_is_curated_and_shadows_nothing_of_fastai():
+    fastai_ns, ours = {}, {}
+    exec('from fastai.vision.all import *', fastai_ns)
+    exec('from fastai_shelve.all import *', ours)
+    import fastai_shelve.all as A
+    assert 15 <= len(A.__all__) <= 30, len(A.__all__)
+    assert not set(A.__all__) & set(fastai_ns), set(A.__all__) & set(fastai_ns)
+    both = dict(fastai_ns); exec('from fastai_shelve.all import *', both)
+    assert both['load_image'] is fastai_ns['load_image'] and both['Resize'] is fastai_ns['Resize']
+
+def test_fixture_modules_are_real():
+    "The checks above would pass on an empty package: make sure they read what they think they read."
+    assert {'codec', 'store', 'build', 'data', 'cli'} <= set(MODULES)
+    assert any(d == 'codec' and 'ShelfError' in ns for d, ns in imports_of('store'))
+    assert {d for d, _ in imports_of('cli')} >= {'store', 'build'}
+
+@pytest.mark.parametrize('cls', ['Shelf', 'StdShelf', 'ShardedShelf'])
+def test_backends_implement_the_interface(cls):
+    "Every backend is a concrete `ShelfBase`: all of the read side implemented, the write side implemented or refused."
+    import inspect, fastai_shelve.store as S
+    c = getattr(S, cls)
+    assert issubclass(c, S.ShelfBase) and not inspect.isabstract(c), getattr(c, '__abstractmethods__', None)
+    for m in ('get_many', 'get_batch', 'keys', '__len__', '__contains__', 'meta', 'close', 'verify',
+              'put_many', 'delete', 'update_meta', 'set_table'):
+        assert hasattr(c, m), (cls, m)
+
+def test_no_patch_on_our_own_classes():
+    "Methods of our classes live in their class bodies: fastcore's @patch is for classes we don't own."
+    offenders = [m for m in MODULES if '@patch' in (PKG/f'{m}.py').read_text()]
+    assert not offenders, offenders
