@@ -13,8 +13,8 @@ from .build import stream_map
 
 # %% auto #0
 __all__ = ['FULL', 'QUICK', 'SLOW_READERS', 'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'bench_fetch',
-           'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_build', 'bench_size', 'bench_augment',
-           'check_targets', 'format_table', 'run_bench']
+           'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_build', 'bench_size', 'evict', 'bench_compress',
+           'bench_augment', 'check_targets', 'format_table', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #1d131f47
 FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), scale_side=128,
@@ -312,6 +312,65 @@ def bench_size(d:Path, n:int) -> list:
               'PNG files (compress_level=1)': list((d/'png').glob('*.png'))}
     return [dict(section='5 size', name=k, bytes_per_image=size(v)/n) for k,v in stores.items()]
 
+# %% ../nbs/08_bench.ipynb #098ebe1f
+def evict(path):
+    "Drop `path`'s pages from the OS page cache (written back first): a cold read of that one file."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally: os.close(fd)
+
+def _cold_epoch(path, epoch) -> float:
+    "Seconds for `get_batch` over `epoch` (lists of keys) on `path`, opened after its pages were evicted."
+    evict(path)
+    with open_shelf(path) as s:
+        t0 = time.perf_counter()
+        for ks in epoch: s.get_batch(ks, fields=['image'])
+        return time.perf_counter() - t0
+
+def bench_compress(d:Path, bs:int, n_batches:int) -> list:
+    "Rows for section 7: size and get_batch img/s of raw, lz4 and zstd shelves, warm and cold; the loader over get_batch."
+    from fastai_shelve.build import convert_shelf
+    from fastai_shelve.data import ShelfDataLoaders
+    stores = {'raw': d/'ours.shelf'}
+    for c in ('lz4', 'zstd'):
+        stores[c] = d/f'ours_{c}.shelf'
+        for p in (stores[c], Path(f'{stores[c]}-lock')): p.unlink(missing_ok=True)
+        convert_shelf(stores['raw'], stores[c], compression=c, progress=False)
+    shelves = {k: open_shelf(p) for k,p in stores.items()}
+    keys = shelves['raw'].keys()
+    rng = np.random.default_rng(1)
+    batches = [[keys[i] for i in rng.choice(len(keys), bs, replace=False)] for _ in range(n_batches)]
+    ref = shelves['raw'].get_batch(batches[0])['image']
+    for s in shelves.values(): assert np.array_equal(s.get_batch(batches[0])['image'], ref)  # the same pixels back
+    warm = {k: [] for k in shelves}
+    for _ in range(3):
+        for k,s in shelves.items(): warm[k].append(best_of(lambda: [s.get_batch(b, fields=['image']) for b in batches], 1) / len(batches))
+    for s in shelves.values(): s.close()
+    epoch = [keys[i:i+bs] for i in range(0, len(keys), bs)]
+    cold = {k: min(_cold_epoch(p, epoch) for _ in range(2)) for k,p in stores.items()}
+    raw_size, raw_t = stores['raw'].stat().st_size, min(warm['raw'])
+    rows = []
+    for k,p in stores.items():
+        t = min(warm[k])
+        rows.append(dict(section='7 compress', name=f'{k} get_batch', cache='warm', size_ratio=p.stat().st_size/raw_size,
+                         bytes_per_image=p.stat().st_size/len(keys), img_s=bs/t, speed_ratio=raw_t/t))
+        rows.append(dict(section='7 compress', name=f'{k} epoch', cache='cold', s=cold[k], img_s=len(keys)/cold[k],
+                         speed_ratio=cold['raw']/cold[k]))
+    # The loader against its own fetch, same shelf, same number of shuffled batches, interleaved.
+    dls = ShelfDataLoaders.from_shelf(stores['raw'], bs=bs, valid_pct=0, normalize=False, num_workers=0, seed=0)
+    dl = dls.train.new(after_batch=None, shuffle=True, drop_last=True)
+    assert dl.batch_plans() is not None  # the whole-batch path is the one measured
+    with open_shelf(stores['raw']) as s:
+        def fetch_only():
+            ks = [keys[i] for i in rng.permutation(len(keys))]
+            for i in range(0, len(ks) - bs + 1, bs): s.get_batch(ks[i:i+bs])
+        _epoch(dl); fetch_only()  # warm-up
+        t_dl, t_gb = [], []
+        for _ in range(3): t_dl.append(_epoch(dl)[1]); t_gb.append(best_of(fetch_only, 1))
+    rows.append(dict(section='7 compress', name='ShelfDataLoaders uint8 train loader over get_batch', cache='warm',
+                     img_s=len(dl) * bs / min(t_dl), loader_over_fetch=min(t_dl) / min(t_gb)))
+    return rows
+
 # %% ../nbs/08_bench.ipynb #a6e4d834
 def bench_augment(side:int=512, n_fast:int=50, n_slow:int=3) -> list:
     "Rows for section 6: ms/image of the piecewise affines and of the recipe."
@@ -370,6 +429,15 @@ def check_targets(rows, sizes) -> list:
         tot = lambda r: r['rss_mb'] + r['workers_rss_mb']
         add(f'build peak RSS flat from {min(ours)} to {max(ours)} JPEGs (within 20%)', f"{tot(lo):.0f} -> {tot(hi):.0f} MB",
             1.2 * tot(lo) / tot(hi))
+    c = {r['name']: r for r in rows if r['section'] == '7 compress'}
+    if c:
+        for codec, size, speed in (('zstd', 0.5, 0.3), ('lz4', 0.7, 0.5)):
+            r = c[f'{codec} get_batch']
+            add(f'{codec} file <= {size}x raw', f"{r['size_ratio']:.2f}x", size / r['size_ratio'])
+            add(f'{codec} get_batch >= {speed}x raw img/s', f"{r['speed_ratio']:.2f}x ({r['img_s']:.0f} img/s)", r['speed_ratio'] / speed)
+        add('cold cache: a zstd epoch faster than a raw one', f"{c['zstd epoch']['speed_ratio']:.2f}x", c['zstd epoch']['speed_ratio'])
+        r = c['ShelfDataLoaders uint8 train loader over get_batch']
+        add('ShelfDataLoaders uint8 loader within 1.15x of get_batch', f"{r['loader_over_fetch']:.2f}x", 1.15 / r['loader_over_fetch'])
     return res
 
 def _chart(rows, targets, fn):
@@ -398,7 +466,7 @@ def format_table(rows, targets, facts) -> str:
     out += ['', '== targets'] + [f"{'MET ' if ok else 'MISS'}  {t}: {m}" for t,m,ok,_ in targets]
     return '\n'.join(out)
 
-def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6)) -> dict:
+def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7)) -> dict:
     "Run the benchmark; print its table; write bench.json and bench.png under `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     c = QUICK if quick else FULL
@@ -407,6 +475,7 @@ def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6)) ->
     step = lambda s: print(f'[{time.time()-t0:6.1f}s] {s}', flush=True)
     if 1 in sections: step('1 batch fetch'); rows += bench_fetch(out/'fetch', c['n'], c['side'], c['bs'], c['n_batches'])
     if 5 in sections and 1 in sections: rows += bench_size(out/'fetch', c['n'])
+    if 7 in sections and 1 in sections: step('7 compress'); rows += bench_compress(out/'fetch', c['bs'], c['n_batches'])
     if 2 in sections: step('2 scale'); rows += bench_scale(out/'scale', c['scale'], c['scale_side'], c['bs'])
     if 3 in sections: step('3 loaders'); rows += bench_loaders(out/'loaders', c['dl_n'], c['dl_side'], c['bs'], c['seed_aug_imgs'])
     if 6 in sections: step('6 augment'); rows += bench_augment(c['aug_side'], *c['aug_n'])

@@ -10,7 +10,7 @@ import numpy as np
 from fastcore.script import anno_parser, store_true
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError
-from .store import open_shelf, shelf_kind, shelf_info, PickleRefusedError
+from .store import open_shelf, shelf_kind, shelf_info, PickleRefusedError, DamagedStoreError
 from .build import build_shelf, convert_shelf
 
 # %% auto #0
@@ -61,7 +61,7 @@ def verify(path:str, # the shelf to check
     "Decode every record and check its checksum; exit 1 if any is bad."
     if shelf_kind(path) == 'shelve' and not allow_pickle:
         raise PickleRefusedError(f"{path} holds pickles (a stdlib shelve file): verify it with --allow-pickle only if you trust it")
-    with open_shelf(path, allow_pickle=allow_pickle) as s:
+    with open_shelf(path, allow_pickle=allow_pickle, **({} if shelf_kind(path) == 'shelve' else dict(check=True))) as s:
         n, bad = len(s), s.verify()
     for k,why in bad: print(f"bad record {k!r}: {why}")
     print(f"{path}: {n - len(bad)} of {n} records ok")
@@ -89,10 +89,11 @@ def demo(out:str='demo_out', # folder for the demo data and shelf
     print(json.dumps(res, indent=1))
 
 def bench(out:str='bench_out', # folder for the benchmark's stores, JSON and chart
-          quick:store_true=False): # a small version (under 2 minutes)
-    "Measure batch fetch, DataLoaders and build against the ceilings and the alternatives."
+          quick:store_true=False, # a small version (a few minutes)
+          sections:str='1,2,3,4,5,6,7'): # which sections: 1 fetch, 2 scale, 3 loaders, 4 build, 5 size, 6 augment, 7 compress
+    "Measure batch fetch, DataLoaders, build and compression against the ceilings and the alternatives."
     from fastai_shelve.bench import run_bench
-    run_bench(out, quick=quick)
+    run_bench(out, quick=quick, sections=tuple(int(s) for s in sections.split(',') if s.strip()))
 
 # %% ../nbs/07_cli.ipynb #fe1f31d7
 COMMANDS = dict(build=build, info=info, verify=verify, convert=convert, demo=demo, bench=bench)
@@ -118,4 +119,4 @@ def main(argv=None):
         print(f"fastai-shelve {cmd}: interrupted", file=sys.stderr); sys.exit(130)
     except Exception as e:  # one line, never a traceback: the CLI's promise
         print(f"fastai-shelve {cmd}: error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if isinstance(e, DamagedStoreError) else 2)  # a damaged file is bad records found, not a usage error

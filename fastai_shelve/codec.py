@@ -36,7 +36,7 @@ def _jsonable(v) -> bool:
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(o) for k,o in v.items())
     return False
 
-# %% ../nbs/00_codec.ipynb #662cd565
+# %% ../nbs/00_codec.ipynb #985b70f8
 COMPRESSIONS = ('zstd', 'lz4')
 _MIN_COMPRESS = 256
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread
@@ -159,18 +159,19 @@ def record_version(buf) -> int:
     "The format version a record's prefix claims."
     return buf[3] if len(buf) > 3 else 0
 
-def record_layout(buf, max_version:int=FORMAT_VERSION) -> Layout:
-    "Check `buf`'s prefix and return its parsed (cached) header; a version above `max_version` is refused."
+def record_layout(buf, max_version:int=None) -> Layout:
+    "Check `buf`'s prefix and return its parsed (cached) header; `max_version`: the format of the shelf it came from."
     n = len(buf)
     if bytes(buf[:3]) != MAGIC:
         what = "a pickle" if bytes(buf[:1]) == b'\x80' else "not a fastai_shelve record"
         raise RecordError(f"{what} (starts with {bytes(buf[:8])!r})")
     if n < _prefix.size: raise RecordError(f"{n} bytes is too short for a record")
     _, version, hlen, _ = _prefix.unpack_from(buf, 0)
+    # Within a shelf, whose own format passed the version check, a record of a later format is damage, not news.
+    if max_version is not None and (version > max_version or version == 0):
+        raise RecordError(f"record claims format {version}, which its shelf (format {max_version}) cannot hold: damaged")
     if version > FORMAT_VERSION:
         raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): upgrade fastai_shelve")
-    if version > max_version or version == 0:
-        raise RecordError(f"record claims format {version}, which its shelf (format {max_version}) cannot hold: damaged")
     start = _prefix.size + hlen
     if start > n: raise RecordError(f"header of {hlen} bytes runs past the end of a {n}-byte record")
     head = bytes(buf[:start]); head = head[:_CRC_AT] + b'\0\0\0\0' + head[_prefix.size:]  # the crc is no part of the schema
@@ -197,7 +198,7 @@ def check_crc(buf, lay:Layout=None):
         for f in lay.fields: crc = zlib.crc32(mv[lay.start+f.offset:lay.start+f.offset+f.stored], crc)
     if crc != want: raise RecordError("checksum mismatch: the record's bytes were changed")
 
-def decode_record(buf, copy:bool=True, check:bool=False, max_version:int=FORMAT_VERSION) -> dict:
+def decode_record(buf, copy:bool=True, check:bool=False, max_version:int=None) -> dict:
     "Decode bytes made by `encode_record`; `copy=False` gives views on `buf`, `check` verifies the crc."
     lay = record_layout(buf, max_version)
     if check: check_crc(buf, lay)

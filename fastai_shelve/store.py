@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_store.ipynb #1907a88d
 from __future__ import annotations
-import os, json, time, shelve, dbm, struct, threading
+import os, sys, json, time, shelve, dbm, struct, threading, errno, signal, subprocess
 from abc import abstractmethod
 from pathlib import Path
 from contextlib import contextmanager
@@ -17,16 +17,17 @@ from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, 
 import fastai_shelve
 
 # %% auto #0
-__all__ = ['LMDB_MAGIC', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'read_only_fs', 'os_reason',
-           'ShelfBase', 'key_bytes', 'Shelf', 'check_lmdb_file', 'check_lmdb_size', 'PixelStats', 'pickle_refusal',
-           'StdShelf', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind',
-           'open_shelf', 'record_meta', 'shelf_info']
+__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
+           'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_lmdb_file',
+           'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names',
+           'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
     "A stdlib shelve file (values are pickles) opened without `allow_pickle=True`."
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
+class DamagedStoreError(ShelfError): "A shelf file whose structure LMDB cannot walk: damaged pages, found in a child process."
 
 LMDB_MAGIC = 0xBEEFC0DE
 
@@ -51,6 +52,20 @@ def _lock_ok(path:Path, readonly:bool, lock) -> bool:
                          f"if you know nobody writes to it")
     return True
 
+LOCK_BYTES = 64 << 10  # what LMDB needs for 256 reader slots, and then some
+
+def prepare_lock(path:Path):
+    "Give `path`'s lock file real blocks before LMDB maps it: on a full disk that is an error here, not a SIGBUS later."
+    lockf = Path(f'{path}-lock')
+    try:
+        fd = os.open(lockf, os.O_RDWR | os.O_CREAT, 0o664)
+        try:
+            if os.fstat(fd).st_size < LOCK_BYTES: os.posix_fallocate(fd, 0, LOCK_BYTES)  # allocates; never overwrites a live table
+        finally: os.close(fd)
+    except OSError as e:
+        if e.errno == errno.ENOSPC: raise ShelfError(f"{path}: no space left on device for its lock file {lockf.name}") from None
+        raise ShelfError(f"{path}: cannot prepare its lock file {lockf.name}: {e.strerror}") from None
+
 def _acquire_env(path:Path, readonly:bool, lock=None, map_size=None):
     "The process's one LMDB environment for `path`, opened if needed."
     k = (os.getpid(), os.path.realpath(path))
@@ -62,7 +77,9 @@ def _acquire_env(path:Path, readonly:bool, lock=None, map_size=None):
         return e.env
     _drop_inherited(k[1])
     size = os.path.getsize(path) if path.exists() else 0
-    try: env = lmdb.open(str(path), subdir=False, readonly=readonly, lock=_lock_ok(path, readonly, lock), max_dbs=2,
+    locked = _lock_ok(path, readonly, lock)
+    if locked: prepare_lock(path)
+    try: env = lmdb.open(str(path), subdir=False, readonly=readonly, lock=locked, max_dbs=2,
                          map_size=ifnone(map_size, max(2*size, 1<<30)), meminit=False, max_readers=256)
     except lmdb.Error as e: raise ShelfError(f"{path}: cannot open as a shelf: {os_reason(e)}") from None
     _envs[k] = _Env(env, readonly)
@@ -180,13 +197,14 @@ def key_bytes(key) -> bytes|None:
 
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file: safe codec, one read transaction per `get_many`, one handle per process."
-    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None):
+    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check:bool=False):
         if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression)
         path = Path(path)
         if mode == 'n':
             for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
         if path.exists() or mode in ('r', 'w'): check_lmdb_file(path)
+        if check and path.exists(): check_structure(path, _lock_ok(path, mode == 'r', lock))  # before this process trusts it
         if not path.exists() and not os.access(path.parent if path.parent.exists() else '.', os.W_OK):
             raise ReadOnlyError(f"{path}: cannot create a shelf here: the folder is not writable")
         store_attr('path,mode,lock,map_size,compression,level')
@@ -196,6 +214,7 @@ class Shelf(ShelfBase):
     def _open(self):
         "Open (or share) this process's environment and its two databases; check the format version."
         self._env = _acquire_env(self.path, self.readonly, self.lock, self.map_size)
+        self._locked = self._env.flags()['lock']
         self._pid, self._meta = os.getpid(), None
         try:
             check_lmdb_size(self.path, self._env)
@@ -291,9 +310,10 @@ class Shelf(ShelfBase):
                     if out is None:
                         out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
                         out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
-                    want = [f for f in lay.fields if f.name in out]
+                    first_want = [f for f in lay.fields if f.name in out]
                     values = [nm for nm in lay.values if nm in out]
-                elif lay is not first:
+                want = first_want
+                if lay is not first:  # another header (compressed sizes differ record to record): check it fits the batch
                     want = [f for f in lay.fields if f.name in out]
                     if len(want) != len([a for a in out if isinstance(out[a], np.ndarray)]) or any(
                             out[f.name].shape[1:] != f.shape or out[f.name].dtype != f.dtype for f in want):
@@ -318,8 +338,9 @@ class Shelf(ShelfBase):
         with self.txn() as txn: return txn.stat(self._recs)['entries']
 
     def keys(self) -> list:
-        "All keys, sorted (LMDB's byte order), as a list read in one transaction."
-        with self.txn() as txn: return [bytes(k).decode() for k in txn.cursor().iternext(values=False)]
+        "All keys, sorted (LMDB's byte order), as a list read in one transaction (after a child process walked the file)."
+        check_structure(self.path, self._locked)
+        with self.txn() as txn: return [bytes(k).decode(errors='replace') for k in txn.cursor().iternext(values=False)]
 
     def missing(self, keys) -> list:
         "Those of `keys` not in the shelf, checked in one read transaction."
@@ -329,6 +350,8 @@ class Shelf(ShelfBase):
     def _commit(self, ops=(), meta:dict=None, check=None, db=None):
         "One write transaction: `ops` [(key, bytes or None to delete)] on `db`, `meta` merged into the metadata after `check(old)`."
         if self.readonly: self._refuse('write')
+        if ops and db is None and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
+            meta = {**(meta or {}), 'format_version': FORMAT_VERSION, 'package_version': fastai_shelve.__version__}
         while True:
             try:
                 with self.txn(write=True, db=db, what='write (nothing of this batch was written)') as txn:
@@ -340,7 +363,7 @@ class Shelf(ShelfBase):
                         if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                         new = {**old, **(meta or {})}
                         txn.put(b'meta', json.dumps(new).encode(), db=self._metadb)
-                if meta is not None: self._meta = new
+                if meta is not None: self._meta, self._version = new, new.get('format_version', self._version)
                 return
             except lmdb.MapFullError: self.env.set_mapsize(self.env.info()['map_size'] * 2)
 
@@ -390,11 +413,12 @@ class Shelf(ShelfBase):
 
     def verify(self, progress=None) -> list:
         "(key, reason) for every record that fails to decode or to match its checksum (every one, not just the first)."
+        check_structure(self.path, self._locked)
         bad = []
         with self.txn(what='verify') as txn:
             for i,(k,buf) in enumerate(txn.cursor()):
                 try: decode_record(buf, copy=False, check=True, max_version=self._version)
-                except ShelfError as e: bad.append((bytes(k).decode(errors='replace'), str(e)))
+                except Exception as e: bad.append((bytes(k).decode(errors='replace'), str(e)))  # every bad record, not the first
                 if progress: progress(i)
         return bad
 
@@ -430,7 +454,35 @@ def check_lmdb_size(path:Path, env):
 def _db_names(env) -> set:
     with env.begin() as txn: return set(txn.cursor().iternext(values=False))
 
-# %% ../nbs/01_store.ipynb #0c258f36
+_WALK = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], subdir=False, readonly=True, lock=sys.argv[2] == '1', max_dbs=2, max_readers=256)
+n = 0
+with env.begin(buffers=True) as txn:
+    names = [bytes(k) for k in txn.cursor().iternext(values=False)]
+    for name in names:
+        db = env.open_db(name, txn=txn, create=False)
+        for k, v in txn.cursor(db):
+            n += 1; len(bytes(k)); v[-1:] if len(v) else None  # touch every leaf and overflow page
+print(n)
+"""
+_walked = {}  # (real path, size, mtime) -> True: a file already walked unchanged
+
+def check_structure(path, lock:bool=True, timeout:float=600):
+    "Walk every page of the LMDB file at `path` in a child process: LMDB aborts on damaged pages, so the child takes the blow."
+    path = Path(path); st = path.stat()
+    k = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if k in _walked: return
+    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0'], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
+    if r.returncode < 0:
+        raise DamagedStoreError(f"{path}: damaged store: LMDB crashed reading its pages ({signal.Signals(-r.returncode).name})")
+    if r.returncode:
+        last = (r.stderr.strip().splitlines() or ['?'])[-1]
+        raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
+    _walked[k] = True
+
+# %% ../nbs/01_store.ipynb #bc4f901b
 class PixelStats:
     "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
     def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
@@ -510,7 +562,7 @@ class StdShelf(ShelfBase):
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_db', '_batch')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._db = None
 
-# %% ../nbs/01_store.ipynb #c692cfc0
+# %% ../nbs/01_store.ipynb #16c4a327
 MANIFEST = 'manifest.json'
 
 def shard_of(key:str, n:int) -> int:
@@ -631,8 +683,11 @@ def shelf_kind(path) -> str|None:
     check_lmdb_file(path)
     return 'lmdb'
 
-def open_shelf(path, mode:str='r', allow_pickle:bool=False, **kwargs) -> ShelfBase:
-    "Open the shelf at `path`, whichever kind it is; read-only by default. New shelves are LMDB (`kwargs`: `Shelf`'s)."
+def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
+               mode:str='r', # 'r' read-only, 'w' read-write, 'c' create if missing, 'n' always new
+               allow_pickle:bool=False, # open a stdlib shelve file (its values are pickles: only files you trust)
+               **kwargs) -> ShelfBase: # `Shelf`'s: `lock`, `map_size`, `compression`, `level`, `check` (walk it in a child first)
+    "Open the shelf at `path`, whichever kind it is; read-only by default. New shelves are LMDB."
     kind = None if mode == 'n' else shelf_kind(path)
     if kind == 'sharded': return ShardedShelf(path, mode, **kwargs)
     if kind == 'shelve':
@@ -642,7 +697,7 @@ def open_shelf(path, mode:str='r', allow_pickle:bool=False, **kwargs) -> ShelfBa
     if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
-# %% ../nbs/01_store.ipynb #5cd956d9
+# %% ../nbs/01_store.ipynb #dcf01c3b
 def record_meta(rec:dict) -> dict:
     "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
     img, lab, meta = rec.get('image'), rec.get('labels'), {}
@@ -678,7 +733,7 @@ def shelf_info(path, allow_pickle:bool=False) -> dict:
                        holds_pickles=True, bytes=sum(f.stat().st_size for f in path.parent.glob(path.name + '*')))
             if allow_pickle and len(s): res['sample'] = _fields(s[s.keys()[0]])
             return res
-    with open_shelf(path) as s:
+    with open_shelf(path, check=True) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
         keys = s.keys()
         files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
         res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),

@@ -2,6 +2,7 @@
 Quick versions run by default; the full ones are marked `slow` (`pytest -m slow`)."""
 import sys, time, shelve, subprocess, textwrap, random, multiprocessing as mp
 import numpy as np, pytest
+from pathlib import Path
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
 from fastai_shelve.codec import ShelfError
@@ -138,3 +139,161 @@ def test_disk_full_stops_cleanly_and_resumes(tmp_path):
         assert r.existing == n and r.written == 60 - n
         with open_shelf(small/'s.shelf') as s: assert len(s) == 60 and not s.verify()
     finally: subprocess.run(['umount', str(small)], capture_output=True)
+
+# Damaged files: LMDB trusts its pages and aborts on a broken one; verify and info must say "damaged", never die.
+def _sweep_shelf(path, n_small, n_big):
+    "A shelf of small in-page records and a few big ones in overflow pages; its records."
+    rng = np.random.default_rng(0)
+    recs = {f's{i:03d}': {'image': rng.integers(0, 255, (20, 25), dtype=np.uint8), 'labels': np.array([i % 2, 1], np.int8)} for i in range(n_small)}
+    recs.update({f'b{i:03d}': {'image': rng.integers(0, 255, (100, 120), dtype=np.uint8), 'labels': np.array([1, 0], np.int8)} for i in range(n_big)})
+    with open_shelf(path, 'n') as s: s.put_many(recs); s.update_meta(label_kind='multi', label_names=['a', 'b'])
+    Path(f'{path}-lock').unlink()
+    return recs
+
+def _zeroed_page_sweep(tmp_path, n_small, n_big, cmds):
+    "Zero each 4 KiB page in turn; run the CLI's `cmds` on it. Outcome counts; asserts no signal death, no damage passing."
+    from pathlib import Path as P
+    exe = str(P(sys.executable).with_name('fastai-shelve'))
+    recs = _sweep_shelf(tmp_path/'orig.shelf', n_small, n_big)
+    data = (tmp_path/'orig.shelf').read_bytes()
+    counts = {'tried': 0, 'clean error': 0, 'passes, data intact': 0, 'wrong data silently': 0, 'signal death': 0, 'hang': 0}
+    for page in range(len(data) // 4096):
+        f = tmp_path/f'p{page}.shelf'
+        b = bytearray(data); b[page*4096:(page+1)*4096] = bytes(4096); f.write_bytes(bytes(b))
+        for c in cmds:
+            counts['tried'] += 1
+            try: r = subprocess.run([exe, c, str(f)], capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired: counts['hang'] += 1; continue
+            assert r.returncode >= 0, f"page {page}: {c} died by signal {-r.returncode}"
+            assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) <= 1, (page, c, r.stderr[-500:])
+            if r.returncode: counts['clean error'] += 1; continue
+            with open_shelf(f, check=True) as s:  # passed: then every record must be the original
+                got = dict(zip(s.keys(), s.get_many(s.keys())))
+            same = set(got) == set(recs) and all(np.array_equal(got[k]['image'], recs[k]['image']) for k in recs)
+            counts['passes, data intact' if same else 'wrong data silently'] += 1
+        f.unlink(); P(f'{f}-lock').unlink(missing_ok=True)
+    print(counts)
+    assert counts['wrong data silently'] == counts['hang'] == 0 and counts['clean error'] > 0
+    return counts
+
+def test_zeroed_page_sweep_quick(tmp_path): _zeroed_page_sweep(tmp_path, 12, 1, ['verify'])
+
+@pytest.mark.slow
+def test_zeroed_page_sweep_full(tmp_path): _zeroed_page_sweep(tmp_path, 60, 4, ['verify', 'info'])
+
+# A full disk: LMDB maps its lock file, and a mapped page the file system cannot back is a SIGBUS, not an error.
+FULL_OPEN = textwrap.dedent('''
+    import sys
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.codec import ShelfError
+    try:
+        with open_shelf(sys.argv[1], sys.argv[2]) as s: print('opened', len(s))
+    except ShelfError as e: print('ShelfError:', e); sys.exit(3)
+''')
+
+def test_full_disk_open_and_create_are_errors_not_signals(tmp_path):
+    small = tmp_path/'small'
+    if not _tmpfs(small, '512k'): pytest.skip('cannot mount a size-limited tmpfs here (needs root)')
+    try:
+        recs = _sweep_shelf(tmp_path/'s.shelf', 20, 0)
+        (small/'s.shelf').write_bytes((tmp_path/'s.shelf').read_bytes())  # uploaded without its lock file
+        (tmp_path/'open.py').write_text(FULL_OPEN)
+        import os
+        fd = os.open(small/'filler', os.O_WRONLY | os.O_CREAT)  # fill the disk
+        try:
+            while True: os.write(fd, bytes(4096))
+        except OSError: pass
+        finally: os.close(fd)
+        run = lambda *a: subprocess.run([sys.executable, str(tmp_path/'open.py'), *map(str, a)], capture_output=True, text=True, timeout=120)
+        for args in ((small/'s.shelf', 'r'), (small/'new.shelf', 'c')):
+            r = run(*args)
+            assert r.returncode == 3 and 'no space left on device' in r.stdout, (args, r.returncode, r.stdout, r.stderr[-500:])
+        (small/'s.shelf-lock').write_bytes(b'')  # a 0-byte lock file left behind: the same clean error, not a SIGBUS
+        r = run(small/'s.shelf', 'r')
+        assert r.returncode == 3 and 'no space left on device' in r.stdout, (r.returncode, r.stdout)
+        (small/'filler').unlink()  # space freed: it opens
+        r = run(small/'s.shelf', 'r')
+        assert r.returncode == 0 and f'opened {len(recs)}' in r.stdout, r.stderr[-500:]
+    finally: subprocess.run(['umount', str(small)], capture_output=True)
+
+def test_reader_that_cannot_lock_is_refused_unless_it_says_so(tmp_path):
+    "A writable shared folder whose lock file this process cannot write: an error, never silently unlocked reads."
+    shelf = tmp_path/'s.shelf'
+    _sweep_shelf(shelf, 5, 0)
+    with open_shelf(shelf) as s: len(s)  # its lock file now exists
+    lock = f'{shelf}-lock'
+    # The lock file alone on a read-only bind mount: the folder stays writable (statvfs says so), the lock file does not.
+    if subprocess.run(['mount', '--bind', lock, lock], capture_output=True).returncode: pytest.skip('cannot bind-mount here')
+    try:
+        if subprocess.run(['mount', '-o', 'remount,ro,bind', lock], capture_output=True).returncode: pytest.skip('cannot remount read-only')
+        code = ("import sys\nfrom fastai_shelve.store import open_shelf\nfrom fastai_shelve.codec import ShelfError\n"
+                "try:\n    s = open_shelf(sys.argv[1], lock=False if sys.argv[2] == 'no' else None); print('read', len(s))\n"
+                "except ShelfError as e: print('refused:', e)\n")
+        r = subprocess.run([sys.executable, '-c', code, str(shelf), 'default'], capture_output=True, text=True, timeout=120)
+        assert 'refused:' in r.stdout and 'lock file' in r.stdout and 'lock=False' in r.stdout, r.stdout + r.stderr[-800:]
+        r = subprocess.run([sys.executable, '-c', code, str(shelf), 'no'], capture_output=True, text=True, timeout=120)
+        assert 'read 5' in r.stdout, r.stdout + r.stderr[-800:]
+    finally: subprocess.run(['umount', lock], capture_output=True)
+
+TWO_BUILDS = textwrap.dedent('''
+    import sys, pandas as pd
+    from fastai_shelve.build import build_shelf
+    from fastai_shelve.codec import ShelfError
+    try: build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+                     size=int(sys.argv[4]), n_workers=0, commit_every=3, progress=False)
+    except ShelfError as e: print('refused:', e); sys.exit(3)
+''')
+
+@pytest.mark.parametrize('i', [0, 1, 2] + [pytest.param(i, marks=pytest.mark.slow) for i in range(3, 20)])
+def test_two_builds_with_other_settings_started_together(kill_corpus, tmp_path, i):
+    "Two builds of one shelf at sizes 32 and 48, started at once: one is refused; every record has the size the metadata says."
+    d, _ = kill_corpus
+    (tmp_path/'b.py').write_text(TWO_BUILDS)
+    small = d/'train.csv'
+    ps = [subprocess.Popen([sys.executable, str(tmp_path/'b.py'), str(small), str(tmp_path/'s.shelf'), str(d), str(size)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for size in (32, 48)[::(-1 if i % 2 else 1)]]
+    outs = [p.communicate(timeout=300) for p in ps]
+    codes = sorted(p.returncode for p in ps)
+    assert codes == [0, 3], (codes, [o[1][-500:] for o in outs])
+    assert any('other settings' in o[0] for o in outs)
+    with open_shelf(tmp_path/'s.shelf') as s:
+        size = s.meta['build']['size']
+        assert len(s) == 300 and {r['image'].shape for r in s.get_many(s.keys())} == {(size, size)}
+
+KILL_WORKERS = textwrap.dedent('''
+    import sys, time, pandas as pd
+    import fastai_shelve.build as b
+    _load = b.load_image
+    b.load_image = lambda *a, **k: (time.sleep(0.2), _load(*a, **k))[1]  # slow decodes: the kill finds the workers busy
+    b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+                  size=32, n_workers=2, progress=False)
+''')
+
+def _children(pid) -> list:
+    from pathlib import Path as P
+    res = []
+    for p in P('/proc').glob('[0-9]*'):
+        try: st = (p/'stat').read_text()
+        except OSError: continue
+        if int(st.rsplit(')', 1)[1].split()[1]) == pid: res.append(int(p.name))
+    return res
+
+def _alive(pid) -> bool:
+    from pathlib import Path as P
+    try: return ') Z' not in (P('/proc')/str(pid)/'stat').read_text()  # a zombie has died
+    except OSError: return False
+
+def test_kill_9_of_a_build_leaves_no_workers(kill_corpus, tmp_path):
+    import signal
+    d, _ = kill_corpus
+    (tmp_path/'k.py').write_text(KILL_WORKERS)
+    p = subprocess.Popen([sys.executable, str(tmp_path/'k.py'), str(d/'train.csv'), str(tmp_path/'s.shelf'), str(d)])
+    t0 = time.time()
+    while len(_children(p.pid)) < 2 and time.time() - t0 < 120: time.sleep(0.05)
+    workers = _children(p.pid)
+    assert len(workers) >= 2, 'the build never started its workers'
+    time.sleep(0.5)
+    p.send_signal(signal.SIGKILL); p.wait()
+    t0 = time.time()
+    while any(_alive(w) for w in workers) and time.time() - t0 < 10: time.sleep(0.1)
+    assert not [w for w in workers if _alive(w)], 'decode workers outlived their killed build'

@@ -39,13 +39,26 @@ def test_codec_arbitrary_bytes_never_crash(b):
     try: decode_record(b)
     except ShelfError: pass
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(0, 10**6), st.integers(0, 255))
-def test_codec_any_single_byte_change_is_caught_or_harmless(pos, val):
-    b = bytearray(encode_record({'image': np.arange(100, dtype=np.uint8).reshape(10, 10), 'labels': np.ones(3, np.int8)}))
-    b[pos % len(b)] = val
-    try: decode_record(bytes(b), check=True)
-    except ShelfError: pass  # a clear error; else the change hit padding or kept the value
+def _same(a, b) -> bool:
+    "Two decoded records equal field by field: values, dtypes and shapes."
+    return set(a) == set(b) and all(
+        (isinstance(b[k], np.ndarray) and a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and np.array_equal(a[k], b[k]))
+        if isinstance(a[k], np.ndarray) else a[k] == b[k] for k in a)
+
+@pytest.mark.parametrize('compression', [None, 'zstd', 'lz4'])
+def test_every_single_byte_change_is_refused_or_harmless(compression):
+    "Every byte of a record, header included, set to three other values: refused by the checksum, or decodes to exactly the original."
+    rec = {'image': np.arange(1000, dtype=np.uint8).reshape(20, 50), 'labels': np.ones(3, np.int8), 'note': 'x'}
+    good = encode_record(rec, compression)
+    refused = harmless = 0
+    for pos in range(len(good)):
+        for val in {0, 255, good[pos] ^ 1} - {good[pos]}:
+            b = bytearray(good); b[pos] = val
+            try: out = decode_record(bytes(b), check=True)
+            except ShelfError: refused += 1; continue
+            assert _same(out, rec), (pos, val)  # accepted: then it must be the original record
+            harmless += 1
+    assert refused > 2 * len(good) and harmless == 0  # the crc covers every byte but its own, which it is checked against
 
 def test_get_many_order_and_missing(tmp_path):
     with open_shelf(tmp_path/'s.shelf', 'c') as s:
@@ -54,7 +67,9 @@ def test_get_many_order_and_missing(tmp_path):
         assert [int(r['x'][0]) for r in s.get_many(keys)] == [7, 3, 19, 3]
         with pytest.raises(KeyError, match="'nope' not in"): s.get_many(['k1', 'nope'])
         with pytest.raises(KeyError, match='nope'): s['nope']
-        assert 'k1' in s and 'nope' not in s and 5 not in s
+        assert 'k1' in s and 'nope' not in s and 5 not in s and '' not in s and 'x' * 600 not in s
+        assert s.missing(['k1', '', 'x' * 600]) == ['', 'x' * 600]
+        with pytest.raises(KeyError, match='1 to 511 bytes'): s.put_many({'x' * 600: {'x': np.array([1])}})
         b = s.get_batch(['k2', 'k5'])
         assert b['x'].shape == (2, 1) and b['x'][:, 0].tolist() == [2, 5]
 
@@ -186,3 +201,60 @@ def test_garbled_dtype_in_header_is_a_record_error():
     b = encode_record({'image': np.zeros((2, 2), np.uint8)})
     for bad in (b'",u1"', b'"|u,"', b'"(1,"'):  # same length, so the header stays valid JSON
         with pytest.raises(RecordError, match='bad array entry'): decode_record(b.replace(b'"|u1"', bad))
+
+@pytest.mark.parametrize('compression', ['zstd', 'lz4'])
+def test_compressed_round_trip_odd_shapes(tmp_path, compression):
+    "Images, masks, labels, odd shapes and empty arrays, compressed: the same arrays back, by get_many and get_batch."
+    rng = np.random.default_rng(0)
+    recs = {f'k{i}': {'image': rng.integers(0, 9, (37, 41), dtype=np.uint8), 'mask': (rng.random((37, 41)) > .5).astype(np.uint8),
+                      'labels': rng.integers(0, 2, 11).astype(np.int8), 'empty': np.zeros((0, 3), np.float32),
+                      'wide': rng.random((3, 300)).astype(np.float32)} for i in range(9)}
+    with open_shelf(tmp_path/'z.shelf', 'c', compression=compression) as s:
+        s.put_many(recs)
+        for k, r in zip(recs, s.get_many(list(recs))): assert _same(r, recs[k])
+        b = s.get_batch(list(recs))
+        for f in ('image', 'mask', 'labels', 'empty', 'wide'):
+            np.testing.assert_array_equal(b[f], np.stack([r[f] for r in recs.values()]))
+        assert not s.verify()
+        # Records sharing the first one's header (equal compressed sizes) after one that doesn't: each read with its own
+        same = {f'same{i}': {'image': np.full((37, 41), 7, np.uint8)} for i in range(3)}
+        other = {f'other{i}': {'image': rng.integers(0, 255, (37, 41), dtype=np.uint8)} for i in range(3)}
+        s.put_many({**same, **other})
+        ks = ['same0', 'other0', 'same1', 'other1', 'same2', 'other2']
+        np.testing.assert_array_equal(s.get_batch(ks)['image'], np.stack([{**same, **other}[k]['image'] for k in ks]))
+    assert (tmp_path/'z.shelf').stat().st_size < 1 << 20
+
+def test_format_1_records_still_read(tmp_path):
+    "A record of format 1 (crc over the buffers only), as shelves written before format 2 hold: reads and verifies."
+    import struct, zlib
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    b = bytearray(encode_record({'image': img}))
+    start = 12 + struct.unpack_from('<I', b, 4)[0]
+    b[3] = 1; struct.pack_into('<I', b, 8, zlib.crc32(bytes(b[start:start+64])))  # what format 1 wrote
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s.update_meta(format_version=1)  # a shelf written before format 2
+        s._commit([(b'old', bytes(b))])
+    with open_shelf(tmp_path/'s.shelf') as s:
+        np.testing.assert_array_equal(s['old']['image'], img)
+        assert not s.verify() and s.meta['format_version'] == 2  # the write of a format-2 batch said so
+    with open_shelf(tmp_path/'s.shelf', 'w') as s:
+        s.update_meta(format_version=1); s['new'] = {'image': img}
+        assert s.meta['format_version'] == 2 and not s.verify()
+
+def test_a_version_byte_flipped_upwards_is_damage_not_newer(tmp_path):
+    "A record claiming a format its shelf was not written in is damaged; only the shelf's own metadata says 'newer'."
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        b = bytearray(encode_record({'x': np.arange(3)})); b[3] = 3
+        s._commit([(b'k', bytes(b))])
+        with pytest.raises(RecordError, match='damaged'): s['k']
+
+def test_write_side_refused_clearly(tmp_path):
+    "Every backend implements the write side or refuses it with a ReadOnlyError that says why: never an AttributeError."
+    from fastai_shelve.store import ReadOnlyError
+    _seed_shelve(tmp_path/'old.db')
+    with open_shelf(tmp_path/'old.db', 'w', allow_pickle=True) as s:
+        with pytest.raises(ReadOnlyError, match='convert it'): s.update_meta(x=1)
+        with pytest.raises(ReadOnlyError, match='convert it'): s.set_table(None)
+        s.put_many({'new': {'x': 1}}); assert s['new'] == {'x': 1}
+    with open_shelf(tmp_path/'old.db', allow_pickle=True) as s:
+        with pytest.raises(ReadOnlyError, match='read-only'): s.put_many({'k': {}})
