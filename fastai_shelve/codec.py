@@ -36,7 +36,7 @@ def _jsonable(v) -> bool:
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(o) for k,o in v.items())
     return False
 
-# %% ../nbs/00_codec.ipynb #985b70f8
+# %% ../nbs/00_codec.ipynb #fd821266
 COMPRESSIONS = ('zstd', 'lz4')
 _MIN_COMPRESS = 256
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread
@@ -58,9 +58,11 @@ def compress(raw, codec:str, level:int=None) -> bytes:
     if c is None: c = lib.ZstdCompressor(level=3 if level is None else level); _local.__dict__.setdefault('zc', {})[level] = c
     return c.compress(raw)
 
+_libs = {}
+
 def decompress(data, codec:str, nbytes:int) -> bytes:
     "The `nbytes` bytes that `compress` packed into `data`; a `RecordError` if they don't come back whole."
-    lib = _codec_lib(codec)
+    lib = _libs.get(codec) or _libs.setdefault(codec, _codec_lib(codec))
     try:
         if codec == 'lz4': out = lib.decompress(data, uncompressed_size=nbytes)
         else:

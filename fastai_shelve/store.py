@@ -17,10 +17,11 @@ from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, 
 import fastai_shelve
 
 # %% auto #0
-__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_lmdb_file',
-           'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names',
-           'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
+__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
+           'DamagedStoreError', 'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf',
+           'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf',
+           'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf',
+           'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -126,13 +127,18 @@ class ShelfBase(MutableMapping):
     @abstractmethod
     def close(self): "Release this shelf's handles; using it afterwards raises `ShelfClosedError`."
 
-    def get_batch(self, keys, fields=None) -> dict:
-        "Records of `keys` stacked field by field (arrays stacked, other values as lists)."
+    def get_batch(self, keys, fields=None, out:dict=None) -> dict:
+        "Records of `keys` stacked field by field (arrays stacked, other values as lists); into `out`'s arrays if given."
         recs = self.get_many(keys)
         if not recs: return {}
         names = [n for n in recs[0] if fields is None or n in fields]
-        try: return {n: np.stack([r[n] for r in recs]) if isinstance(recs[0][n], np.ndarray) else [r[n] for r in recs] for n in names}
+        try: res = {n: np.stack([r[n] for r in recs]) if isinstance(recs[0][n], np.ndarray) else [r[n] for r in recs] for n in names}
         except (ValueError, KeyError) as e: raise ShelfError(f"{self.path}: records of {keys[:3]}... differ: {e}: use get_many") from None
+        if out is None: return res
+        for n,v in res.items():
+            if isinstance(v, np.ndarray): out[n][...] = v
+            else: out[n] = v
+        return out
 
     def missing(self, keys) -> list:
         "Those of `keys` not in the shelf."
@@ -182,11 +188,12 @@ class ShelfBase(MutableMapping):
     def _key_error(self, key): return KeyError(f"{key!r} not in {self.path}")
 
 # %% ../nbs/01_store.ipynb #bc7ca556
+DECODE_THREADS = min(4, os.cpu_count() or 1)
 _pools = {}  # pid -> thread pool decoding compressed records (threads don't survive fork)
 
 def _pool() -> ThreadPoolExecutor:
     p = _pools.get(os.getpid())
-    if p is None: p = _pools[os.getpid()] = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix='fastai_shelve')
+    if p is None: p = _pools[os.getpid()] = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix='fastai_shelve')
     return p
 
 def key_bytes(key) -> bytes|None:
@@ -310,6 +317,8 @@ class Shelf(ShelfBase):
                     if out is None:
                         out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
                         out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
+                    elif any(nm not in out for nm in [f.name for f in lay.fields if fields is None or f.name in fields]):
+                        raise ShelfError(f"{self.path}: key {k!r} has fields the batch given to fill lacks: use get_many")
                     first_want = [f for f in lay.fields if f.name in out]
                     values = [nm for nm in lay.values if nm in out]
                 want = first_want
@@ -319,14 +328,18 @@ class Shelf(ShelfBase):
                             out[f.name].shape[1:] != f.shape or out[f.name].dtype != f.dtype for f in want):
                         raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than the batch's: use get_many")
                 for f in want:
-                    if f.codec is None: lay.read_into(buf, f, out[f.name], row)
+                    if f.codec is None: out[f.name][row] = lay.view(buf, f)
                     else: jobs.append((lay, buf, f, out[f.name], row))
                 if values:
                     v = lay.new_values()
                     for nm in values: out[nm][row] = v[nm]
-            # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`.
-            if len(jobs) > 1: list(_pool().map(lambda j: j[0].read_into(*j[1:]), jobs))
-            elif jobs: jobs[0][0].read_into(*jobs[0][1:])
+            # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`:
+            # one task per thread, each a run of records (a task per record costs more in the pool than zstd spends).
+            if jobs:
+                k = min(len(jobs), DECODE_THREADS)
+                def run(part):
+                    for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
+                list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
 
     def __contains__(self, key):
@@ -482,7 +495,7 @@ def check_structure(path, lock:bool=True, timeout:float=600):
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
     _walked[k] = True
 
-# %% ../nbs/01_store.ipynb #bc4f901b
+# %% ../nbs/01_store.ipynb #7456e323
 class PixelStats:
     "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
     def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
@@ -562,7 +575,7 @@ class StdShelf(ShelfBase):
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_db', '_batch')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._db = None
 
-# %% ../nbs/01_store.ipynb #16c4a327
+# %% ../nbs/01_store.ipynb #5bb29464
 MANIFEST = 'manifest.json'
 
 def shard_of(key:str, n:int) -> int:
@@ -626,9 +639,9 @@ class ShardedShelf(ShelfBase):
             for i, r in zip(pos, self.shards[s].get_many([keys[i] for i in pos], default=default)): res[i] = r
         return res
 
-    def get_batch(self, keys, fields=None) -> dict:
+    def get_batch(self, keys, fields=None, out:dict=None) -> dict:
         "Stacked arrays of `keys`' records: each shard copies its records once, straight into their rows of the batch."
-        keys, out = list(keys), None
+        keys = list(keys)
         for s, pos in self._groups(keys).items():
             out = self.shards[s].get_batch([keys[i] for i in pos], fields, out=out, rows=pos, n=len(keys))
         return out or {}
@@ -697,7 +710,7 @@ def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
     if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
-# %% ../nbs/01_store.ipynb #dcf01c3b
+# %% ../nbs/01_store.ipynb #a9c0dd4c
 def record_meta(rec:dict) -> dict:
     "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
     img, lab, meta = rec.get('image'), rec.get('labels'), {}
