@@ -15,8 +15,9 @@ from .codec import ShelfError, FormatVersionError, encode_record
 from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, ReadOnlyError, key_bytes, record_meta
 
 # %% auto #0
-__all__ = ['target_size', 'is_dicom', 'read_dicom', 'load_image', 'BuildSettings', 'read_source', 'encode_labels', 'pixel_hist',
-           'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
+__all__ = ['SCALES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'load_image', 'load_mask', 'BuildSettings',
+           'read_source', 'encode_labels', 'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport',
+           'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -29,46 +30,78 @@ def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=No
     else: return w, h
     return max(1, round(w*r)), max(1, round(h*r))
 
-def _to_mode(im:Image.Image, gray:bool) -> Image.Image:
-    "`im` as 8-bit 'L' or 'RGB'; 16-bit and float images are scaled to 0-255, alpha is dropped."
+SCALES = ('minmax', 'percentile', 'legacy')
+
+def to_uint8(a:np.ndarray, scale:str='minmax') -> np.ndarray:
+    "Scale a 16-bit or float image to uint8 keeping its range: per-image min-max, or the 0.5-99.5 percentile window."
+    a = np.asarray(a, np.float32)
+    if scale == 'legacy':  # what format-1 builds did (a fixed divide): kept so their shelves predict as they were built
+        return (a * (255 / (65535. if a.max() > 255 else 255.))).round().clip(0, 255).astype(np.uint8)
+    if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
+    lo, hi = (a.min(), a.max()) if scale == 'minmax' else np.percentile(a, (0.5, 99.5))
+    return ((a - lo) * (255 / max(float(hi - lo), 1e-6))).round().clip(0, 255).astype(np.uint8)
+
+def _gray(a:np.ndarray) -> np.ndarray:
+    "An (H,W,3) array as one luminance channel (ITU-R 601, as PIL's 'L')."
+    return a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+def _to_mode(im:Image.Image, gray:bool, scale:str='minmax') -> np.ndarray:
+    "`im` as an 8-bit array, (H,W) or (H,W,3); 16-bit and float images are scaled by `scale`, alpha is dropped."
     if im.mode in ('I', 'F') or im.mode.startswith('I;16'):
-        a = np.asarray(im).astype(np.float32)
-        top = 65535. if a.max() > 255 else 255.
-        im = Image.fromarray((a * (255/top)).round().clip(0, 255).astype(np.uint8), 'L')
+        a = to_uint8(np.asarray(im), scale)
+        return a if gray else np.repeat(a[..., None], 3, axis=2)
     want = 'L' if gray else 'RGB'
-    return im if im.mode == want else im.convert(want)
+    return np.asarray(im if im.mode == want else im.convert(want))
 
 def is_dicom(fn) -> bool:
     "Does `fn` start like a DICOM file (the 'DICM' marker after the 128-byte preamble)?"
     with open(fn, 'rb') as f: return f.read(132)[128:] == b'DICM'
 
-def read_dicom(fn) -> Image.Image:
-    "A DICOM file's pixels as an 8-bit gray PIL image: VOI LUT / window applied, MONOCHROME1 inverted (needs pydicom)."
-    try: import pydicom
-    except ImportError: raise ImportError(f"{fn} is DICOM: pip install 'fastai_shelve[dicom]' (pydicom) to read it") from None
-    ds = pydicom.dcmread(fn)
-    a = ds.pixel_array.astype(np.float32)
+def read_dicom(fn, gray:bool=True, frame:int=0, scale:str='minmax') -> np.ndarray:
+    "A DICOM file's pixels as uint8, as radiology pipelines read them: modality LUT, VOI LUT (window), MONOCHROME1 inverted."
     try:
-        from pydicom.pixels import apply_voi_lut
-        a = apply_voi_lut(a, ds).astype(np.float32)
-    except (ImportError, ValueError, AttributeError): pass
-    lo, hi = float(a.min()), float(a.max())
-    a = (a - lo) / max(hi - lo, 1e-6) * 255
-    if getattr(ds, 'PhotometricInterpretation', '') == 'MONOCHROME1': a = 255 - a
-    return Image.fromarray(a.round().astype(np.uint8), 'L')
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut
+    except ImportError: raise ShelfError(f"{fn} is DICOM: pip install 'fastai_shelve[dicom]' (pydicom 3) to read it") from None
+    ds = pydicom.dcmread(fn)
+    try: a = ds.pixel_array
+    except Exception as e:
+        ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
+        if ts is not None and ts.is_compressed:
+            raise ShelfError(f"{fn}: compressed DICOM ({ts.name}) needs a decoder: pip install 'fastai_shelve[dicom]' "
+                             f"(pylibjpeg with its libjpeg and openjpeg plugins); {type(e).__name__}: {e}"[:400]) from None
+        raise ShelfError(f"{fn}: DICOM pixel data cannot be read: {type(e).__name__}: {e}"[:400]) from None
+    n = int(getattr(ds, 'NumberOfFrames', 1) or 1)
+    if n > 1:  # a multi-frame file: one frame becomes the image (`frame`, default the first)
+        if not -n <= frame < n: raise ShelfError(f"{fn} has {n} frames: frame={frame} is not one of them")
+        a = a[frame]
+    pi = str(getattr(ds, 'PhotometricInterpretation', 'MONOCHROME2'))
+    if pi == 'PALETTE COLOR': a = apply_color_lut(a, ds)
+    if a.ndim == 3:  # colour (pydicom gives YBR as RGB)
+        a = to_uint8(a, 'minmax') if a.dtype != np.uint8 else a
+        return _gray(a).round().astype(np.uint8) if gray else a
+    a = apply_voi_lut(apply_modality_lut(a, ds), ds)
+    a = to_uint8(a, scale if scale != 'legacy' else 'minmax')
+    if pi == 'MONOCHROME1': a = 255 - a  # bright is dense bone, as MONOCHROME2 shows it
+    return a if gray else np.repeat(a[..., None], 3, axis=2)
 
-def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True) -> np.ndarray:
+def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int=0) -> np.ndarray:
     "Decode image file `fn` (any PIL format, or DICOM) and resize it: uint8 (H,W) if `gray` else (H,W,3)."
     if is_dicom(fn):
-        im = read_dicom(fn)
-        a = np.asarray(_to_mode(im, gray))
-        return _resize(a, target_size(*im.size, size=size, shortest_side=shortest_side, max_side=max_side))
+        a = read_dicom(fn, gray, frame, scale)
+        return _resize(a, target_size(a.shape[1], a.shape[0], size=size, shortest_side=shortest_side, max_side=max_side))
     with Image.open(fn) as im:
         out = target_size(*im.size, size=size, shortest_side=shortest_side, max_side=max_side)
         if im.format == 'JPEG': im.draft('L' if gray else 'RGB', out)
         im.load()
-        a = np.asarray(_to_mode(im, gray))
+        a = _to_mode(im, gray, scale)
     return _resize(a, out)
+
+def load_mask(fn, out) -> np.ndarray:
+    "A segmentation mask file as uint8 class indices, resized to `out` (w, h) with nearest neighbour (no new classes)."
+    with Image.open(fn) as im:
+        a = np.asarray(im if im.mode in ('L', 'P', '1') else im.convert('L')).astype(np.uint8)
+    return a.copy() if a.shape[1::-1] == tuple(out) else cv2.resize(a, tuple(out), interpolation=cv2.INTER_NEAREST)
 
 def _resize(a:np.ndarray, out) -> np.ndarray:
     "`a` resized to `out` (w, h): a new, writable array."
@@ -79,9 +112,10 @@ def _resize(a:np.ndarray, out) -> np.ndarray:
 
 class BuildSettings:
     "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
-    schema = 1  # the version of this record in a shelf's metadata ('build'); shelves before it hold the same fields
-    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True):
+    schema = 2  # this record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257)
+    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int=0):
         size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
+        if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
         store_attr()
 
     @classmethod
@@ -91,25 +125,32 @@ class BuildSettings:
         v = d.pop('schema', 1)
         if not isinstance(v, int) or v > cls.schema:
             raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): upgrade fastai_shelve")
-        unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray'}
+        if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
+        unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame'}
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
         return cls(**d)
 
     def as_meta(self) -> dict:
         "The JSON a shelf's metadata keeps under 'build'."
-        return dict(schema=self.schema, size=self.size, shortest_side=self.shortest_side, max_side=self.max_side, gray=self.gray)
+        return dict(schema=self.schema, size=self.size, shortest_side=self.shortest_side, max_side=self.max_side,
+                    gray=self.gray, scale=self.scale, frame=self.frame)
 
     def load(self, fn) -> np.ndarray:
         "Decode and resize file `fn` exactly as the build did."
-        return load_image(fn, self.size, self.shortest_side, self.max_side, self.gray)
+        return load_image(fn, self.size, self.shortest_side, self.max_side, self.gray, self.scale, self.frame)
+
+    def out_size(self, w:int, h:int) -> tuple:
+        "The (w, h) a `w`x`h` input becomes."
+        return target_size(w, h, self.size, self.shortest_side, self.max_side)
 
     def prepare(self, im) -> np.ndarray:
         "An image already in memory (a PIL image or an array, any size) as the build would have stored it."
         if not isinstance(im, Image.Image):
             a = np.asarray(im)
-            im = Image.fromarray(a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a)
-        a = np.asarray(_to_mode(im, self.gray))
-        return _resize(a, target_size(a.shape[1], a.shape[0], self.size, self.shortest_side, self.max_side))
+            a = a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a
+            im = Image.fromarray(a if a.dtype == np.uint8 or a.ndim == 2 else to_uint8(a, self.scale))
+        a = _to_mode(im, self.gray, self.scale)
+        return _resize(a, self.out_size(a.shape[1], a.shape[0]))
 
     def __eq__(self, other): return isinstance(other, BuildSettings) and self.as_meta() == other.as_meta()
     def __repr__(self): return f"BuildSettings({', '.join(f'{k}={v!r}' for k,v in self.as_meta().items() if k != 'schema')})"
@@ -184,12 +225,20 @@ def pixel_hist(img:np.ndarray) -> np.ndarray:
 
 def _decode_task(task):
     "Worker: (key, encoded record, pixel histogram, None) or (key, None, None, reason)."
-    key, fn, lab, settings, compression = task
-    try: img = settings.load(fn)
-    except FileNotFoundError: return key, None, None, 'missing file'
+    key, fn, lab, mask_fn, settings, compression = task
+    try:
+        img = settings.load(fn)
+        if mask_fn is not None:
+            with Image.open(mask_fn) as m: msize = m.size
+            isize = None if is_dicom(fn) else Image.open(fn).size
+            if isize is not None and msize != isize:
+                return key, None, None, f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
+            mask = load_mask(mask_fn, img.shape[1::-1])  # nearest neighbour to the image's output size: same geometry
+    except FileNotFoundError as e: return key, None, None, 'missing file' if e.filename in (None, str(fn)) else f'missing mask {mask_fn}'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
     # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
     rec = {'image': img} if lab is None else {'image': img, 'labels': lab}
+    if mask_fn is not None: rec['mask'] = mask
     return key, encode_record(rec, *compression), pixel_hist(img), None
 
 def mp_context():
@@ -259,13 +308,20 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 vocab=None, # fix a category's vocab (and its order)
                 compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
                 level:int=None, # the compression level (None: the library's default)
+                scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
+                frame:int=0, # the frame of a multi-frame DICOM file that becomes the image
+                mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
+                mask_suffix:str='.png', # appended to ids to name mask files
+                codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
                ) -> BuildReport:
     "Decode and resize the images of `source` once, in worker processes, into the shelf at `path`; resumable."
     t0 = time.time()
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_cols, label_func, vocab)
     files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
-    settings = BuildSettings(size, shortest_side, max_side, gray)
+    settings = BuildSettings(size, shortest_side, max_side, gray, scale, frame)
+    masks = ([None] * len(keys) if mask_path is None else
+             [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
     n_workers = ifnone(n_workers, min(os.cpu_count() or 1, 8))
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     if shelf_kind(path) == 'sharded': raise ReadOnlyError(f"{path}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
@@ -273,12 +329,13 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{path}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         shelf.update_meta(check=_check_same_build(path, settings), build=settings.as_meta(),
-                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta)
+                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta,
+                          **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         extra = [c for c in df.columns if c not in listify(label_cols) + [col, 'file']]
         if extra: shelf.set_table(df[extra].set_axis(keys))
         valid = [k for k in keys if key_bytes(k) is not None]
         todo = set(shelf.missing(valid))
-        by_key = {k:(f, l) for k,f,l in zip(keys, files, labels) if k in todo}
+        by_key = {k:(f, l, m) for k,f,l,m in zip(keys, files, labels, masks) if k in todo}
         tasks = [(k, *by_key[k], settings, (compression, level)) for k in keys if k in todo]
         stats = PixelStats(shelf.meta.get('stats'))
         pending, nbytes, written = [], 0, 0
@@ -305,7 +362,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     if progress: print(report)
     return report
 
-# %% ../nbs/02_build.ipynb #19d0059d
+# %% ../nbs/02_build.ipynb #fdb64d44
 def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   dst, # the new LMDB shelf (resumes if it exists)
                   allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles

@@ -33,11 +33,17 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           shards:int=0, # build N shard shelves in folder OUT, one Dask task each
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
           compression:str=None, # zstd or lz4: compress each image (default: raw)
-          level:int=None): # the compression level (default: the library's)
+          level:int=None, # the compression level (default: the library's)
+          scale:str='minmax', # 16-bit and float inputs to 8 bits: minmax or percentile (0.5-99.5), per image
+          frame:int=0, # the frame of multi-frame DICOM files to keep
+          mask_path:str=None, # folder of segmentation masks, one per image, stored as 'mask'
+          mask_suffix:str='.png', # appended to ids to name mask files
+          codes:str=''): # comma-separated class names of the masks
     "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
     kw = dict(img_path=img_path, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suffix=suffix,
               label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
-              max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level)
+              max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level, scale=scale, frame=frame,
+              mask_path=mask_path, mask_suffix=mask_suffix, codes=[c for c in codes.split(',') if c] or None)
     if shards:
         from fastai_shelve.shards import build_sharded
         reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, **kw)

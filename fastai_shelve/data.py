@@ -16,26 +16,32 @@ from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
 from fastai.data.transforms import EncodedMultiCategorize, Categorize
 from fastai.data.core import DataLoaders
-from fastai.vision.core import AddMaskCodes
+from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .store import ShelfBase, open_shelf, record_meta
 from .build import BuildSettings
-from .fetch import ShelfDL, ShelfReader
+from .fetch import ShelfDL, ShelfReader, needs_pil
 from .augment import XRAY_STATS
 
 # %% auto #0
-__all__ = ['TensorImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter', 'MultiLabels',
-           'CategoryLabel', 'ShelfCategorize', 'ShelfMultiCategorize', 'GroupSplitter', 'KeySplitter', 'shelf_dblock',
-           'ShelfDataLoaders']
+__all__ = ['TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter',
+           'MultiLabels', 'CategoryLabel', 'ShelfCategorize', 'ShelfMultiCategorize', 'GroupSplitter', 'KeySplitter',
+           'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 class TensorImageGray(TensorImageBW):
     "A one-channel image shown with the `gray` colormap (bright is white)."
     _show_args = {'cmap': 'gray'}
 
+class PILImageGray(PILImageBW):
+    "A one-channel PIL image that becomes a `TensorImageGray`."
+    _tensor_cls = TensorImageGray
+
 class ArrayToImage(Transform):
-    "uint8 (H,W) → `TensorImageGray` (1,H,W); (H,W,C) → `TensorImage` (C,H,W). No copy."
+    "uint8 (H,W) → `TensorImageGray` (1,H,W); (H,W,C) → `TensorImage` (C,H,W). No copy. With `pil`, PIL images, for fastai's item transforms."
+    def __init__(self, pil:bool=False): super().__init__(); self.makes_pil = pil
     def encodes(self, o:np.ndarray):
+        if self.makes_pil: return (PILImageGray if o.ndim == 2 else PILImage).create(o)
         t = torch.from_numpy(o)
         return TensorImageGray(t[None]) if t.ndim == 2 else TensorImage(t.permute(2, 0, 1))
     def encodes_batch(self, o:np.ndarray):
@@ -44,18 +50,19 @@ class ArrayToImage(Transform):
         return TensorImageGray(t[:, None]) if t.ndim == 3 else TensorImage(t.permute(0, 3, 1, 2).contiguous())
 
 class ArrayToMask(Transform):
-    "An integer (H,W) array → `TensorMask`."
+    "An integer (H,W) array → `TensorMask` (with `pil`, a `PILMask`, for fastai's item transforms)."
     loss_func = CrossEntropyLossFlat(axis=1)  # what fastai's `MaskBlock` gives `unet_learner` to infer
-    def encodes(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
+    def __init__(self, pil:bool=False): super().__init__(); self.makes_pil = pil
+    def encodes(self, o:np.ndarray): return PILMask.create(o) if self.makes_pil else TensorMask(torch.from_numpy(o))
     def encodes_batch(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
 
-def ShelfImageBlock():
-    "A `TransformBlock` for record images: arrays to tensor images, uint8 until `IntToFloatTensor`."
-    return TransformBlock(type_tfms=ArrayToImage(), batch_tfms=IntToFloatTensor)
+def ShelfImageBlock(pil:bool=False):
+    "A `TransformBlock` for record images: arrays to tensor images (PIL images with `pil`), uint8 until `IntToFloatTensor`."
+    return TransformBlock(type_tfms=ArrayToImage(pil), batch_tfms=IntToFloatTensor)
 
-def ShelfMaskBlock(codes=None):
+def ShelfMaskBlock(codes=None, pil:bool=False):
     "A `TransformBlock` for segmentation masks stored in records, as fastai's `MaskBlock` (`codes` name the classes)."
-    return TransformBlock(type_tfms=ArrayToMask(), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
+    return TransformBlock(type_tfms=ArrayToMask(pil), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
 # %% ../nbs/05_data.ipynb #96ff2d89
 class ShelfGetter(ShelfReader):
@@ -116,10 +123,10 @@ def KeySplitter(valid_keys):
     return FuncSplitter(lambda k: k in valid)
 
 # %% ../nbs/05_data.ipynb #d0737ea9
-def _label_getter(shelf:ShelfBase, label_names=None, y:str='labels'):
+def _label_getter(shelf:ShelfBase, label_names=None, y:str='labels', pil:bool=False):
     "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata; (None, None) for none."
     meta = shelf.meta
-    if y == 'mask': return ShelfMaskBlock(meta.get('codes')), ShelfGetter(shelf, 'mask')
+    if y == 'mask': return ShelfMaskBlock(meta.get('codes'), pil), ShelfGetter(shelf, 'mask')
     if meta.get('label_kind') is None and 'build' not in meta:  # a shelf from elsewhere (the seed's): ask one record
         k = next(iter(shelf.keys()), None)
         meta = {**meta, **(record_meta(shelf[k]) if k is not None else {})}
@@ -148,12 +155,13 @@ def shelf_dblock(shelf:ShelfBase, valid_pct:float=0.2, seed:int=None, valid_keys
                  group_col:str=None, label_names=None, y:str='labels', item_tfms=None, batch_tfms=None,
                  normalize:bool=True) -> DataBlock:
     "A fastai `DataBlock` over `shelf`'s keys: image → target (`y`: 'labels', or 'mask' to segment), read by `ShelfDL`."
-    y_block, get_y = _label_getter(shelf, label_names, y)
+    pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
+    y_block, get_y = _label_getter(shelf, label_names, y, pil)
     stats = shelf.meta.get('stats') or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
     settings = BuildSettings.from_meta(shelf.meta.get('build') or record_meta(shelf[shelf.keys()[0]]).get('build') if len(shelf) else None)
-    return DataBlock(blocks=(ShelfImageBlock(),) + ((y_block,) if y_block else ()), dl_type=ShelfDL, n_inp=1,
+    return DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_block,) if y_block else ()), dl_type=ShelfDL, n_inp=1,
                      get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings), get_y=get_y,
                      splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
                      item_tfms=item_tfms, batch_tfms=batch_tfms)

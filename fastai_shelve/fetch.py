@@ -17,7 +17,8 @@ from .codec import ShelfError
 from .store import ShelfBase
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'acts_on', 'batch_plan', 'check_item_tfms', 'BatchPool', 'ShelfDL', 'cpu_distributed']
+__all__ = ['ShelfReader', 'find_shelf', 'acts_on', 'batch_plan', 'needs_pil', 'makes_pil', 'check_item_tfms', 'BatchPool',
+           'ShelfDL', 'cpu_distributed']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -43,6 +44,7 @@ def acts_on(tfm, typ:type) -> bool:
     if not hasattr(f, 'resolve_method'): return True  # not plum's dispatch (an older fastai): assume it does
     try: f.resolve_method(Signature(*sig)); return True
     except NotFoundLookupError: return False
+    except Exception: return True  # an annotation plum cannot read (a tuple of types, as `FlipItem` has): assume it does
 
 # %% ../nbs/03_fetch.ipynb #d35e5af5
 def batch_plan(tl):
@@ -51,14 +53,24 @@ def batch_plan(tl):
     if not fs or not isinstance(fs[0], ShelfReader) or not all(hasattr(f, 'encodes_batch') for f in fs): return None
     return fs[0].field, [f.encodes_batch for f in fs]
 
+def needs_pil(tfm) -> bool:
+    "Is `tfm` one of fastai's PIL-image transforms (it acts on PIL images specifically, not on anything)?"
+    return not isinstance(tfm, ToTensor) and acts_on(tfm, PILImage) and not acts_on(tfm, object)
+
+def makes_pil(dataset) -> bool:
+    "Does one of `dataset`'s type transforms say it makes PIL images of the records (so fastai's PIL item transforms apply)?"
+    return any(getattr(f, 'makes_pil', False) for tl in getattr(dataset, 'tls', [dataset])
+               for f in getattr(getattr(tl, 'tfms', None), 'fs', []))
+
 def check_item_tfms(tfms):
     "Refuse item transforms that act on PIL images only: on a shelf's tensor items they would silently do nothing."
     for f in tfms:
         if isinstance(f, ToTensor): continue
         if acts_on(f, PILImage) and not acts_on(f, TensorImage):
-            raise ShelfError(f"item transform {f!r} acts on PIL images, and shelf items are tensors already decoded and resized: "
-                             f"resize at build time (build_shelf(size=...)), or use a batch transform (aug_transforms(size=...), "
-                             f"RandomResizedCropGPU) or AlbumentationsTransform as item transform")
+            raise ShelfError(f"item transform {type(f).__name__} acts on PIL images, and this pipeline's shelf items are tensors: "
+                             f"make them PIL images (ArrayToImage(pil=True), as shelf_dblock does for such transforms), resize at "
+                             f"build time (build_shelf(size=...)), or use a batch transform (aug_transforms(size=...), "
+                             f"RandomResizedCropGPU) or AlbumentationsTransform")
 
 class BatchPool:
     "Batch arrays filled again once nothing made from them is alive: fresh arrays cost a page fault per 4 KiB (1 ms a batch of 32 704² images)."
@@ -91,7 +103,7 @@ class ShelfDL(TfmdDL):
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
-        if self.shelf is not None: check_item_tfms(self.after_item.fs)
+        if self.shelf is not None and not makes_pil(self.dataset): check_item_tfms(self.after_item.fs)
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
@@ -100,7 +112,8 @@ class ShelfDL(TfmdDL):
 
     def batch_plans(self):
         "One `batch_plan` per part of the item when the whole pipeline keeps the contract, else None."
-        if self.before_batch.fs or any(acts_on(f, TensorImage) for f in self.after_item.fs if not isinstance(f, ToTensor)): return None
+        if self.before_batch.fs or any(acts_on(f, TensorImage) or acts_on(f, PILImage)
+                                       for f in self.after_item.fs if not isinstance(f, ToTensor)): return None
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
         return plans if plans and all(plans) else None
 
