@@ -312,7 +312,7 @@ def bench_size(d:Path, n:int) -> list:
               'PNG files (compress_level=1)': list((d/'png').glob('*.png'))}
     return [dict(section='5 size', name=k, bytes_per_image=size(v)/n) for k,v in stores.items()]
 
-# %% ../nbs/08_bench.ipynb #de31b7d5
+# %% ../nbs/08_bench.ipynb #6a66301e
 def evict(path):
     "Drop `path`'s pages from the OS page cache (written back first): a cold read of that one file."
     fd = os.open(path, os.O_RDONLY)

@@ -362,7 +362,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     if progress: print(report)
     return report
 
-# %% ../nbs/02_build.ipynb #fdb64d44
+# %% ../nbs/02_build.ipynb #3eddcfb7
 def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   dst, # the new LMDB shelf (resumes if it exists)
                   allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles

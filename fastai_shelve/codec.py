@@ -36,7 +36,7 @@ def _jsonable(v) -> bool:
     if isinstance(v, dict): return all(isinstance(k, str) and _jsonable(o) for k,o in v.items())
     return False
 
-# %% ../nbs/00_codec.ipynb #67c37ebd
+# %% ../nbs/00_codec.ipynb #60732ee9
 COMPRESSIONS = ('zstd', 'lz4')
 _MIN_COMPRESS = 256
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread

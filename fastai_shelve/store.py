@@ -372,7 +372,8 @@ class Shelf(ShelfBase):
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
                     if meta is not None or check is not None:
-                        old = json.loads(bytes(txn.get(b'meta', db=self._metadb)))
+                        try: old = json.loads(bytes(txn.get(b'meta', db=self._metadb)))
+                        except (TypeError, ValueError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
                         if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                         new = {**old, **(meta or {})}
                         txn.put(b'meta', json.dumps(new).encode(), db=self._metadb)
@@ -495,7 +496,7 @@ def check_structure(path, lock:bool=True, timeout:float=600):
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
     _walked[k] = True
 
-# %% ../nbs/01_store.ipynb #520e0543
+# %% ../nbs/01_store.ipynb #cf8b36df
 class PixelStats:
     "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
     def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
@@ -575,7 +576,7 @@ class StdShelf(ShelfBase):
     def __getstate__(self): return {k:v for k,v in self.__dict__.items() if k not in ('_db', '_batch')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._db = None
 
-# %% ../nbs/01_store.ipynb #f5856610
+# %% ../nbs/01_store.ipynb #63fde84e
 MANIFEST = 'manifest.json'
 
 def shard_of(key:str, n:int) -> int:
@@ -710,7 +711,7 @@ def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
     if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
-# %% ../nbs/01_store.ipynb #4b3a0f36
+# %% ../nbs/01_store.ipynb #175d2112
 def record_meta(rec:dict) -> dict:
     "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
     img, lab, meta = rec.get('image'), rec.get('labels'), {}

@@ -16,7 +16,7 @@ def test_bad_inputs_reported_exactly(tmp_path):
     p(3).write_text('this is not an image')             # text named .jpg
     p(4).unlink()                                       # missing file
     Image.fromarray(np.zeros((40, 30, 4), np.uint8), 'RGBA').save(p(5), format='PNG')  # PNG with alpha, named .jpg
-    Image.fromarray(np.full((50, 40), 3000, np.uint16)).save(p(6), format='PNG')       # 16-bit
+    Image.fromarray(np.tile(np.arange(1000, 4200, 80, dtype=np.uint16), (50, 1))).save(p(6), format='PNG')  # 12-bit in 16
     Image.fromarray(np.zeros((30, 30), np.uint8)).convert('P').save(p(7), format='PNG') # palette
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(p(8))                              # 1x1
     Image.fromarray(np.zeros((3, 20000), np.uint8)).save(p(9), format='PNG')            # very wide
@@ -28,7 +28,8 @@ def test_bad_inputs_reported_exactly(tmp_path):
     with open_shelf(tmp_path/'s.shelf') as s:
         assert sorted(s.keys()) == sorted(ids[i] for i in range(12) if i not in (1, 2, 3, 4))
         for i in (5, 6, 7, 8, 9): assert s[ids[i]]['image'].shape == (32, 32) and s[ids[i]]['image'].dtype == np.uint8
-        assert s[ids[6]]['image'].max() == round(3000*255/65535)
+        deep = s[ids[6]]['image']
+        assert deep.min() <= 2 and deep.max() >= 253 and len(np.unique(deep)) >= 30  # its own range (resized), not 12 levels
 
 def test_strict_stops_but_keeps_what_was_written(tmp_path):
     df = write_bars(tmp_path, 6)

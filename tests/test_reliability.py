@@ -297,3 +297,43 @@ def test_kill_9_of_a_build_leaves_no_workers(kill_corpus, tmp_path):
     t0 = time.time()
     while any(_alive(w) for w in workers) and time.time() - t0 < 10: time.sleep(0.1)
     assert not [w for w in workers if _alive(w)], 'decode workers outlived their killed build'
+
+GROW = textwrap.dedent('''
+    import sys, numpy as np
+    from fastai_shelve.store import Shelf
+    with Shelf(sys.argv[1], 'w', map_size=1 << 20) as s:
+        s.put_many({f'big{i}': {'x': np.full(400_000, i, np.uint8)} for i in range(20)})  # 8 MB through a 1 MB map
+''')
+
+def test_a_long_lived_reader_survives_a_writer_growing_the_map(tmp_path):
+    "MDB_MAP_RESIZED: another process grew the file past this reader's map; the reader adopts the new size and carries on."
+    from fastai_shelve.store import Shelf
+    with Shelf(tmp_path/'s.shelf', 'c', map_size=1 << 20) as s: s['a'] = {'x': np.arange(10)}
+    reader = Shelf(tmp_path/'s.shelf', map_size=1 << 20)
+    assert len(reader) == 1
+    (tmp_path/'grow.py').write_text(GROW)
+    subprocess.run([sys.executable, str(tmp_path/'grow.py'), str(tmp_path/'s.shelf')], check=True, timeout=120)
+    assert len(reader) == 21 and reader['big7']['x'][0] == 7 and reader.get_batch(['big3', 'big19'])['x'][:, 0].tolist() == [3, 19]
+    reader.close()
+
+def test_small_things(tmp_path):
+    "Empty and over-long keys, a manifest pointing outside its folder, creating a shelf where nothing can be written."
+    import json, os
+    from fastai_shelve.store import ReadOnlyError
+    df = write_bars(tmp_path, 6)
+    df.loc[2, 'StudyInstanceUID'] = 'x' * 600
+    r = build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=32, n_workers=0, progress=False)
+    assert r.written == 5 and len(r.bad) == 1 and '511 bytes' in r.bad[0][2]  # one bad id, the build goes on
+    with open_shelf(tmp_path/'s.shelf') as s: assert '' not in s and 'x' * 600 not in s and len(s) == 5
+    (tmp_path/'sh').mkdir()
+    for names in (['../s.shelf'], ['/etc/passwd'], ['..']):
+        (tmp_path/'sh'/'manifest.json').write_text(json.dumps(dict(format='fastai_shelve shards', n_shards=1, shards=names)))
+        with pytest.raises(ShelfError, match='plain file names inside the folder'): open_shelf(tmp_path/'sh')
+    ro = tmp_path/'ro'; ro.mkdir()
+    if subprocess.run(['mount', '--bind', str(ro), str(ro)], capture_output=True).returncode: pytest.skip('cannot bind-mount here')
+    try:
+        if subprocess.run(['mount', '-o', 'remount,ro,bind', str(ro)], capture_output=True).returncode: pytest.skip('cannot remount read-only')
+        with pytest.raises(ReadOnlyError, match='not writable'): open_shelf(ro/'new.shelf', 'c')
+        with pytest.raises(ReadOnlyError, match='not writable'):
+            build_shelf(df.iloc[:2], ro/'b.shelf', img_path=tmp_path, suffix='.jpg', size=32, n_workers=0, progress=False)
+    finally: subprocess.run(['umount', str(ro)], capture_output=True)
