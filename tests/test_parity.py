@@ -25,6 +25,7 @@ INFER = textwrap.dedent('''
     out['path'] = [learn.predict(str(f))[2].tolist() for f in files]
     out['pil'] = [learn.predict(PILImage.create(f))[2].tolist() for f in files]
     out['array'] = [learn.predict(np.asarray(Image.open(f)))[2].tolist() for f in files]
+    out['tensor'] = [learn.predict(torch.from_numpy(np.asarray(Image.open(f)).copy()))[2].tolist() for f in files]
     preds, _ = learn.get_preds(dl=learn.dls.test_dl(files))
     out['test_dl'] = preds.tolist()
     print(json.dumps(out))
@@ -50,7 +51,7 @@ def test_export_then_infer_in_a_fresh_process_without_the_shelf(tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    for kind in ('path', 'pil', 'array', 'test_dl'):
+    for kind in ('path', 'pil', 'array', 'tensor', 'test_dl'):
         np.testing.assert_allclose(out[kind], before, atol=1e-5, err_msg=kind)
 
 @pytest.mark.parametrize('tfm', [Resize(48), RandomResizedCrop(48), FlipItem(p=1.)], ids=['Resize', 'RandomResizedCrop', 'FlipItem'])

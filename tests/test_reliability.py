@@ -43,6 +43,30 @@ def test_kill_during_build_then_resume(kill_corpus, tmp_path, i):
     assert (r.existing, r.written) == (n, 300 - n)
     with open_shelf(shelf) as s: assert s.keys() == sorted(df.StudyInstanceUID)
 
+BUILD_ZSTD = BUILD.replace("commit_every=7, progress=False)", "commit_every=7, progress=False, compression='zstd')")
+
+@pytest.mark.parametrize('i', [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
+def test_kill_during_compressed_build_then_resume(kill_corpus, tmp_path, i):
+    "SIGKILL a zstd build part-way: its whole records decode to a clean raw build's pixels; resuming completes it, compressed."
+    d, df = kill_corpus
+    assert "compression='zstd'" in BUILD_ZSTD
+    (tmp_path/'build.py').write_text(BUILD_ZSTD)
+    rng = random.Random(100 + i)
+    shelf = tmp_path/'z.shelf'
+    cmd = [sys.executable, str(tmp_path/'build.py'), str(d/'train.csv'), str(shelf), str(d), str(rng.choice([0, 2]))]
+    assert kill_when(cmd, shelf, rng.randint(1, 250), rng.uniform(0, 0.03)), 'the build ended before the kill'
+    with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
+        n = len(s)
+        assert 0 < n <= 300 and not s.verify()
+        np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
+    r = build_shelf(df, shelf, img_path=d, suffix='.png', label_cols=['a', 'b', 'c'], size=96, n_workers=0, progress=False,
+                    compression='zstd')
+    assert (r.existing, r.written) == (n, 300 - n)
+    with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
+        assert s.keys() == clean.keys() and not s.verify() and s.meta['compression'] == 'zstd'
+        np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
+    assert shelf.stat().st_size < (d/'clean.shelf').stat().st_size
+
 CONVERT = textwrap.dedent('''
     import sys
     from fastai_shelve.build import convert_shelf
