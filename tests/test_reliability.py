@@ -191,7 +191,8 @@ def _zeroed_page_sweep(tmp_path, n_small, n_big, cmds):
             assert r.returncode >= 0, f"page {page}: {c} died by signal {-r.returncode}"
             assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) <= 1, (page, c, r.stderr[-500:])
             if r.returncode: counts['clean error'] += 1; continue
-            with open_shelf(f, check=True) as s:  # passed: then every record must be the original
+            if c != 'verify': counts['info ran (it checks structure, not records)'] = counts.get('info ran (it checks structure, not records)', 0) + 1; continue
+            with open_shelf(f, check=True) as s:  # verify passed: then every record must be the original
                 got = dict(zip(s.keys(), s.get_many(s.keys())))
             same = set(got) == set(recs) and all(np.array_equal(got[k]['image'], recs[k]['image']) for k in recs)
             counts['passes, data intact' if same else 'wrong data silently'] += 1
