@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.store.Shelf._commit': ('store.html#shelf._commit', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._decode': ('store.html#shelf._decode', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._enc': ('store.html#shelf._enc', 'fastai_shelve/store.py'),
+                                     'fastai_shelve.store.Shelf._fit': ('store.html#shelf._fit', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._get_meta': ('store.html#shelf._get_meta', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._init_meta': ('store.html#shelf._init_meta', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._layout': ('store.html#shelf._layout', 'fastai_shelve/store.py'),

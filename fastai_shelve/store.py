@@ -312,21 +312,13 @@ class Shelf(ShelfBase):
                 buf = txn.get(self._enc(k))
                 if buf is None: raise self._key_error(k)
                 lay = first if first is not None and first.matches(buf) else self._layout(k, buf)
-                if first is None:
-                    first = lay
-                    if out is None:
-                        out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
-                        out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
-                    elif any(nm not in out for nm in [f.name for f in lay.fields if fields is None or f.name in fields]):
-                        raise ShelfError(f"{self.path}: key {k!r} has fields the batch given to fill lacks: use get_many")
-                    first_want = [f for f in lay.fields if f.name in out]
-                    values = [nm for nm in lay.values if nm in out]
-                want = first_want
-                if lay is not first:  # another header (compressed sizes differ record to record): check it fits the batch
-                    want = [f for f in lay.fields if f.name in out]
-                    if len(want) != len([a for a in out if isinstance(out[a], np.ndarray)]) or any(
-                            out[f.name].shape[1:] != f.shape or out[f.name].dtype != f.dtype for f in want):
-                        raise ShelfError(f"{self.path}: key {k!r} has another shape or dtype than the batch's: use get_many")
+                if out is None:  # the batch takes the first record's shapes
+                    out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
+                    out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
+                if lay is first: want = first_want
+                else:  # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
+                    want = self._fit(k, lay, out, fields)
+                    if first is None: first, first_want, values = lay, want, [nm for nm in lay.values if nm in out]
                 for f in want:
                     if f.codec is None: out[f.name][row] = lay.view(buf, f)
                     else: jobs.append((lay, buf, f, out[f.name], row))
@@ -341,6 +333,14 @@ class Shelf(ShelfBase):
                     for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _fit(self, key, lay, out:dict, fields) -> list:
+        "The fields of `lay` to copy into the batch `out`; an error naming `key` if its fields, shapes or dtypes differ."
+        want = [f for f in lay.fields if fields is None or f.name in fields]
+        if sorted(f.name for f in want) != sorted(nm for nm,a in out.items() if isinstance(a, np.ndarray)) or any(
+                out[f.name].shape[1:] != f.shape or out[f.name].dtype != f.dtype for f in want):
+            raise ShelfError(f"{self.path}: key {key!r} has other fields, shapes or dtypes than the batch's: use get_many")
+        return want
 
     def __contains__(self, key):
         b = key_bytes(key)

@@ -258,3 +258,12 @@ def test_write_side_refused_clearly(tmp_path):
         s.put_many({'new': {'x': 1}}); assert s['new'] == {'x': 1}
     with open_shelf(tmp_path/'old.db', allow_pickle=True) as s:
         with pytest.raises(ReadOnlyError, match='read-only'): s.put_many({'k': {}})
+
+def test_get_batch_into_given_arrays(tmp_path):
+    "Filling arrays the caller gives (a reused batch, a shard's rows): checked against every record, the first included."
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s.put_many({'a': {'x': np.arange(4)}, 'b': {'x': np.arange(4) + 1}, 'c': {'x': np.arange(5)}})
+        out = {'x': np.zeros((2, 4), np.int64)}
+        assert s.get_batch(['a', 'b'], out=out) is out and out['x'][1].tolist() == [1, 2, 3, 4]
+        with pytest.raises(ShelfError, match="key 'c' has other fields, shapes or dtypes"): s.get_batch(['c', 'a'], out={'x': np.zeros((2, 4), np.int64)})
+        with pytest.raises(ShelfError, match="key 'a' has other fields"): s.get_batch(['a'], out={'x': np.zeros((1, 4), np.int32)})
