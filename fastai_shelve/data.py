@@ -74,7 +74,7 @@ class ShelfGetter(ShelfReader):
         if isinstance(o, str): return self.shelf[o][self.field]
         if not self.new_items: raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
         if isinstance(o, Path): return self.settings.load(o)
-        if isinstance(o, torch.Tensor): o = o.numpy() if o.ndim == 2 else o.permute(1, 2, 0).numpy().squeeze(-1) if o.shape[0] == 1 else o.permute(1, 2, 0).numpy()
+        if isinstance(o, torch.Tensor): o = o.numpy() if o.ndim == 2 else o.numpy().transpose(1, 2, 0)  # (C,H,W) as fastai holds images
         if isinstance(o, (np.ndarray, Image.Image)): return self.settings.prepare(o)
         raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a PIL image or an array")
     def post(self, x): return x

@@ -65,8 +65,7 @@ def makes_pil(dataset) -> bool:
 def check_item_tfms(tfms):
     "Refuse item transforms that act on PIL images only: on a shelf's tensor items they would silently do nothing."
     for f in tfms:
-        if isinstance(f, ToTensor): continue
-        if acts_on(f, PILImage) and not acts_on(f, TensorImage):
+        if needs_pil(f) and not acts_on(f, TensorImage):
             raise ShelfError(f"item transform {type(f).__name__} acts on PIL images, and this pipeline's shelf items are tensors: "
                              f"make them PIL images (ArrayToImage(pil=True), as shelf_dblock does for such transforms), resize at "
                              f"build time (build_shelf(size=...)), or use a batch transform (aug_transforms(size=...), "
@@ -121,7 +120,7 @@ class ShelfDL(TfmdDL):
         "The batch of `keys` from one `get_batch`, or None if records differ in shape or an item is not a key (a file)."
         if not hasattr(self, '_pool'): self._pool = BatchPool()
         try: arrs = self.shelf.get_batch(keys, fields={f for f,_ in plans}, out=self._pool.get(len(keys)))
-        except (ShelfError, KeyError, ValueError): return None
+        except (ShelfError, KeyError): return None
         self._pool.learn(arrs)
         out = []
         for field, fns in plans:
