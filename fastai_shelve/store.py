@@ -243,7 +243,8 @@ class Shelf(ShelfBase):
                     package_version=fastai_shelve.__version__)
         with self._env.begin(write=True) as txn:
             self._env.open_db(b'records', txn=txn); db = self._env.open_db(b'meta', txn=txn)
-            txn.put(b'meta', json.dumps(meta).encode(), db=db)
+            # Another process may have created the shelf since we looked: never overwrite its metadata (a build's settings)
+            txn.put(b'meta', json.dumps(meta).encode(), db=db, overwrite=False)
 
     def _check_version(self):
         v = self.meta.get('format_version')
