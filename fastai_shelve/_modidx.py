@@ -177,6 +177,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                'fastai_shelve/data.py'),
                                     'fastai_shelve.data.TensorImageGray': ('data.html#tensorimagegray', 'fastai_shelve/data.py'),
                                     'fastai_shelve.data._label_getter': ('data.html#_label_getter', 'fastai_shelve/data.py'),
+                                    'fastai_shelve.data._meta_of': ('data.html#_meta_of', 'fastai_shelve/data.py'),
                                     'fastai_shelve.data._splitter': ('data.html#_splitter', 'fastai_shelve/data.py'),
                                     'fastai_shelve.data.shelf_dblock': ('data.html#shelf_dblock', 'fastai_shelve/data.py')},
             'fastai_shelve.demo': { 'fastai_shelve.demo._line': ('demo.html#_line', 'fastai_shelve/demo.py'),

@@ -230,7 +230,9 @@ def _decode_task(task):
         img = settings.load(fn)
         if mask_fn is not None:
             with Image.open(mask_fn) as m: msize = m.size
-            isize = None if is_dicom(fn) else Image.open(fn).size
+            isize = None
+            if not is_dicom(fn):
+                with Image.open(fn) as im: isize = im.size
             if isize is not None and msize != isize:
                 return key, None, None, f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
             mask = load_mask(mask_fn, img.shape[1::-1])  # nearest neighbour to the image's output size: same geometry

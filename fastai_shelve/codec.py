@@ -41,6 +41,7 @@ COMPRESSIONS = ('zstd', 'lz4')
 _MIN_COMPRESS = 256
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread
 
+@lru_cache(maxsize=None)  # a failed import raises, and is not cached
 def _codec_lib(name:str):
     try: return importlib.import_module({'zstd': 'zstandard', 'lz4': 'lz4.block'}[name])
     except KeyError: raise RecordError(f"unknown compression {name!r}: use one of {COMPRESSIONS} or None") from None
@@ -58,11 +59,9 @@ def compress(raw, codec:str, level:int=None) -> bytes:
     if c is None: c = lib.ZstdCompressor(level=3 if level is None else level); _local.__dict__.setdefault('zc', {})[level] = c
     return c.compress(raw)
 
-_libs = {}
-
 def decompress(data, codec:str, nbytes:int) -> bytes:
     "The `nbytes` bytes that `compress` packed into `data`; a `RecordError` if they don't come back whole."
-    lib = _libs.get(codec) or _libs.setdefault(codec, _codec_lib(codec))
+    lib = _codec_lib(codec)
     try:
         if codec == 'lz4': out = lib.decompress(data, uncompressed_size=nbytes)
         else:
@@ -115,7 +114,6 @@ class Layout:
         self.fields,self.values,self.start,self.head = fields,values,start,head
         self.end = start + max((f.offset+f.stored for f in fields), default=0)  # bytes the record must hold
         self._mutable = any(isinstance(v, (list, dict)) for v in values.values())
-        self.compressed = any(f.codec for f in fields)
 
     def new_values(self):
         "A fresh copy of the JSON values, so callers may mutate them."

@@ -123,13 +123,15 @@ def KeySplitter(valid_keys):
     return FuncSplitter(lambda k: k in valid)
 
 # %% ../nbs/05_data.ipynb #d0737ea9
-def _label_getter(shelf:ShelfBase, label_names=None, y:str='labels', pil:bool=False):
-    "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata; (None, None) for none."
+def _meta_of(shelf:ShelfBase) -> dict:
+    "The shelf's metadata; for a shelf from elsewhere (the seed's), with what a build would have written, from one record."
     meta = shelf.meta
+    if meta.get('label_kind') is not None or 'build' in meta or not len(shelf): return meta
+    return {**meta, **record_meta(shelf[shelf.keys()[0]])}
+
+def _label_getter(shelf:ShelfBase, meta:dict, label_names=None, y:str='labels', pil:bool=False):
+    "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata `meta`; (None, None) for none."
     if y == 'mask': return ShelfMaskBlock(meta.get('codes'), pil), ShelfGetter(shelf, 'mask')
-    if meta.get('label_kind') is None and 'build' not in meta:  # a shelf from elsewhere (the seed's): ask one record
-        k = next(iter(shelf.keys()), None)
-        meta = {**meta, **(record_meta(shelf[k]) if k is not None else {})}
     kind = meta.get('label_kind')
     if kind == 'category':
         return TransformBlock(type_tfms=ShelfCategorize(vocab=meta['vocab'], sort=False)), CategoryLabel(shelf, meta['vocab'])
@@ -156,11 +158,12 @@ def shelf_dblock(shelf:ShelfBase, valid_pct:float=0.2, seed:int=None, valid_keys
                  normalize:bool=True) -> DataBlock:
     "A fastai `DataBlock` over `shelf`'s keys: image → target (`y`: 'labels', or 'mask' to segment), read by `ShelfDL`."
     pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
-    y_block, get_y = _label_getter(shelf, label_names, y, pil)
-    stats = shelf.meta.get('stats') or {}
+    meta = _meta_of(shelf)
+    y_block, get_y = _label_getter(shelf, meta, label_names, y, pil)
+    stats = meta.get('stats') or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
-    settings = BuildSettings.from_meta(shelf.meta.get('build') or record_meta(shelf[shelf.keys()[0]]).get('build') if len(shelf) else None)
+    settings = BuildSettings.from_meta(meta.get('build'))
     return DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_block,) if y_block else ()), dl_type=ShelfDL, n_inp=1,
                      get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings), get_y=get_y,
                      splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
