@@ -92,25 +92,30 @@ def _dicom_header(fn) -> tuple:
         except InvalidDicomError: ds = pydicom.dcmread(fn, defer_size=4096, force=True)  # no preamble: as old scanners wrote
     except (FileNotFoundError, IsADirectoryError): raise
     except Exception as e: raise ShelfError(f"{fn}: truncated or damaged DICOM header: {type(e).__name__}: {e}"[:400]) from None
-    if not len(ds): raise ShelfError(f"{fn}: not a DICOM file: no DICOM elements found")
-    tag = next((t for t in _PIXEL_TAGS if t in ds), None)
-    if tag is None:
-        what = UID(ds.SOPClassUID).name if 'SOPClassUID' in ds else 'DICOM file'
-        raise ShelfError(f"{fn}: no pixel data: a {what} without an image (no Pixel Data element)")
+    if not len(ds): raise ShelfError(f"{fn}: no DICOM data elements: an empty or truncated file")
     ts = getattr(ds, 'file_meta', None) and ds.file_meta.get('TransferSyntaxUID')
     if not ts:  # no file meta (no preamble): the encoding pydicom found
         ts = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
               (False, False): ExplicitVRBigEndian}.get(ds.original_encoding, ExplicitVRLittleEndian)
-    ts, el = UID(ts), ds.get_item(tag, keep_deferred=True)
+    ts = UID(ts)
     if ts.is_deflated: ds = pydicom.dcmread(fn, force=True)  # positions are in the inflated stream: read it whole
-    end = getattr(el, 'value_tell', None)
-    if end is not None and not ts.is_deflated and el.length != 0xFFFFFFFF and end + el.length > os.path.getsize(fn):
-        raise ShelfError(f"{fn}: truncated file: its pixel data needs {el.length} bytes, the file ends "
-                         f"{end + el.length - os.path.getsize(fn)} bytes short")
+    else: _check_whole(fn, ds)
+    if not any(t in ds for t in _PIXEL_TAGS):
+        what = UID(ds.SOPClassUID).name if 'SOPClassUID' in ds else 'DICOM file'
+        hint = f": it describes a {ds.Columns}x{ds.Rows} image, a truncated file?" if 'Rows' in ds and 'Columns' in ds else ''
+        raise ShelfError(f"{fn}: no pixel data: a {what} without an image (no Pixel Data element){hint}")
     _check_decoder(fn, ts)
     try: n = int(ds.get('NumberOfFrames') or 1)
     except (TypeError, ValueError) as e: raise ShelfError(f"{fn}: damaged DICOM header: Number of Frames: {e}") from None
     return ds, ts, n
+
+def _check_whole(fn, ds):
+    "Raise a ShelfError if the file ends inside the last element pydicom read (it stops there without a word)."
+    el = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
+    if not getattr(el, 'is_raw', False) or el.length in (0, 0xFFFFFFFF): return
+    size = os.path.getsize(fn)
+    short = el.value_tell + el.length - size if el.value is None else el.length - len(el.value)  # deferred: still in the file
+    if short > 0: raise ShelfError(f"{fn}: truncated file: its {el.tag} element needs {el.length} bytes, the file ends {short} bytes short")
 
 def _check_decoder(fn, ts):
     "Raise a ShelfError naming what to install when no installed plugin decodes transfer syntax `ts`."
@@ -120,9 +125,9 @@ def _check_decoder(fn, ts):
         raise ShelfError(f"{fn}: transfer syntax {ts.name} ({ts}): pydicom has no decoder for it: "
                          f"convert the file to one it reads (e.g. with dcmtk or gdcmconv)") from None
     if not dec.is_available:  # a decoder exists, its plugins are not installed: name them
-        needs = '; or '.join(d.split(' - requires ')[-1] for d in dec.missing_dependencies)
-        raise ShelfError(f"{fn}: {ts.name} needs a decoder plugin, none is installed: pip install {needs} "
-                         f"(pip install 'fastai_shelve[dicom]' installs pylibjpeg's)")
+        needs = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in dec.missing_dependencies]
+        extra = " (pip install 'fastai_shelve[dicom]' installs pylibjpeg's)" if any('pylibjpeg' in n for n in needs) else ''
+        raise ShelfError(f"{fn}: {ts.name} needs a decoder plugin and none is installed: pip install one of: {' | '.join(needs)}{extra}")
 
 def _frame_view(ds, i:int):
     "The attributes that window frame `i`: an enhanced file's functional groups (rescale, window) over the file's own."
@@ -454,7 +459,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_cols, label_func, vocab)
     files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
-    if col is not None and not Path(img_path).is_dir(): raise ShelfError(f"no folder {img_path}: the images are looked for there")
+    if col is not None and not Path(img_path).is_dir(): raise ShelfError(f"no folder {img_path}: the images named in the table are looked for there")
     if frame == 'all' and mask_path is not None: raise ShelfError("masks are one per file: frame='all' makes several images of one")
     settings = BuildSettings(size, shortest_side, max_side, gray, scale, frame)
     masks = ([None] * len(keys) if mask_path is None else
