@@ -48,9 +48,10 @@ def _gray(a:np.ndarray) -> np.ndarray:
 def _to_mode(im, gray:bool, scale:str='minmax') -> np.ndarray:
     "`im` (a PIL image, or an array of any depth) as 8 bits, (H,W) or (H,W,3); deeper input scaled by `scale`, alpha dropped."
     if isinstance(im, np.ndarray):
-        a = im[..., 0] if im.ndim == 3 and im.shape[2] == 1 else im[..., :3] if im.ndim == 3 else im
-        # Deeper colour: one scale for the three channels (their balance kept), then to gray as PIL's 'L' does
-        im = Image.fromarray(a if a.dtype == np.uint8 or a.ndim == 2 else to_uint8(a, scale))
+        a = im[..., 0] if im.ndim == 3 and im.shape[2] <= 2 else im[..., :3] if im.ndim == 3 else im
+        # Deeper colour: one scale for the three channels (their balance kept); gray: its luminance at full depth, scaled
+        if a.ndim == 3 and a.dtype != np.uint8: return to_uint8(_gray(a), scale) if gray else to_uint8(a, scale)
+        im = Image.fromarray(a)
     if im.mode in ('I', 'F') or im.mode.startswith('I;16'):
         a = to_uint8(np.asarray(im), scale)
         return a if gray else np.repeat(a[..., None], 3, axis=2)
