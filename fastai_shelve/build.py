@@ -160,10 +160,11 @@ def _window(a:np.ndarray, ds, i:int, gray:bool, scale:str) -> np.ndarray:
     return a if gray else np.repeat(a[..., None], 3, axis=2)
 
 def _decode_failed(fn, ts, e) -> ShelfError:
-    "Why decoding failed, in words: a truncated file, or the decoder's own message."
-    if isinstance(e, EOFError) or 'less than expected' in str(e) or 'truncated' in str(e).lower():
-        return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {e}"[:400])
-    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded: {type(e).__name__}: {e}"[:400])
+    "Why decoding failed, in one line: a truncated file, or the decoders' own words."
+    msg = ' '.join(str(e).split())  # pydicom lists each plugin's failure on a line of its own
+    if isinstance(e, EOFError) or 'less than expected' in msg or 'truncated' in msg.lower():
+        return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {msg}"[:500])
+    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded: {type(e).__name__}: {msg}"[:500])
 
 def _decoder(fn, ds, ts, n:int):
     "A function of a frame index decoding that frame of `fn` alone; from the whole dataset for a file that defeats that."
