@@ -211,6 +211,12 @@ def test_preamble_less_dicom_read(tmp_path):
     b = build_shelf([tmp_path/'without.img'], tmp_path/'s.shelf', n_workers=0, progress=False)
     assert b.written == 1 and not b.bad
     assert 'RT Ion Plan Storage without an image' in reason(pydicom_file('ExplVR_LitEndNoMeta.dcm'))  # not 'cannot identify image file'
+    # a palette colour file without preamble or file meta (as pydicom-data's OT-PAL-8-face.dcm): colours as with them
+    ds = pydicom.dcmread(pydicom_file('examples_palette.dcm'))
+    ts = ds.file_meta.TransferSyntaxUID
+    del ds.file_meta; ds.preamble = None
+    pydicom.dcmwrite(tmp_path/'palette', ds, implicit_vr=ts.is_implicit_VR, little_endian=ts.is_little_endian)
+    np.testing.assert_array_equal(load_image(tmp_path/'palette', gray=False), load_image(pydicom_file('examples_palette.dcm'), gray=False))
 
 def test_reasons_reach_the_build_report(tmp_path):
     import shutil
