@@ -34,12 +34,15 @@ SCALES = ('minmax', 'percentile', 'legacy')
 
 def to_uint8(a:np.ndarray, scale:str='minmax') -> np.ndarray:
     "Scale a 16-bit or float image to uint8 keeping its range: per-image min-max, or the 0.5-99.5 percentile window."
-    a = np.asarray(a, np.float32)
+    src, a = a, np.asarray(a, np.float32)
     if scale == 'legacy':  # what format-1 builds did (a fixed divide): kept so their shelves predict as they were built
         return (a * (255 / (65535. if a.max() > 255 else 255.))).round().clip(0, 255).astype(np.uint8)
     if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
     lo, hi = (a.min(), a.max()) if scale == 'minmax' else np.percentile(a, (0.5, 99.5))
-    return ((a - lo) * (255 / max(float(hi - lo), 1e-6))).round().clip(0, 255).astype(np.uint8)
+    # In place on our own float copy: one copy of the image at a time (a frame of a long series costs a frame)
+    a = a - lo if np.may_share_memory(a, src) else np.subtract(a, lo, out=a)
+    a *= 255 / max(float(hi - lo), 1e-6)
+    return np.clip(np.rint(a, out=a), 0, 255, out=a).astype(np.uint8)
 
 def _gray(a:np.ndarray) -> np.ndarray:
     "An (H,W,3) array as one luminance channel (ITU-R 601, as PIL's 'L')."
