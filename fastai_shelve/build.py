@@ -15,9 +15,9 @@ from .codec import ShelfError, FormatVersionError, encode_record
 from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, ReadOnlyError, key_bytes, record_meta
 
 # %% auto #0
-__all__ = ['SCALES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'load_image', 'load_mask', 'BuildSettings',
-           'read_source', 'encode_labels', 'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport',
-           'build_shelf', 'convert_shelf']
+__all__ = ['SCALES', 'DICOM_SUFFIXES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'load_image',
+           'load_frames', 'frame_key', 'load_mask', 'BuildSettings', 'read_source', 'encode_labels', 'pixel_hist',
+           'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -34,56 +34,168 @@ SCALES = ('minmax', 'percentile', 'legacy')
 
 def to_uint8(a:np.ndarray, scale:str='minmax') -> np.ndarray:
     "Scale a 16-bit or float image to uint8 keeping its range: per-image min-max, or the 0.5-99.5 percentile window."
-    a = np.asarray(a, np.float32)
+    src, a = a, np.asarray(a, np.float32)
     if scale == 'legacy':  # what format-1 builds did (a fixed divide): kept so their shelves predict as they were built
         return (a * (255 / (65535. if a.max() > 255 else 255.))).round().clip(0, 255).astype(np.uint8)
     if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
     lo, hi = (a.min(), a.max()) if scale == 'minmax' else np.percentile(a, (0.5, 99.5))
-    return ((a - lo) * (255 / max(float(hi - lo), 1e-6))).round().clip(0, 255).astype(np.uint8)
+    # In place on our own float copy: one copy of the image at a time (a frame of a long series costs a frame)
+    a = a - lo if np.may_share_memory(a, src) else np.subtract(a, lo, out=a)
+    a *= 255 / max(float(hi - lo), 1e-6)
+    return np.clip(np.rint(a, out=a), 0, 255, out=a).astype(np.uint8)
 
 def _gray(a:np.ndarray) -> np.ndarray:
     "An (H,W,3) array as one luminance channel (ITU-R 601, as PIL's 'L')."
     return a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
-def _to_mode(im:Image.Image, gray:bool, scale:str='minmax') -> np.ndarray:
-    "`im` as an 8-bit array, (H,W) or (H,W,3); 16-bit and float images are scaled by `scale`, alpha is dropped."
+def _to_mode(im, gray:bool, scale:str='minmax') -> np.ndarray:
+    "`im` (a PIL image, or an array of any depth) as 8 bits, (H,W) or (H,W,3); deeper input scaled by `scale`, alpha dropped."
+    if isinstance(im, np.ndarray):
+        a = im[..., 0] if im.ndim == 3 and im.shape[2] <= 2 else im[..., :3] if im.ndim == 3 else im
+        # Deeper colour: one scale for the three channels (their balance kept); gray: its luminance at full depth, scaled
+        if a.ndim == 3 and a.dtype != np.uint8: return to_uint8(_gray(a), scale) if gray else to_uint8(a, scale)
+        im = Image.fromarray(a)
     if im.mode in ('I', 'F') or im.mode.startswith('I;16'):
         a = to_uint8(np.asarray(im), scale)
         return a if gray else np.repeat(a[..., None], 3, axis=2)
     want = 'L' if gray else 'RGB'
     return np.asarray(im if im.mode == want else im.convert(want))
 
-def is_dicom(fn) -> bool:
-    "Does `fn` start like a DICOM file (the 'DICM' marker after the 128-byte preamble)?"
-    with open(fn, 'rb') as f: return f.read(132)[128:] == b'DICM'
+def _deep_colour(im:Image.Image) -> bool:
+    "Is `im` colour with more than 8 bits a sample (a 16-bit RGB PNG or TIFF), which PIL would cut to 8 by shifting?"
+    if im.mode not in ('RGB', 'RGBA', 'LA'): return False
+    raw = [t[3] if isinstance(t[3], str) else t[3][0] if isinstance(t[3], tuple) and t[3] else '' for t in im.tile]
+    return any(';16' in r for r in raw) or (im.format == 'TIFF' and max(listify(im.tag_v2.get(258, 8))) > 8)
 
-def read_dicom(fn, gray:bool=True, frame:int=0, scale:str='minmax') -> np.ndarray:
-    "A DICOM file's pixels as uint8, as radiology pipelines read them: modality LUT, VOI LUT (window), MONOCHROME1 inverted."
-    try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut
+def _read_deep(fn) -> np.ndarray:
+    "A 16-bit colour file at full depth, (H,W,3) RGB, read by OpenCV (PIL cannot hold it)."
+    a = cv2.imdecode(np.fromfile(fn, np.uint8), cv2.IMREAD_UNCHANGED)
+    if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
+    return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
+
+DICOM_SUFFIXES = ('.dcm', '.dicom')
+
+def is_dicom(fn) -> bool:
+    "Is `fn` DICOM: the 'DICM' marker after the 128-byte preamble, a .dcm/.dicom name, or a preamble-less dataset's start?"
+    with open(fn, 'rb') as f: head = f.read(132)
+    if head[128:] == b'DICM' or Path(fn).suffix.lower() in DICOM_SUFFIXES: return True
+    # Written without preamble (as old scanners did): a group 0002 or 0008 tag, then an explicit VR or a short length
+    return head[:2] in (b'\x02\x00', b'\x08\x00', b'\x00\x02', b'\x00\x08') and (
+        head[4:6].isupper() or 0 < int.from_bytes(head[4:8], 'little') < 1024)
+
+_PIXEL_TAGS = ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')
+
+def _dicom_header(fn) -> tuple:
+    "(dataset, transfer syntax, frames) of DICOM file `fn`, its pixels left in the file; a ShelfError says why they can't be read."
+    try: import pydicom
     except ImportError: raise ShelfError(f"{fn} is DICOM: pip install 'fastai_shelve[dicom]' (pydicom 3) to read it") from None
-    ds = pydicom.dcmread(fn)
-    try: a = ds.pixel_array
-    except Exception as e:
-        ts = getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', None)
-        if ts is not None and ts.is_compressed:
-            raise ShelfError(f"{fn}: compressed DICOM ({ts.name}) needs a decoder: pip install 'fastai_shelve[dicom]' "
-                             f"(pylibjpeg with its libjpeg and openjpeg plugins); {type(e).__name__}: {e}"[:400]) from None
-        raise ShelfError(f"{fn}: DICOM pixel data cannot be read: {type(e).__name__}: {e}"[:400]) from None
-    n = int(getattr(ds, 'NumberOfFrames', 1) or 1)
-    if n > 1:  # a multi-frame file: one frame becomes the image (`frame`, default the first)
-        if not -n <= frame < n: raise ShelfError(f"{fn} has {n} frames: frame={frame} is not one of them")
-        a = a[frame]
-    pi = str(getattr(ds, 'PhotometricInterpretation', 'MONOCHROME2'))
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID, ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian
+    try:
+        try: ds = pydicom.dcmread(fn, defer_size=4096)  # values over 4 KB (the pixels) stay in the file until asked for
+        except InvalidDicomError: ds = pydicom.dcmread(fn, defer_size=4096, force=True)  # no preamble: as old scanners wrote
+    except (FileNotFoundError, IsADirectoryError): raise
+    except Exception as e: raise ShelfError(f"{fn}: truncated or damaged DICOM header: {type(e).__name__}: {e}"[:400]) from None
+    if not len(ds): raise ShelfError(f"{fn}: no DICOM data elements: an empty or truncated file")
+    ts = getattr(ds, 'file_meta', None) and ds.file_meta.get('TransferSyntaxUID')
+    if not ts:  # no file meta (no preamble): the encoding pydicom found
+        ts = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}.get(ds.original_encoding, ExplicitVRLittleEndian)
+    ts = UID(ts)
+    if ts.is_deflated: ds = pydicom.dcmread(fn, force=True)  # positions are in the inflated stream: read it whole
+    else: _check_whole(fn, ds)
+    if not any(t in ds for t in _PIXEL_TAGS):
+        what = UID(ds.SOPClassUID).name if 'SOPClassUID' in ds else 'DICOM file'
+        hint = f": it describes a {ds.Columns}x{ds.Rows} image, a truncated file?" if 'Rows' in ds and 'Columns' in ds else ''
+        raise ShelfError(f"{fn}: no pixel data: a {what} without an image (no Pixel Data element){hint}")
+    _check_decoder(fn, ts)
+    try: n = int(ds.get('NumberOfFrames') or 1)
+    except (TypeError, ValueError) as e: raise ShelfError(f"{fn}: damaged DICOM header: Number of Frames: {e}") from None
+    return ds, ts, n
+
+def _check_whole(fn, ds):
+    "Raise a ShelfError if the file ends inside the last element pydicom read (it stops there without a word)."
+    el = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
+    if not getattr(el, 'is_raw', False) or el.length in (0, 0xFFFFFFFF): return
+    size = os.path.getsize(fn)
+    short = el.value_tell + el.length - size if el.value is None else el.length - len(el.value)  # deferred: still in the file
+    if short > 0: raise ShelfError(f"{fn}: truncated file: its {el.tag} element needs {el.length} bytes, the file ends {short} bytes short")
+
+def _check_decoder(fn, ts):
+    "Raise a ShelfError naming what to install when no installed plugin decodes transfer syntax `ts`."
+    from pydicom.pixels import get_decoder
+    try: dec = get_decoder(ts)
+    except NotImplementedError:
+        raise ShelfError(f"{fn}: transfer syntax {ts.name} ({ts}): pydicom has no decoder for it: "
+                         f"convert the file to one it reads (e.g. with dcmtk or gdcmconv)") from None
+    if not dec.is_available:  # a decoder exists, its plugins are not installed: name them
+        needs = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in dec.missing_dependencies]
+        extra = " (pip install 'fastai_shelve[dicom]' installs pylibjpeg's)" if any('pylibjpeg' in n for n in needs) else ''
+        raise ShelfError(f"{fn}: {ts.name} needs a decoder plugin and none is installed: pip install one of: {' | '.join(needs)}{extra}")
+
+def _frame_view(ds, i:int):
+    "The attributes that window frame `i`: an enhanced file's functional groups (rescale, window) over the file's own."
+    shared, per = ds.get('SharedFunctionalGroupsSequence'), ds.get('PerFrameFunctionalGroupsSequence')
+    if not shared and not per: return ds
+    from pydicom.dataset import Dataset
+    v = Dataset()
+    for k in ('PhotometricInterpretation', 'BitsStored', 'PixelRepresentation', 'RescaleSlope', 'RescaleIntercept',
+              'ModalityLUTSequence', 'WindowCenter', 'WindowWidth', 'VOILUTFunction', 'VOILUTSequence'):
+        if k in ds: v[k] = ds[k]
+    for g in (shared[0] if shared else None, per[i] if per and i < len(per) else None):  # per-frame over shared
+        for seq in ('PixelValueTransformationSequence', 'FrameVOILUTSequence'):
+            if g is not None and g.get(seq):
+                for e in g[seq][0]: v[e.tag] = e
+    return v
+
+def _window(a:np.ndarray, ds, i:int, gray:bool, scale:str) -> np.ndarray:
+    "Decoded frame `i` of `ds` as uint8: palette, modality LUT, VOI LUT or window, MONOCHROME1 inverted."
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut
+    pi = str(ds.get('PhotometricInterpretation', 'MONOCHROME2'))
     if pi == 'PALETTE COLOR': a = apply_color_lut(a, ds)
     if a.ndim == 3:  # colour (pydicom gives YBR as RGB)
         a = to_uint8(a, 'minmax') if a.dtype != np.uint8 else a
         return _gray(a).round().astype(np.uint8) if gray else a
-    a = apply_voi_lut(apply_modality_lut(a, ds), ds)
+    v = _frame_view(ds, i)
+    a = apply_voi_lut(apply_modality_lut(a, v), v)
     a = to_uint8(a, scale if scale != 'legacy' else 'minmax')
     if pi == 'MONOCHROME1': a = 255 - a  # bright is dense bone, as MONOCHROME2 shows it
     return a if gray else np.repeat(a[..., None], 3, axis=2)
+
+def _decode_failed(fn, ts, e) -> ShelfError:
+    "Why decoding failed, in one line: a truncated file, or the decoders' own words."
+    msg = ' '.join(str(e).split())  # pydicom lists each plugin's failure on a line of its own
+    if isinstance(e, EOFError) or 'less than expected' in msg or 'truncated' in msg.lower():
+        return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {msg}"[:500])
+    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded: {type(e).__name__}: {msg}"[:500])
+
+def _decoder(fn, ds, ts, n:int):
+    "A function of a frame index decoding that frame of `fn` alone; from the whole dataset for a file that defeats that."
+    import pydicom
+    from pydicom.pixels import pixel_array
+    whole = [ds] if ts.is_deflated else []  # deflated: positions are in the inflated stream, which _dicom_header read whole
+    def frame(i):
+        if not whole:
+            try: return pixel_array(fn, index=i, transfer_syntax_uid=ts)  # reads this frame's bytes only
+            except Exception as e:
+                try: whole.append(pydicom.dcmread(fn, force=True))  # a layout the frame reader refuses: read it all
+                except Exception: raise _decode_failed(fn, ts, e) from None
+        try: return pixel_array(whole[0], index=i)
+        except Exception as e: raise _decode_failed(fn, ts, e) from None
+    return frame
+
+def read_dicom(fn, gray:bool=True, frame:int=0, scale:str='minmax') -> np.ndarray:
+    "Frame `frame` of a DICOM file as uint8, as radiology viewers show it; only that frame is decoded."
+    ds, ts, n = _dicom_header(fn)
+    if n > 1 and not -n <= frame < n: raise ShelfError(f"{fn} has {n} frames: frame={frame} is not one of them")
+    i = frame % n if n > 1 else 0
+    return _window(_decoder(fn, ds, ts, n)(i), ds, i, gray, scale)
+
+def dicom_frames(fn, gray:bool=True, scale:str='minmax'):
+    "Every frame of a DICOM file as uint8, read, decoded and windowed one at a time."
+    ds, ts, n = _dicom_header(fn)
+    frame = _decoder(fn, ds, ts, n)
+    for i in range(n): yield _window(frame(i), ds, i, gray, scale)
 
 def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int=0) -> np.ndarray:
     "Decode image file `fn` (any PIL format, or DICOM) and resize it: uint8 (H,W) if `gray` else (H,W,3)."
@@ -92,10 +204,21 @@ def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bo
         return _resize(a, target_size(a.shape[1], a.shape[0], size=size, shortest_side=shortest_side, max_side=max_side))
     with Image.open(fn) as im:
         out = target_size(*im.size, size=size, shortest_side=shortest_side, max_side=max_side)
+        if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), gray, scale), out)
         if im.format == 'JPEG': im.draft('L' if gray else 'RGB', out)
         im.load()
         a = _to_mode(im, gray, scale)
     return _resize(a, out)
+
+def load_frames(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax'):
+    "Every frame of image file `fn` (a multi-frame DICOM's, one at a time), resized as `load_image` does."
+    if not is_dicom(fn): yield load_image(fn, size, shortest_side, max_side, gray, scale); return
+    for a in dicom_frames(fn, gray, scale):
+        yield _resize(a, target_size(a.shape[1], a.shape[0], size=size, shortest_side=shortest_side, max_side=max_side))
+
+def frame_key(key:str, i:int) -> str:
+    "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
+    return f"{key}#{i:04d}"
 
 def load_mask(fn, out) -> np.ndarray:
     "A segmentation mask file as uint8 class indices, resized to `out` (w, h) with nearest neighbour (no new classes)."
@@ -113,7 +236,7 @@ def _resize(a:np.ndarray, out) -> np.ndarray:
 class BuildSettings:
     "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
     schema = 2  # this record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257)
-    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int=0):
+    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int|str=0):
         size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
         if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
         store_attr()
@@ -137,7 +260,12 @@ class BuildSettings:
 
     def load(self, fn) -> np.ndarray:
         "Decode and resize file `fn` exactly as the build did."
+        if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
         return load_image(fn, self.size, self.shortest_side, self.max_side, self.gray, self.scale, self.frame)
+
+    def frames(self, fn) -> list:
+        "Every frame of file `fn` as the build stored them with `frame='all'` (one image for a single-frame file)."
+        return list(load_frames(fn, self.size, self.shortest_side, self.max_side, self.gray, self.scale))
 
     def out_size(self, w:int, h:int) -> tuple:
         "The (w, h) a `w`x`h` input becomes."
@@ -145,11 +273,7 @@ class BuildSettings:
 
     def prepare(self, im) -> np.ndarray:
         "An image already in memory (a PIL image or an array, any size) as the build would have stored it."
-        if not isinstance(im, Image.Image):
-            a = np.asarray(im)
-            a = a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a
-            im = Image.fromarray(a if a.dtype == np.uint8 or a.ndim == 2 else to_uint8(a, self.scale))
-        a = _to_mode(im, self.gray, self.scale)
+        a = _to_mode(im if isinstance(im, Image.Image) else np.asarray(im), self.gray, self.scale)
         return _resize(a, self.out_size(a.shape[1], a.shape[0]))
 
     def __eq__(self, other): return isinstance(other, BuildSettings) and self.as_meta() == other.as_meta()
@@ -224,8 +348,9 @@ def pixel_hist(img:np.ndarray) -> np.ndarray:
     return np.stack([cv2.calcHist([c], [0], None, [256], [0, 256]).reshape(-1) for c in chans]).astype(np.int64)
 
 def _decode_task(task):
-    "Worker: (key, encoded record, pixel histogram, None) or (key, None, None, reason)."
+    "Worker: (key, [(record key, encoded record)], pixel histogram, None) or (key, None, None, reason)."
     key, fn, lab, mask_fn, settings, compression = task
+    if settings.frame == 'all': return _frames_task(task)
     try:
         img = settings.load(fn)
         if mask_fn is not None:
@@ -241,7 +366,19 @@ def _decode_task(task):
     # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
     rec = {'image': img} if lab is None else {'image': img, 'labels': lab}
     if mask_fn is not None: rec['mask'] = mask
-    return key, encode_record(rec, *compression), pixel_hist(img), None
+    return key, [(key, encode_record(rec, *compression))], pixel_hist(img), None
+
+def _frames_task(task):
+    "Worker, `frame='all'`: every frame of the file a record of its own, `frame_key(key, i)`."
+    key, fn, lab, _, settings, compression = task
+    recs, hist = [], 0
+    try:
+        for i, img in enumerate(load_frames(fn, settings.size, settings.shortest_side, settings.max_side, settings.gray, settings.scale)):
+            recs.append((frame_key(key, i), encode_record({'image': img} | ({} if lab is None else {'labels': lab}), *compression)))
+            hist = hist + pixel_hist(img)
+    except FileNotFoundError: return key, None, None, 'missing file'
+    except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
+    return key, recs, hist, None
 
 def mp_context():
     "fork where there is one: workers need no importable __main__, so a script without a main guard (a Kaggle cell) works."
@@ -292,6 +429,12 @@ def _check_same_build(path, settings:BuildSettings):
     return check
 
 # %% ../nbs/02_build.ipynb #12b6ea20
+def _frames_table(rec_keys, table):
+    "The table of a `frame='all'` shelf: a row per frame, its file's columns and 'file', the id (the group for `GroupSplitter`)."
+    fk = [k for k in rec_keys if k.rpartition('#')[0] in table.index]
+    files = [k.rpartition('#')[0] for k in fk]
+    return table.reindex(files).set_axis(fk).assign(file=files)
+
 def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
                 path, # the shelf to write (a build into an existing one resumes it)
                 img_path='.', # folder of the images
@@ -311,7 +454,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
                 level:int=None, # the compression level (None: the library's default)
                 scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
-                frame:int=0, # the frame of a multi-frame DICOM file that becomes the image
+                frame:int|str=0, # the frame of a multi-frame DICOM file that becomes the image; 'all': each frame a record
                 mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
@@ -321,6 +464,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_cols, label_func, vocab)
     files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
+    if col is not None and not Path(img_path).is_dir(): raise ShelfError(f"no folder {img_path}: the images named in the table are looked for there")
+    if frame == 'all' and mask_path is not None: raise ShelfError("masks are one per file: frame='all' makes several images of one")
     settings = BuildSettings(size, shortest_side, max_side, gray, scale, frame)
     masks = ([None] * len(keys) if mask_path is None else
              [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
@@ -334,9 +479,11 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           image_mode='L' if gray else 'RGB', compression=compression, **label_meta,
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         extra = [c for c in df.columns if c not in listify(label_cols) + [col, 'file']]
-        if extra: shelf.set_table(df[extra].set_axis(keys))
+        if extra and frame != 'all': shelf.set_table(df[extra].set_axis(keys))
         valid = [k for k in keys if key_bytes(k) is not None]
-        todo = set(shelf.missing(valid))
+        # A file's frames commit in one transaction: its first frame there means all of them are
+        probe = {frame_key(k, 0) if frame == 'all' else k: k for k in valid}
+        todo = {probe[p] for p in shelf.missing(list(probe))}
         by_key = {k:(f, l, m) for k,f,l,m in zip(keys, files, labels, masks) if k in todo}
         tasks = [(k, *by_key[k], settings, (compression, level)) for k in keys if k in todo]
         stats = PixelStats(shelf.meta.get('stats'))
@@ -349,16 +496,17 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         results = stream_map(_decode_task, tasks, n_workers)
         pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else results
         try:
-            for key, data, hist, reason in pb:
-                if data is None:
+            for key, recs, hist, reason in pb:
+                if recs is None:
                     fn = by_key[key][0]
                     bad.append((key, fn, reason))
                     if strict: raise ShelfError(f"{fn} (id {key!r}): {reason}")
                     continue
-                pending.append((key, data)); nbytes += len(data); stats.add(hist)
+                pending += recs; nbytes += sum(len(d) for _,d in recs); stats.add(hist)
                 if len(pending) >= commit_every or nbytes >= 32<<20: commit()
                 if pb is not results: pb.comment = f'{(written+len(pending))/(time.time()-t0):.1f} img/s'
         finally: commit()  # an error or interrupt never loses what was decoded
+        if frame == 'all': shelf.set_table(_frames_table(shelf.keys(), df[extra].set_axis(keys)))
         shelf.update_meta(n_records=len(shelf))
     report = BuildReport(path, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
     if progress: print(report)

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
 from fastprogress.fastprogress import progress_bar
+from . import __version__
 from .codec import ShelfError
 from .store import open_shelf, shelf_kind, shelf_info, PickleRefusedError, DamagedStoreError
 from .build import build_shelf, convert_shelf
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
+__all__ = ['COMMANDS', 'build', 'hist_summary', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
 
 # %% ../nbs/07_cli.ipynb #f17e257c
 def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, extra columns)
@@ -35,14 +36,15 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           compression:str=None, # zstd or lz4: compress each image (default: raw)
           level:int=None, # the compression level (default: the library's)
           scale:str='minmax', # 16-bit and float inputs to 8 bits: minmax or percentile (0.5-99.5), per image
-          frame:int=0, # the frame of multi-frame DICOM files to keep
+          frame:str='0', # the frame of multi-frame DICOM files to keep, or all: each frame a record (id#0000, id#0001, ...)
           mask_path:str=None, # folder of segmentation masks, one per image, stored as 'mask'
           mask_suffix:str='.png', # appended to ids to name mask files
           codes:str=''): # comma-separated class names of the masks
     "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
     kw = dict(img_path=img_path, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suffix=suffix,
               label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
-              max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level, scale=scale, frame=frame,
+              max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level, scale=scale,
+              frame=int(frame) if frame.lstrip('-').isdigit() else frame,
               mask_path=mask_path, mask_suffix=mask_suffix, codes=[c for c in codes.split(',') if c] or None)
     if shards:
         from fastai_shelve.shards import build_sharded
@@ -56,11 +58,28 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
     for k,p,why in bad: print(f"bad: {p} (id {k!r}): {why}")
     if bad: sys.exit(1)
 
+def hist_summary(h) -> str:
+    "A 256-bin pixel histogram in one short line: range, mean, percentiles and a 32-column profile."
+    h = np.asarray(h, np.float64)
+    if not h.sum(): return 'no pixels'
+    nz, cdf = np.flatnonzero(h), np.cumsum(h) / h.sum()
+    p = {q: int(np.searchsorted(cdf, q / 100)) for q in (1, 50, 99)}
+    cols = h.reshape(32, 8).sum(1)
+    ramp = ' .:-=+*#%@'  # ASCII, so any console prints it
+    spark = ''.join(ramp[int(np.ceil(c / cols.max() * (len(ramp) - 1)))] for c in cols)
+    return (f"{int(nz[0])}..{int(nz[-1])}, mean {(h * np.arange(256)).sum() / h.sum():.1f}, "
+            f"p1 {p[1]} p50 {p[50]} p99 {p[99]} |{spark}|")
+
 def info(path:str, # a shelf (LMDB) or a stdlib shelve file
          allow_pickle:store_true=False): # also unpickle one record of a stdlib shelve to show its fields
     "Counts, size, metadata and a sample record's shapes."
-    for k,v in shelf_info(path, allow_pickle).items():
+    res = shelf_info(path, allow_pickle)
+    stats = (res.get('meta') or {}).get('stats') or {}
+    if 'hist' in stats: res['meta'] = {**res['meta'], 'stats': {k:v for k,v in stats.items() if k != 'hist'}}
+    for k,v in res.items():
         print(f"{k:>13}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    hists = stats.get('hist') or []
+    for c,h in enumerate(hists): print(f"{'pixels' + (' ' + 'RGB'[c] if len(hists) == 3 else ''):>13}: {hist_summary(h)}")
 
 def verify(path:str, # the shelf to check
            allow_pickle:store_true=False): # unpickle a stdlib shelve's values to check them
@@ -113,10 +132,13 @@ def _one_line(e:BaseException) -> str:
 def main(argv=None):
     "fastai-shelve COMMAND [options]: build | info | verify | convert | demo | bench"
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (['--version'], ['-V']): print(f"fastai-shelve {__version__}"); sys.exit(0)
     if not argv or argv[0] not in COMMANDS:
-        print("usage: fastai-shelve {" + ",".join(COMMANDS) + "} [-h] ...", file=sys.stderr)
-        for k,f in COMMANDS.items(): print(f"  {k:8} {f.__doc__}", file=sys.stderr)
-        sys.exit(0 if argv and argv[0] in ('-h', '--help') else 2)
+        asked = argv[:1] in (['-h'], ['--help'])  # asked for help: stdout, exit 0; a wrong command: stderr, exit 2
+        out = sys.stdout if asked else sys.stderr
+        print("usage: fastai-shelve {" + ",".join(COMMANDS) + "} [-h] ... | --version", file=out)
+        for k,f in COMMANDS.items(): print(f"  {k:8} {f.__doc__}", file=out)
+        sys.exit(0 if asked else 2)
     cmd, f = argv[0], COMMANDS[argv[0]]
     args = vars(anno_parser(f, prog=f'fastai-shelve {cmd}').parse_args(argv[1:]))
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's extras, not ours

@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
+from .codec import ShelfError
 from .store import shard_of, write_manifest
 from .build import build_shelf, read_source, encode_labels, mp_context
 
@@ -29,6 +30,8 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
                   **kwargs) -> list:
     "Build `source` into `n_shards` shard shelves in folder `path`, one Dask task each; a report per shard."
     import dask
+    # Records go to shards by their own key: a file's frames would scatter, away from the shard its id names
+    if kwargs.get('frame') == 'all': raise ShelfError("frame='all' is for build_shelf: shards place records by key, not by file")
     df, keys, col = read_source(source, fn_col)
     _, label_meta = encode_labels(df, keys, label_cols, kwargs.get('label_func'), kwargs.pop('vocab', None))
     m = write_manifest(path, n_shards)

@@ -174,7 +174,8 @@ def test_dicom_as_radiology_reads_it(tmp_path):
     shutil = __import__('shutil')
     for f in ('JPEG-lossy.dcm', 'CT_small.dcm'): shutil.copy(get_testdata_file(f), tmp_path/f)
     r = build_shelf([tmp_path/'JPEG-lossy.dcm', tmp_path/'CT_small.dcm'], tmp_path/'d.shelf', size=32, n_workers=0, progress=False)
-    if r.bad: assert r.bad[0][0] == 'JPEG-lossy' and 'compressed DICOM' in r.bad[0][2] and 'pylibjpeg' in r.bad[0][2]
+    if r.bad:  # its 12-bit JPEG defeats pylibjpeg and Pillow: the reason names the syntax and each plugin's failure
+        assert r.bad[0][0] == 'JPEG-lossy' and 'JPEG Extended' in r.bad[0][2] and 'pylibjpeg' in r.bad[0][2]
     assert r.written + len(r.bad) == 2 and r.written >= 1
 
 def test_16_bit_and_float_inputs_keep_their_range(tmp_path):
