@@ -220,6 +220,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.fetch.batch_plan': ('fetch.html#batch_plan', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.cpu_distributed': ('fetch.html#cpu_distributed', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.find_shelf': ('fetch.html#find_shelf', 'fastai_shelve/fetch.py'),
+                                     'fastai_shelve.fetch.make_pil': ('fetch.html#make_pil', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.needs_pil': ('fetch.html#needs_pil', 'fastai_shelve/fetch.py')},
             'fastai_shelve.shards': { 'fastai_shelve.shards._build_part': ('shards.html#_build_part', 'fastai_shelve/shards.py'),
                                       'fastai_shelve.shards.build_sharded': ('shards.html#build_sharded', 'fastai_shelve/shards.py')},

@@ -46,8 +46,9 @@ class AlbumentationsTransform(ItemTransform):
         if getattr(aug, 'py_random', None) is not self.py_random: aug.set_random_state(self.np_random, self.py_random)
         self.py_random.seed(random.getrandbits(64))
         # Setting numpy's state directly costs 2 µs; a new Generator 30 µs.
-        st = self.np_random.bit_generator.state
-        st['state']['state'], st['has_uint32'], st['uinteger'] = random.getrandbits(128), 0, 0
+        st = self.np_random.bit_generator.state  # PCG64's: a state and an (odd) increment, both drawn
+        st['state'] = dict(state=random.getrandbits(128), inc=random.getrandbits(128) | 1)
+        st['has_uint32'] = st['uinteger'] = 0
         self.np_random.bit_generator.state = st
 
     def encodes(self, b):

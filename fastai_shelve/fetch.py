@@ -15,7 +15,8 @@ from .codec import ShelfError
 from .store import ShelfBase
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'BatchPool', 'ShelfDL', 'cpu_distributed']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL',
+           'cpu_distributed']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -54,6 +55,12 @@ def needs_pil(tfm) -> bool:
     # Any item transform without a batch version runs in fastai's per-item pipeline, which must be the files' one
     return batch_fn(tfm) is None
 
+def make_pil(dataset):
+    "Have `dataset`'s type transforms make PIL images, as files give."
+    for tl in getattr(dataset, 'tls', [dataset]):
+        for f in getattr(getattr(tl, 'tfms', None), 'fs', []):
+            if hasattr(f, 'makes_pil'): f.makes_pil = True
+
 # %% ../nbs/03_fetch.ipynb #fc72c5a8
 class BatchPool:
     "Batch arrays filled again once nothing made from them is alive."
@@ -87,6 +94,7 @@ class ShelfDL(TfmdDL):
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
+        if self.shelf is not None and any(map(needs_pil, self.after_item.fs)): make_pil(self.dataset)
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
