@@ -94,7 +94,8 @@ class ShelfDL(TfmdDL):
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
-        if self.shelf is not None and any(map(needs_pil, self.after_item.fs)): make_pil(self.dataset)
+        fs = self.after_item.fs  # a files pipeline has `ToTensor`, to make tensors of PIL images
+        if self.shelf is not None and any(map(needs_pil, fs)) and any(isinstance(f, ToTensor) for f in fs): make_pil(self.dataset)
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
