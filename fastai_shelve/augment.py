@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_augment.ipynb #d213a221
 from __future__ import annotations
-import math, inspect
+import math, inspect, random
 import numpy as np, cv2, torch
 import albumentations as A
 from albumentations.augmentations.geometric import functional as fgeometric
@@ -29,12 +29,27 @@ def _like(a:np.ndarray, t):
     return type(t)(a)
 
 class AlbumentationsTransform(ItemTransform):
-    "Apply `train_aug` to the training set's items and `valid_aug` (if any) to the others: image, and mask if present."
+    "Apply `train_aug` to training items, `valid_aug` (if any) to others."
     split_idx, order = None, 6  # after fastai's ToTensor (5), so file-based PIL pipelines hand it tensors too
-    def __init__(self, train_aug, valid_aug=None): store_attr(); super().__init__()
+    def __init__(self, train_aug, valid_aug=None):
+        store_attr(); super().__init__()
+        self.py_random, self.np_random = random.Random(), np.random.default_rng()  # shared by every step of a pipeline
+
     def __call__(self, b, split_idx=None, **kwargs):
         self.aug = self.train_aug if split_idx == 0 else self.valid_aug
+        if self.aug is not None: self.draw_seed(self.aug)
         return super().__call__(b, split_idx=split_idx, **kwargs)
+
+    def draw_seed(self, aug):
+        "Seed `aug`'s generators from Python's `random`, as fastai seeds it."
+        if not hasattr(aug, 'set_random_state'): return  # not albumentations: its randomness is its own
+        if getattr(aug, 'py_random', None) is not self.py_random: aug.set_random_state(self.np_random, self.py_random)
+        self.py_random.seed(random.getrandbits(64))
+        # Setting numpy's state directly costs 2 µs; a new Generator 30 µs.
+        st = self.np_random.bit_generator.state  # PCG64's: a state and an (odd) increment, both drawn
+        st['state'] = dict(state=random.getrandbits(128), inc=random.getrandbits(128) | 1)
+        st['has_uint32'] = st['uinteger'] = 0
+        self.np_random.bit_generator.state = st
 
     def encodes(self, b):
         if self.aug is None: return b

@@ -4,25 +4,23 @@
 
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
-import sys, weakref
+import weakref
 from contextlib import contextmanager
 import numpy as np
-from plum import Signature, NotFoundLookupError
-from fastcore.basics import ifnone, merge, store_attr
+from fastcore.basics import ifnone, merge, store_attr, noop
 from fastai.data.core import TfmdDL
-from fastai.data.transforms import Transform, ToTensor
-from fastai.vision.core import PILImage
-from fastai.torch_core import TensorImage
+from fastai.data.transforms import Transform, ItemTransform, ToTensor
+from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
 from .store import ShelfBase
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'acts_on', 'batch_plan', 'needs_pil', 'makes_pil', 'check_item_tfms', 'BatchPool',
-           'ShelfDL', 'cpu_distributed']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL',
+           'cpu_distributed']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
-    "Read `field` of a shelf record: the first transform of a pipeline `ShelfDL` can run on a whole batch."
+    "Read `field` of a shelf record; first step of a whole-batch pipeline."
     # A `Transform`, not a plain callable: fastai wraps callables, and `ShelfDL` needs to see this object.
     def __init__(self, shelf:ShelfBase, field:str='image'): super().__init__(); store_attr('shelf,field')
     def encodes(self, o): return self.shelf[o][self.field]
@@ -35,44 +33,38 @@ def find_shelf(dataset) -> ShelfBase|None:
             if isinstance(f, ShelfReader): return f.shelf
     return None
 
-def acts_on(tfm, typ:type) -> bool:
-    "Would fastai's `tfm` change an item of type `typ` on the way in (has it an `encodes` for `typ`)? True when unsure."
-    f = tfm.__dict__.get('encodes')  # a function given as `Transform(enc=f)`: dispatched without `self`
-    sig = (typ,) if f is not None else (type(tfm), typ)
-    if f is None: f = getattr(type(tfm), 'encodes', None)
-    if f is None: return False
-    if not hasattr(f, 'resolve_method'): return True  # not plum's dispatch (an older fastai): assume it does
-    try: f.resolve_method(Signature(*sig)); return True
-    except NotFoundLookupError: return False
-    except Exception: return True  # an annotation plum cannot read (a tuple of types, as `FlipItem` has): assume it does
-
 # %% ../nbs/03_fetch.ipynb #d35e5af5
+# fastai's item transforms that leave tensors as they are: `ToTensor` converts PIL images, `AddMaskCodes` only decodes
+_TENSOR_NOOPS = (ToTensor, AddMaskCodes)
+
+def batch_fn(tfm):
+    "What `tfm` does to a whole batch (`encodes_batch`), or None."
+    if type(tfm) in _TENSOR_NOOPS: return noop
+    if getattr(tfm, 'split_idx', None) is not None: return None  # one split only: fastai decides per call
+    return getattr(tfm, 'encodes_batch', None)
+
 def batch_plan(tl):
-    "(field, [batch functions]) doing for a whole batch what `tl`'s pipeline does per item (the contract, 1 and 2), or None."
+    "(field, batch functions) doing `tl`'s pipeline for a batch, or None."
     fs = list(getattr(getattr(tl, 'tfms', None), 'fs', []))
-    if not fs or not isinstance(fs[0], ShelfReader) or not all(hasattr(f, 'encodes_batch') for f in fs): return None
-    return fs[0].field, [f.encodes_batch for f in fs]
+    if not fs or not isinstance(fs[0], ShelfReader): return None
+    fns = [batch_fn(f) for f in fs]
+    return (fs[0].field, fns) if all(fns) else None
 
 def needs_pil(tfm) -> bool:
-    "Is `tfm` one of fastai's PIL-image transforms (it acts on PIL images specifically, not on anything)?"
-    return not isinstance(tfm, ToTensor) and acts_on(tfm, PILImage) and not acts_on(tfm, object)
+    "Does `tfm` need items as fastai's files give them (PIL images)?"
+    # Any item transform without a batch version runs in fastai's per-item pipeline, which must be the files' one
+    return batch_fn(tfm) is None
 
-def makes_pil(dataset) -> bool:
-    "Does one of `dataset`'s type transforms say it makes PIL images of the records (so fastai's PIL item transforms apply)?"
-    return any(getattr(f, 'makes_pil', False) for tl in getattr(dataset, 'tls', [dataset])
-               for f in getattr(getattr(tl, 'tfms', None), 'fs', []))
+def make_pil(dataset):
+    "Have `dataset`'s type transforms make PIL images, as files give."
+    for tl in getattr(dataset, 'tls', [dataset]):
+        for f in getattr(getattr(tl, 'tfms', None), 'fs', []):
+            if hasattr(f, 'makes_pil'): f.makes_pil = True
 
-def check_item_tfms(tfms):
-    "Refuse item transforms that act on PIL images only: on a shelf's tensor items they would silently do nothing."
-    for f in tfms:
-        if needs_pil(f) and not acts_on(f, TensorImage):
-            raise ShelfError(f"item transform {type(f).__name__} acts on PIL images, and this pipeline's shelf items are tensors: "
-                             f"make them PIL images (ArrayToImage(pil=True), as shelf_dblock does for such transforms), resize at "
-                             f"build time (build_shelf(size=...)), or use a batch transform (aug_transforms(size=...), "
-                             f"RandomResizedCropGPU) or AlbumentationsTransform")
-
+# %% ../nbs/03_fetch.ipynb #fc72c5a8
 class BatchPool:
-    "Batch arrays filled again once nothing made from them is alive: fresh arrays cost a page fault per 4 KiB (1 ms a batch of 32 704² images)."
+    "Batch arrays filled again once nothing made from them is alive."
+    # Fresh arrays cost a page fault per 4 KiB: 1 ms a batch of 32 704² images.
     def __init__(self, size:int=4): self.size, self.spec, self.entries = size, None, []
 
     def learn(self, arrs:dict):
@@ -98,11 +90,12 @@ class BatchPool:
         return {k: o.reshape((e['n'],) + self.spec[k][1]) for k,o in owners.items()}
 
 class ShelfDL(TfmdDL):
-    "A `TfmdDL` whose batches read all their records with one `get_many` from the per-process shelf handle."
+    "A `TfmdDL` reading each batch with one `get_many` from its shelf."
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
-        if self.shelf is not None and not makes_pil(self.dataset): check_item_tfms(self.after_item.fs)
+        fs = self.after_item.fs  # a files pipeline has `ToTensor`, to make tensors of PIL images
+        if self.shelf is not None and any(map(needs_pil, fs)) and any(isinstance(f, ToTensor) for f in fs): make_pil(self.dataset)
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
@@ -110,24 +103,28 @@ class ShelfDL(TfmdDL):
         return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
 
     def batch_plans(self):
-        "One `batch_plan` per part of the item when the whole pipeline keeps the contract, else None."
-        if self.before_batch.fs or any(acts_on(f, TensorImage) or acts_on(f, PILImage)
-                                       for f in self.after_item.fs if not isinstance(f, ToTensor)): return None
+        "(`batch_plan` per part, item transforms' batch versions), or None."
+        if self.before_batch.fs: return None
+        items = [batch_fn(f) for f in self.after_item.fs]
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
-        return plans if plans and all(plans) else None
+        return (plans, items) if plans and all(plans) and all(items) else None
 
     def whole_batch(self, plans, keys):
         "The batch of `keys` from one `get_batch`, or None if records differ in shape or an item is not a key (a file)."
+        parts, items = plans
         if not hasattr(self, '_pool'): self._pool = BatchPool()
-        try: arrs = self.shelf.get_batch(keys, fields={f for f,_ in plans}, out=self._pool.get(len(keys)))
+        try: arrs = self.shelf.get_batch(keys, fields={f for f,_ in parts}, out=self._pool.get(len(keys)))
         except (ShelfError, KeyError): return None
         self._pool.learn(arrs)
         out = []
-        for field, fns in plans:
+        for field, fns in parts:
             o = arrs[field]
             for fn in fns: o = fn(o)
             out.append(o)
-        return tuple(out)
+        b = tuple(out)
+        for f, fn in zip(self.after_item.fs, items):  # as fastai calls them: an ItemTransform on the tuple, others on each part
+            b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
+        return b
 
     def item_batch(self, idxs, keys):
         "The batch of `idxs` through fastai's per-item pipeline, its records read in one `get_many`."

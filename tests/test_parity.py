@@ -70,9 +70,10 @@ def test_fastai_item_transforms_work_as_on_files(tmp_path, tfm):
     assert xo.shape == xf.shape and torch.equal(torch.as_tensor(xo), torch.as_tensor(xf)) and torch.equal(torch.as_tensor(yo), torch.as_tensor(yf))
     assert ours.train.one_batch()[0].shape == files.train.one_batch()[0].shape
 
-def test_pil_transforms_on_tensor_items_are_refused(tmp_path):
-    "A hand-made DataBlock whose shelf items stay tensors: fastai's PIL-only item transform would do nothing, so it is refused."
+def test_pil_transforms_on_tensor_items_run_as_on_files(tmp_path):
+    "A hand-made DataBlock whose shelf items are tensors: ShelfDL makes them PIL images for fastai's PIL-only Resize, as files are."
     from fastai.data.block import DataBlock
+    from fastai.vision.all import ToTensor, TfmdDL
     from fastai_shelve.data import ShelfImageBlock, ShelfGetter
     from fastai_shelve.fetch import ShelfDL
     from fastai_shelve.store import open_shelf
@@ -80,7 +81,11 @@ def test_pil_transforms_on_tensor_items_are_refused(tmp_path):
     build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.png', size=64, n_workers=0, progress=False)
     shelf = open_shelf(tmp_path/'s.shelf')
     db = DataBlock(blocks=(ShelfImageBlock(),), get_x=ShelfGetter(shelf), item_tfms=Resize(32), dl_type=ShelfDL)
-    with pytest.raises(ShelfError, match=r'Resize.*acts on PIL images.*aug_transforms'): db.dataloaders(shelf.keys(), bs=4)
+    dl = db.dataloaders(shelf.keys(), bs=4, num_workers=0).valid
+    x, = dl.one_batch()
+    want = [ToTensor()(Resize(32)(PILImageBW.create(shelf[k]['image']), split_idx=1)) for k in dl.items[:4]]
+    assert x.shape[-2:] == (32, 32) and torch.equal(x, torch.stack(want).float() / 255)
+    assert torch.equal(x, dl.new(cls=TfmdDL).one_batch()[0])
 
 @pytest.mark.parametrize('kind', ['int', 'float', 'bool', 'str'])
 def test_labels_vocab_and_decoding_match_from_df(tmp_path, kind):
