@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #87041646
 from __future__ import annotations
-import os, errno, inspect, warnings
+import os, errno, pickle, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -19,7 +19,7 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .store import ShelfBase, StdShelf, open_shelf, record_meta
+from .store import ShelfBase, open_shelf, record_meta
 from .build import BuildSettings, block_kind
 from .fetch import ShelfDL, ShelfReader, needs_pil
 from .augment import XRAY_STATS
@@ -224,10 +224,11 @@ def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
 
 def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."
-    if isinstance(shelf, ShelfBase):
-        allow_pickle = allow_pickle or isinstance(shelf, StdShelf)  # they opted in when they opened it
-        lock, shelf = ifnone(lock, getattr(shelf, 'lock', None)), shelf.path
-    return open_shelf(shelf, allow_pickle=allow_pickle, **({} if lock is None else dict(lock=lock)))
+    if not isinstance(shelf, ShelfBase): return open_shelf(shelf, allow_pickle=allow_pickle, **({} if lock is None else dict(lock=lock)))
+    # A copy as a spawned worker gets it: same class and settings, no handle; `len` opens its own (`meta` would not).
+    own = pickle.loads(pickle.dumps(shelf))
+    len(own)
+    return own
 
 # %% ../nbs/05_data.ipynb #a74e328a
 def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of its own

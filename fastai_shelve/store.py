@@ -233,9 +233,8 @@ class Shelf(ShelfBase):
             if b'meta' not in names:
                 if self.readonly: raise ShelfError(f"{self.path} is an LMDB file but not a fastai_shelve shelf (no meta database)")
                 self._init_meta()
-            with self._env.begin() as txn:  # a read transaction: without one, a read-write environment takes the write lock
-                self._recs = self._env.open_db(b'records', txn=txn, create=False)
-                self._metadb = self._env.open_db(b'meta', txn=txn, create=False)
+            self._recs = self._env.open_db(b'records', create=False)
+            self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
             _release_env(self.path); self._env = None
