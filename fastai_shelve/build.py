@@ -201,12 +201,12 @@ def block_kind(y_block) -> tuple:
         if isinstance(t, Categorize): return 'category', None, vocab
     raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
 
-def _nan_refusal(df, cols, keys, hint=''):
+def _nan_refusal(df, cols, keys):
     "A `ShelfError` naming the first label column with empty (NaN) values and some of their ids, or None."
     for c in cols:
         nan = df[c].isna().to_numpy()
         if nan.any(): return ShelfError(f"label column {c!r} is empty (NaN) for {nan.sum()} ids, e.g. "
-                                        f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows{hint}")
+                                        f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows")
 
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
@@ -217,7 +217,8 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
     elif cols:
         miss = [c for c in cols if c not in df.columns]
         if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
-        err = _nan_refusal(df, cols, keys, f" (df[{cols[0]!r}].fillna('') for no tags)" if label_delim is not None else '')
+        # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
+        err = _nan_refusal(df, cols, keys) if label_delim is None else None
         if err: raise err
         if kind is None: kind = 'multi' if len(cols) > 1 or label_delim is not None else 'category'  # as `from_df` picks
         if kind == 'regression': return _regression(df[cols], keys, cols, n_out)
@@ -258,7 +259,7 @@ def _multi(a, keys, names) -> tuple:
 def _tags(col, keys, cols, delim, vocab) -> tuple:
     "Tags in one column split by `delim` (fastai's `ColReader(label_delim=)`), as 0/1 vectors over the sorted tags."
     if col is None: raise ShelfError(f"label_delim splits one column, not {cols}")
-    tags = [str(o).split(delim) if len(str(o)) > 0 else [] for o in col]
+    tags = [[] if pd.isna(o) or len(str(o)) == 0 else str(o).split(delim) for o in col]  # fastai's `ColReader(label_delim=)`
     found = sorted(set().union(*tags))
     names = found if vocab is None else [str(o) for o in vocab]
     unknown = sorted(set(found) - set(names))

@@ -293,4 +293,7 @@ class ShelfDataLoaders(DataLoaders):
         "A test `DataLoader` on shelf keys, image files, a DataFrame's rows, PIL images or arrays, prepared as the shelf's were."
         # Each item goes to the shelf's getter (see `ShelfGetter`); a DataFrame's rows as a list, so that `ShelfDL` indexes items.
         if isinstance(test_items, pd.DataFrame): test_items = [r for _,r in test_items.iterrows()]
-        return super().test_dl(test_items, **kwargs)
+        # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
+        # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
+        no_shelf = not os.path.exists(self.train.shelf.path)
+        return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)
