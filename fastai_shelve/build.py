@@ -205,7 +205,7 @@ def _nan_refusal(df, cols, keys):
     "A `ShelfError` naming the first label column with empty (NaN) values and some of their ids, or None."
     for c in cols:
         nan = df[c].isna().to_numpy()
-        if nan.any(): return ShelfError(f"label column {c!r} is empty (NaN) for {nan.sum()} ids, e.g. "
+        if nan.any(): return ShelfError(f"label column {c!r} has empty labels (NaN) for {nan.sum()} ids, e.g. "
                                         f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows")
 
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
