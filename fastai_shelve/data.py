@@ -295,5 +295,6 @@ class ShelfDataLoaders(DataLoaders):
         if isinstance(test_items, pd.DataFrame): test_items = [r for _,r in test_items.iterrows()]
         # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
         # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
-        no_shelf = not os.path.exists(self.train.shelf.path)
+        shelf = getattr(self.train, 'shelf', None)
+        no_shelf = shelf is None or not os.path.exists(shelf.path)
         return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)
