@@ -369,7 +369,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 folder=None, # the images' folder under `path`
                 suff:str='', # appended to ids to name files, e.g. '.jpg'
                 fn_col=0, # id column (name or index): the file name under `path/folder`, and the record's key
-                label_col=None, # label column, or a list of them (0/1 columns: multi-label)
+                label_col=None, # label column, or a list of them (0/1 columns: multi-label); None: no labels (fastai's default is 1)
                 label_delim:str=None, # split `label_col`'s text into tags: multi-label (as planet's ' ')
                 y_block=None, # fastai's target block: `RegressionBlock` (floats), `CategoryBlock`, `MultiCategoryBlock`
                 vocab=None, # the category values (or tags, or label names) and their order

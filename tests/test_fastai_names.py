@@ -148,6 +148,7 @@ def test_deprecated_spellings_warn_and_work(bars, capsys):
 
 def test_cli_build_with_fastai_names(tmp_path):
     df = _planet(tmp_path)
+    df['age'] = np.linspace(0, 1, len(df))
     df.to_csv(tmp_path/'t.csv', index=False)
     r = subprocess.run([str(Path(sys.executable).with_name('fastai-shelve')), 'build', str(tmp_path/'t.csv'), str(tmp_path/'p.shelf'),
                         '--path', str(tmp_path), '--folder', 'train', '--suff', '.png', '--fn-col', 'image_name',
@@ -157,6 +158,12 @@ def test_cli_build_with_fastai_names(tmp_path):
     with open_shelf(tmp_path/'p.shelf') as s:
         assert s.meta['label_names'] == ['clear', 'cloudy', 'haze', 'primary', 'water'] and s.meta['valid_col'] == 'is_valid'
         assert np.array_equal(s['train_5']['labels'], [0, 1, 1, 1, 0])  # 'cloudy haze primary'
+    r = subprocess.run([str(Path(sys.executable).with_name('fastai-shelve')), 'build', str(tmp_path/'t.csv'), str(tmp_path/'r.shelf'),
+                        '--path', str(tmp_path/'train'), '--suff', '.png', '--fn-col', 'image_name', '--label-col', 'age',
+                        '--y-block', 'regression', '--quiet'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    with open_shelf(tmp_path/'r.shelf') as s:
+        assert s.meta['label_kind'] == 'regression' and np.allclose(s['train_3']['labels'], df.age[3])
 
 def test_targets_refused_by_name(ages):
     path, df = ages
