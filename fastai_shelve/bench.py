@@ -256,7 +256,7 @@ _BUILD_OURS = textwrap.dedent('''
     from fastai_shelve.build import build_shelf
     df = pd.read_csv(sys.argv[1]).iloc[:int(sys.argv[4])]
     t0 = time.time()
-    r = build_shelf(df, sys.argv[2], img_path=sys.argv[3], suffix='.jpg', size=704, n_workers=2, progress=False)
+    r = build_shelf(df, sys.argv[2], sys.argv[3], suff='.jpg', size=704, n_workers=2, progress=False)
     t = time.time() - t0
     hwm = int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024
     print(json.dumps(dict(images=r.written, img_s=r.written/t, rss_mb=hwm, workers_rss_mb=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)))

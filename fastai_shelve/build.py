@@ -16,8 +16,8 @@ from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, Read
 
 # %% auto #0
 __all__ = ['SCALES', 'DICOM_SUFFIXES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'load_image',
-           'load_frames', 'frame_key', 'load_mask', 'BuildSettings', 'read_source', 'encode_labels', 'pixel_hist',
-           'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
+           'load_frames', 'frame_key', 'load_mask', 'BuildSettings', 'read_source', 'block_kind', 'encode_labels',
+           'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -302,21 +302,59 @@ def read_source(source, fn_col=0) -> tuple:
     return df, keys, col
 
 # %% ../nbs/02_build.ipynb #a54707ee
+import warnings
 def _native(v):
     "A numpy scalar as the Python value JSON can keep (int, float, bool, str)."
     return v.item() if isinstance(v, np.generic) else v
 
-def encode_labels(df, keys, label_cols=None, label_func=None, vocab=None) -> tuple:
-    "(per-row labels, label metadata): multi-label int8 vectors, or category indices with their vocab, as fastai sorts it."
-    if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]
-    elif label_cols:
-        cols = listify(label_cols)
+def block_kind(y_block) -> tuple:
+    "(kind, n_out, vocab) of fastai's `y_block`: 'regression', 'category', 'multi' or None; a name ('regression', 'RegressionBlock') too."
+    if y_block is None: return None, None, None
+    if isinstance(y_block, str):
+        kind = dict(regression='regression', category='category', multicategory='multi', multi='multi').get(
+            y_block.lower().removesuffix('block'))
+        if kind is None: raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
+        return kind, None, None
+    from fastai.data.transforms import RegressionSetup, Categorize, MultiCategorize, EncodedMultiCategorize
+    blk = y_block() if callable(y_block) and not hasattr(y_block, 'type_tfms') else y_block  # `RegressionBlock` or `RegressionBlock(2)`
+    for t in listify(getattr(blk, 'type_tfms', None)):
+        vocab = getattr(t, 'vocab', None)
+        vocab = None if vocab is None else list(vocab)
+        if isinstance(t, RegressionSetup): return 'regression', t.c, None
+        if isinstance(t, (MultiCategorize, EncodedMultiCategorize)): return 'multi', None, vocab
+        if isinstance(t, Categorize): return 'category', None, vocab
+    raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
+
+def _nan_refusal(df, cols, keys):
+    "A `ShelfError` naming the first label column with empty (NaN) values and some of their ids, or None."
+    for c in cols:
+        nan = df[c].isna().to_numpy()
+        if nan.any(): return ShelfError(f"label column {c!r} has empty labels (NaN) for {nan.sum()} ids, e.g. "
+                                        f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows")
+
+def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
+    "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
+    kind, n_out, bvocab = block_kind(y_block)
+    vocab = vocab if vocab is not None else bvocab
+    cols = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+    if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]  # deprecated: a function of the row
+    elif cols:
         miss = [c for c in cols if c not in df.columns]
         if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
-        nan = df[cols].isna().any(axis=1)
-        if nan.any(): raise ShelfError(f"{nan.sum()} rows have empty labels, e.g. ids {[keys[i] for i in np.where(nan)[0][:5]]}")
-        if len(cols) == 1: vals = df[cols[0]].tolist()
-        else: return _multi(df[cols].to_numpy(), keys, cols)
+        # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
+        err = _nan_refusal(df, cols, keys) if label_delim is None else None
+        if err: raise err
+        if kind is None: kind = 'multi' if len(cols) > 1 or label_delim is not None else 'category'  # as `from_df` picks
+        if kind == 'regression': return _regression(df[cols], keys, cols, n_out)
+        if kind == 'multi' and label_delim is not None: return _tags(df[cols[0]] if len(cols) == 1 else None, keys, cols, label_delim, vocab)
+        if kind == 'multi':
+            if len(cols) == 1: raise ShelfError(f"one column {cols[0]!r} as multi-label: give label_delim (tags in one column) or several 0/1 columns")
+            return _multi(df[cols].to_numpy(), keys, cols if vocab is None else vocab)
+        if len(cols) > 1: raise ShelfError(f"{len(cols)} label columns are multi-label (or y_block=RegressionBlock), not one category")
+        vals = df[cols[0]].tolist()
+        if df[cols[0]].dtype.kind == 'f' and (df[cols[0]] % 1 != 0).any():
+            warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
+                          f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target", stacklevel=3)
     else: return [None]*len(keys), dict(label_kind='none')
     if all(np.ndim(v) == 1 for v in vals):
         widths = {len(v) for v in vals}
@@ -339,7 +377,28 @@ def _multi(a, keys, names) -> tuple:
     if bad.any():
         r,c = np.argwhere(bad)[0]
         raise ShelfError(f"multi-label values must be 0 or 1: id {keys[r]!r} has {a[r,c]!r} in {names[c]!r}")
+    if len(names) != a.shape[1]: raise ShelfError(f"vocab has {len(names)} names for {a.shape[1]} label columns")
     return list(a.astype(np.int8)), dict(label_kind='multi', label_names=[str(o) for o in names])
+
+def _tags(col, keys, cols, delim, vocab) -> tuple:
+    "Tags in one column split by `delim` (fastai's `ColReader(label_delim=)`), as 0/1 vectors over the sorted tags."
+    if col is None: raise ShelfError(f"label_delim splits one column, not {cols}")
+    tags = [[] if pd.isna(o) or len(str(o)) == 0 else str(o).split(delim) for o in col]  # fastai's `ColReader(label_delim=)`
+    found = sorted(set().union(*tags))
+    names = found if vocab is None else [str(o) for o in vocab]
+    unknown = sorted(set(found) - set(names))
+    if unknown: raise ShelfError(f"tags {unknown[:5]} of column {col.name!r} are not in the vocab given")
+    idx = {t:i for i,t in enumerate(names)}
+    a = np.zeros((len(tags), len(names)), np.int8)
+    for r,ts in enumerate(tags): a[r, [idx[t] for t in ts]] = 1
+    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim)
+
+def _regression(df, keys, cols, n_out) -> tuple:
+    "Float targets (fastai's `RegressionBlock`): one float32 per column, in order."
+    if n_out is not None and n_out != len(cols): raise ShelfError(f"RegressionBlock(n_out={n_out}) but {len(cols)} label columns {cols}")
+    for c in cols:
+        if df[c].dtype.kind not in 'biuf': raise ShelfError(f"label column {c!r} is not numeric ({df[c].dtype}): a RegressionBlock target is floats")
+    return list(df.to_numpy(np.float32)), dict(label_kind='regression', label_names=[str(c) for c in cols])
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def pixel_hist(img:np.ndarray) -> np.ndarray:
@@ -435,13 +494,30 @@ def _frames_table(rec_keys, table):
     files = [k.rpartition('#')[0] for k in fk]
     return table.reindex(files).set_axis(fk).assign(file=files)
 
+def _deprecated(old:str, new:str):
+    warnings.warn(f"build_shelf({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=3)
+
+def _image_cls_gray(img_cls, gray):
+    "`gray` as fastai's `img_cls` says it (`PILImageBW` and its subclasses: one channel; `PILImage`: RGB)."
+    if img_cls is None: return gray
+    name = img_cls if isinstance(img_cls, str) else img_cls.__name__
+    bw = name.endswith(('BW', 'Gray')) or any(c.__name__ == 'PILImageBW' for c in getattr(img_cls, '__mro__', ()))
+    if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
+    return bw
+
 def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
-                path, # the shelf to write (a build into an existing one resumes it)
-                img_path='.', # folder of the images
-                fn_col=0, # id column (name or index); with `suffix`, names the file
-                suffix:str='', # appended to ids to name files, e.g. '.jpg'
-                label_cols=None, # several columns: multi-label; one: a category
-                label_func=None, # or a function of the row giving the label
+                dest=None, # the shelf to write (a build into an existing one resumes it)
+                path='.', # as fastai's `from_df`: the image root, files are `path/folder/{fn}{suff}`
+                *,
+                folder=None, # the images' folder under `path`
+                suff:str='', # appended to ids to name files, e.g. '.jpg'
+                fn_col=0, # id column (name or index): the file name under `path/folder`, and the record's key
+                label_col=None, # label column, or a list of them (0/1 columns: multi-label); None: no labels (fastai's default is 1)
+                label_delim:str=None, # split `label_col`'s text into tags: multi-label (as planet's ' ')
+                y_block=None, # fastai's target block: `RegressionBlock` (floats), `CategoryBlock`, `MultiCategoryBlock`
+                vocab=None, # the category values (or tags, or label names) and their order
+                valid_col:str=None, # a bool column marking the validation set: kept in the table, `from_shelf` splits on it
+                img_cls=None, # `PILImageBW`: gray, `PILImage`: RGB (else `gray` decides)
                 size=None, # square (or (h, w)) output size: stretches, as the seed did
                 shortest_side:int=None, # keep aspect; the shorter side becomes this
                 max_side:int=None, # keep aspect; shrink so the longer side is at most this
@@ -450,7 +526,6 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 commit_every:int=128, # records per commit
                 strict:bool=False, # stop at the first bad input instead of reporting it
                 progress:bool=True, # show a progress bar and print the report
-                vocab=None, # fix a category's vocab (and its order)
                 compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
                 level:int=None, # the compression level (None: the library's default)
                 scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
@@ -458,27 +533,43 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
+                img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                ) -> BuildReport:
-    "Decode and resize the images of `source` once, in worker processes, into the shelf at `path`; resumable."
+    "Decode and resize the images of `source` once, in worker processes, into the shelf `dest`; resumable."
     t0 = time.time()
+    if dest is None:  # today's spelling: the second argument was the shelf
+        _deprecated('source, path=<the shelf>', "build_shelf(source, dest, path=<image root>, ...)"); dest, path = path, '.'
+    if img_path is not None:
+        _deprecated('img_path=', "path= (and folder=), as fastai's from_df")
+        if path != '.' or folder is not None: raise ShelfError("give path= (and folder=), not img_path= as well")
+        path = img_path
+    if suffix is not None: _deprecated('suffix=', 'suff='); suff = suffix
+    if label_cols is not None: _deprecated('label_cols=', 'label_col= (one or a list)'); label_col = label_cols
+    if label_func is not None: _deprecated('label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
+    gray = _image_cls_gray(img_cls, gray)
     df, keys, col = read_source(source, fn_col)
-    labels, label_meta = encode_labels(df, keys, label_cols, label_func, vocab)
-    files = df['file'].tolist() if col is None else [str(Path(img_path)/f'{k}{suffix}') for k in keys]
-    if col is not None and not Path(img_path).is_dir(): raise ShelfError(f"no folder {img_path}: the images named in the table are looked for there")
+    labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab, label_func)
+    if valid_col is not None and valid_col not in df.columns: raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
+    pref = str(Path(path) if folder is None else Path(path)/folder)
+    files = df['file'].tolist() if col is None else [str(Path(pref)/f'{k}{suff}') for k in keys]
+    if col is not None and not Path(pref).is_dir(): raise ShelfError(f"no folder {pref}: the images named in the table are looked for there")
     if frame == 'all' and mask_path is not None: raise ShelfError("masks are one per file: frame='all' makes several images of one")
     settings = BuildSettings(size, shortest_side, max_side, gray, scale, frame)
     masks = ([None] * len(keys) if mask_path is None else
              [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
     n_workers = ifnone(n_workers, min(os.cpu_count() or 1, 8))
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
-    if shelf_kind(path) == 'sharded': raise ReadOnlyError(f"{path}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
-    with open_shelf(path, 'c', compression=compression, level=level) as shelf:
-        if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{path}: cannot take a build_shelf: {shelf.cannot_write}")
+    if shelf_kind(dest) == 'sharded': raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
+    with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
+        if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
-        shelf.update_meta(check=_check_same_build(path, settings), build=settings.as_meta(),
-                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta,
+        # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
+        shelf.update_meta(check=_check_same_build(dest, settings), build=settings.as_meta(),
+                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
+                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
-        extra = [c for c in df.columns if c not in listify(label_cols) + [col, 'file']]
+        label_names = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+        extra = [c for c in df.columns if c not in label_names + [col, 'file']]
         if extra and frame != 'all': shelf.set_table(df[extra].set_axis(keys))
         valid = [k for k in keys if key_bytes(k) is not None]
         # A file's frames commit in one transaction: its first frame there means all of them are
@@ -508,7 +599,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         finally: commit()  # an error or interrupt never loses what was decoded
         if frame == 'all': shelf.set_table(_frames_table(shelf.keys(), df[extra].set_axis(keys)))
         shelf.update_meta(n_records=len(shelf))
-    report = BuildReport(path, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
+    report = BuildReport(dest, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
     if progress: print(report)
     return report
 

@@ -18,12 +18,22 @@ from .build import build_shelf, convert_shelf
 __all__ = ['COMMANDS', 'build', 'hist_summary', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
 
 # %% ../nbs/07_cli.ipynb #f17e257c
+def _items(s:str, numbers:bool=False) -> list|None:
+    "Comma-separated `s` as a list (None if empty); with `numbers`, integers as ints (a vocab of grades)."
+    out = [c for c in (s or '').split(',') if c]
+    return [int(c) if numbers and c.lstrip('-').isdigit() else c for c in out] or None
+
 def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, extra columns)
           out:str, # the shelf to write (resumes if it exists)
-          img_path:str='.', # folder of the images
+          path:str='.', # the image root, as fastai's from_df: files are PATH/FOLDER/{id}{SUFF}
+          folder:str=None, # the images' folder under PATH
+          suff:str='', # appended to ids to name files, e.g. .jpg
           fn_col:str='0', # id column: a name or an index
-          suffix:str='', # appended to ids to name files, e.g. .jpg
-          label_cols:str='', # comma-separated label columns: several = multi-label, one = category
+          label_col:str='', # label column, or comma-separated 0/1 columns (multi-label)
+          label_delim:str=None, # split the label column's text into tags (multi-label), e.g. ' '
+          y_block:str=None, # regression, category or multi (fastai's RegressionBlock, CategoryBlock, MultiCategoryBlock)
+          vocab:str='', # comma-separated category values (or tags), in their order
+          valid_col:str=None, # a bool column marking the validation set (kept; from_shelf splits on it)
           size:int=None, # square output size (stretches, as the seed did)
           shortest_side:int=None, # keep aspect; the shorter side becomes this
           max_side:int=None, # keep aspect; shrink so the longer side is at most this
@@ -39,20 +49,26 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           frame:str='0', # the frame of multi-frame DICOM files to keep, or all: each frame a record (id#0000, id#0001, ...)
           mask_path:str=None, # folder of segmentation masks, one per image, stored as 'mask'
           mask_suffix:str='.png', # appended to ids to name mask files
-          codes:str=''): # comma-separated class names of the masks
+          codes:str='', # comma-separated class names of the masks
+          img_path:str=None, # deprecated: --path (and --folder)
+          suffix:str=None, # deprecated: --suff
+          label_cols:str=None): # deprecated: --label-col
     "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
-    kw = dict(img_path=img_path, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suffix=suffix,
-              label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
-              max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level, scale=scale,
-              frame=int(frame) if frame.lstrip('-').isdigit() else frame,
-              mask_path=mask_path, mask_suffix=mask_suffix, codes=[c for c in codes.split(',') if c] or None)
+    for old, new, v in (('img-path', 'path', img_path), ('suffix', 'suff', suffix), ('label-cols', 'label-col', label_cols)):
+        if v is not None: print(f"fastai-shelve build: --{old} is deprecated and goes in the next release: use --{new}", file=sys.stderr)
+    path, suff, label_col = img_path or path, suffix if suffix is not None else suff, label_cols if label_cols is not None else label_col
+    kw = dict(folder=folder, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suff=suff, label_col=_items(label_col),
+              label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, size=size,
+              shortest_side=shortest_side, max_side=max_side, gray=not rgb, strict=strict, compression=compression,
+              level=level, scale=scale, frame=int(frame) if frame.lstrip('-').isdigit() else frame, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes))
+    if kw['label_col'] and len(kw['label_col']) == 1: kw['label_col'] = kw['label_col'][0]
     if shards:
         from fastai_shelve.shards import build_sharded
-        reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, **kw)
+        reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, img_path=path, **kw)
         for r in reports: print(f"{r['path']}: {r['written']} written, {r['existing']} already there, {len(r['bad'])} bad, of {r['total']}")
         bad = [b for r in reports for b in r['bad']]
     else:
-        r = build_shelf(csv, out, n_workers=workers, progress=not quiet, **kw)
+        r = build_shelf(csv, out, path, n_workers=workers, progress=not quiet, **kw)
         if quiet: print(r)
         bad = r.bad
     for k,p,why in bad: print(f"bad: {p} (id {k!r}): {why}")

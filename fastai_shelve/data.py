@@ -4,29 +4,30 @@
 
 # %% ../nbs/05_data.ipynb #87041646
 from __future__ import annotations
-import os, inspect
+import os, errno, pickle, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastcore.foundation import L
 from fastai.torch_core import TensorImage, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
-from fastai.data.transforms import EncodedMultiCategorize, Categorize
+from fastai.data.transforms import EncodedMultiCategorize, Categorize, RegressionSetup
 from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
+from .codec import ShelfError
 from .store import ShelfBase, open_shelf, record_meta
-from .build import BuildSettings
+from .build import BuildSettings, block_kind
 from .fetch import ShelfDL, ShelfReader, needs_pil
 from .augment import XRAY_STATS
 
 # %% auto #0
 __all__ = ['TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter',
-           'MultiLabels', 'CategoryLabel', 'ShelfCategorize', 'ShelfMultiCategorize', 'GroupSplitter', 'KeySplitter',
-           'shelf_dblock', 'ShelfDataLoaders']
+           'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
+           'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 class TensorImageGray(TensorImageBW):
@@ -66,17 +67,42 @@ def ShelfMaskBlock(codes=None, pil:bool=False):
 
 # %% ../nbs/05_data.ipynb #96ff2d89
 class ShelfGetter(ShelfReader):
-    "Read `field` of the record of a shelf key; with `new_items`, image files, PIL images and arrays too, prepared as the build did."
-    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False, settings:BuildSettings=None):
-        super().__init__(shelf, field); store_attr('new_items,settings')
+    """Read `field` of a shelf key's record; with `new_items`, also a file (a `Path`, or a str that is no key), a DataFrame
+    row (its `fn_col` file, as the build named it), a PIL image, an array or a (C,H,W) tensor, prepared as the build did.
+    Floats follow fastai's rule: values in [0, 1] are ×255 (undoing `IntToFloatTensor`); other floats and 16-bit values are
+    scaled as the build scaled its files (`scale`)."""
+    input_types = (str, Path, pd.Series, Image.Image, np.ndarray, torch.Tensor)  # fastai's `test_dl` keeps this transform for all
+    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False, settings:BuildSettings=None, files:dict=None):
+        super().__init__(shelf, field); store_attr('new_items,settings,files')
     def encodes(self, o): return self.post(self.read(o))
     def read(self, o):
-        if isinstance(o, str): return self.shelf[o][self.field]
-        if not self.new_items: raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
-        if isinstance(o, Path): return self.settings.load(o)
-        if isinstance(o, torch.Tensor): o = o.numpy() if o.ndim == 2 else o.numpy().transpose(1, 2, 0)  # (C,H,W) as fastai holds images
+        if not self.new_items:
+            if isinstance(o, str): return self.shelf[o][self.field]
+            raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
+        if isinstance(o, pd.Series): o = self.file_of(o)
+        if isinstance(o, str):
+            rec = self.record(o)
+            if rec is not None: return rec[self.field]
+            o = Path(o)
+        if isinstance(o, Path):
+            if not o.is_file(): raise FileNotFoundError(errno.ENOENT, f"no image file (nor a key of {self.shelf.path})", str(o))
+            return self.settings.load(o)
+        if isinstance(o, torch.Tensor): o = o.detach().cpu().numpy(); o = o if o.ndim == 2 else o.transpose(1, 2, 0)  # (C,H,W) as fastai holds images
+        if isinstance(o, np.ndarray) and o.dtype.kind == 'f' and o.size and 0 <= np.nanmin(o) and np.nanmax(o) <= 1:
+            o = (o * 255).round().astype(np.uint8)
         if isinstance(o, (np.ndarray, Image.Image)): return self.settings.prepare(o)
-        raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a PIL image or an array")
+        raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a DataFrame row, a PIL image or an array")
+    def record(self, key:str) -> dict|None:
+        "The record of `key`, or None if it is no key here, or the shelf is not here (an exported Learner elsewhere)."
+        try: return self.shelf[key]
+        except KeyError: return None
+        except (ShelfError, OSError):
+            if os.path.exists(self.shelf.path): raise
+            return None
+    def file_of(self, row) -> Path:
+        "The file a DataFrame row names, as fastai's `ColReader(fn_col, pref, suff)` does with the build's `path/folder` and `suff`."
+        if not self.files: raise ShelfError(f"{self.shelf.path} was not built from a table: give test_dl files, not rows")
+        return Path(self.files['pref'])/f"{row[self.files['fn_col']]}{self.files['suff']}"
     def post(self, x): return x
 
 class MultiLabels(ShelfGetter):
@@ -91,6 +117,20 @@ class CategoryLabel(ShelfGetter):
     def post(self, x): return self.names[int(x)]
     def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).tolist()]
 
+class RegressionLabel(ShelfGetter):
+    "A record's float targets: a float for one column (as fastai's `ColReader` gives it), else a vector."
+    # `values`: a category shelf's numeric vocab, read as numbers; 0/1 multi-labels are floats as they are.
+    def __init__(self, shelf, n:int, values=None, field='labels'): super().__init__(shelf, field); self.n, self.values = n, values
+    def floats(self, x):
+        x = np.asarray(x)
+        return np.asarray(self.values, np.float32)[x.astype(np.int64)] if self.values is not None else x.astype(np.float32)
+    def post(self, x):
+        x = self.floats(x).reshape(-1)
+        return x[0] if self.n == 1 else x
+    def encodes_batch(self, o):
+        o = self.floats(o).reshape(len(o), -1)
+        return np.ascontiguousarray(o[:, 0] if self.n == 1 else o)
+
 class ShelfCategorize(Categorize):
     "fastai's `Categorize`, with the batch version `ShelfDL` runs on whole batches."
     def encodes_batch(self, o): return TensorCategory(torch.tensor([self.vocab.o2i[v] for v in o]))
@@ -98,6 +138,10 @@ class ShelfCategorize(Categorize):
 class ShelfMultiCategorize(EncodedMultiCategorize):
     "fastai's `EncodedMultiCategorize`, with the batch version `ShelfDL` runs on whole batches."
     def encodes_batch(self, o): return TensorMultiCategory(torch.from_numpy(o).float())
+
+class ShelfRegressionSetup(RegressionSetup):
+    "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), with the batch version."
+    def encodes_batch(self, o): return torch.from_numpy(o)
 
 # %% ../nbs/05_data.ipynb #c71896b1
 def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
@@ -129,14 +173,40 @@ def _meta_of(shelf:ShelfBase) -> dict:
     if meta.get('label_kind') is not None or 'build' in meta or not len(shelf): return meta
     return {**meta, **record_meta(shelf[shelf.keys()[0]])}
 
-def _label_getter(shelf:ShelfBase, meta:dict, label_names=None, y:str='labels', pil:bool=False):
-    "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), from its metadata `meta`; (None, None) for none."
-    if y == 'mask': return ShelfMaskBlock(meta.get('codes'), pil), ShelfGetter(shelf, 'mask')
-    kind = meta.get('label_kind')
+def _regression(shelf, meta:dict, n_out=None):
+    "(block, get_y) reading the shelf's labels as floats: its float targets, a numeric category or 0/1 labels."
+    kind, names = meta.get('label_kind'), meta.get('label_names')
     if kind == 'category':
-        return TransformBlock(type_tfms=ShelfCategorize(vocab=meta['vocab'], sort=False)), CategoryLabel(shelf, meta['vocab'])
+        values = meta['vocab']
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ShelfError(f"{shelf.path}: its categories {values[:5]} are not numbers: rebuild it with y_block=RegressionBlock")
+        n = 1
+    elif kind in ('regression', 'multi'): n, values = len(names), None
+    else: raise ShelfError(f"{shelf.path} has no labels for a RegressionBlock")
+    if n_out is not None and n_out != n: raise ShelfError(f"RegressionBlock(n_out={n_out}), but {shelf.path} holds {n} targets per record")
+    return TransformBlock(type_tfms=ShelfRegressionSetup(c=n)), RegressionLabel(shelf, n, values)
+
+def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, vocab=None, pil:bool=False):
+    "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), as its metadata and `y_block` say; (None, None) for none."
+    if y == 'mask': return ShelfMaskBlock(ifnone(vocab, meta.get('codes')), pil), ShelfGetter(shelf, 'mask')
+    if y != 'labels': raise ShelfError(f"y={y!r}: a shelf's targets are its records' labels (y='labels') or their mask (y='mask')")
+    kind = meta.get('label_kind')
+    want, n_out, bvocab = block_kind(y_block)
+    vocab = ifnone(vocab, bvocab)
+    if want == 'regression' or (want is None and kind == 'regression'): return _regression(shelf, meta, n_out)
+    if want is not None and want != kind:
+        raise ShelfError(f"y_block asks for {want} targets, and {shelf.path} holds {kind or 'no'} labels: "
+                         f"rebuild it with build_shelf(..., y_block=...), or read them with y_block=RegressionBlock")
+    if kind == 'category':
+        vocab = meta['vocab'] if vocab is None else list(vocab)
+        missing = [v for v in meta['vocab'] if v not in vocab]
+        if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
+        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), CategoryLabel(shelf, meta['vocab'])
     if kind != 'multi': return None, None
-    names = label_names or meta.get('label_names')
+    names = meta.get('label_names')
+    if vocab is not None:
+        if len(vocab) != len(names): raise ShelfError(f"vocab has {len(vocab)} names, and {shelf.path}'s labels {len(names)}")
+        names = vocab
     return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels')
 
 def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
@@ -152,40 +222,79 @@ def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
     if group_col is not None: return GroupSplitter(col(group_col), valid_pct, seed)
     return RandomSplitter(valid_pct, seed)
 
+def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
+    "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."
+    if not isinstance(shelf, ShelfBase): return open_shelf(shelf, allow_pickle=allow_pickle, **({} if lock is None else dict(lock=lock)))
+    # A copy as a spawned worker gets it: same class and settings, no handle; `len` opens its own (`meta` would not).
+    own = pickle.loads(pickle.dumps(shelf))
+    len(own)
+    return own
+
 # %% ../nbs/05_data.ipynb #a74e328a
-def shelf_dblock(shelf:ShelfBase, valid_pct:float=0.2, seed:int=None, valid_keys=None, valid_col:str=None,
-                 group_col:str=None, label_names=None, y:str='labels', item_tfms=None, batch_tfms=None,
-                 normalize:bool=True) -> DataBlock:
-    "A fastai `DataBlock` over `shelf`'s keys: image → target (`y`: 'labels', or 'mask' to segment), read by `ShelfDL`."
+def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of its own
+                 valid_pct:float=0.2, # random validation share (without `valid_col`, `group_col`, `valid_keys`)
+                 seed:int=None, # the random split's seed
+                 valid_col:str=None, # a bool column of the shelf's table marking the validation set (default: the build's)
+                 group_col:str=None, # split by groups of this table column (e.g. PatientID), each wholly on one side
+                 valid_keys=None, # or the validation keys themselves
+                 y:str='labels', # the target: the records' 'labels', or their 'mask' to segment
+                 y_block=None, # fastai's target block (default: the build's); `RegressionBlock` reads any numeric labels as floats
+                 vocab=None, # category (or label, or mask class) names, in their order
+                 item_tfms=None, # item transforms, as fastai's
+                 batch_tfms=None, # batch transforms, as fastai's
+                 normalize:bool=None, # None: a gray shelf's own statistics, RGB none (`vision_learner` adds ImageNet's if pretrained)
+                 allow_pickle:bool=False, # open a stdlib shelve file (its values are pickles)
+                 lock:bool=None, # LMDB's lock: None takes it unless the file system is read-only
+                 label_names=None, # deprecated: `vocab`
+                ) -> DataBlock:
+    "A fastai `DataBlock` over a shelf's keys: image → target, each batch read by `ShelfDL`."
+    if label_names is not None:
+        warnings.warn("label_names= is deprecated and goes in the next release: vocab=", DeprecationWarning, stacklevel=2)
+        vocab = ifnone(vocab, label_names)
+    shelf = _own_handle(shelf, allow_pickle, lock)
     pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
     meta = _meta_of(shelf)
-    y_block, get_y = _label_getter(shelf, meta, label_names, y, pil)
+    y_blk, get_y = _label_getter(shelf, meta, y, y_block, vocab, pil)
+    settings = BuildSettings.from_meta(meta.get('build'))
+    # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
+    # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
+    if normalize is None: normalize = settings.gray
     stats = meta.get('stats') or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
-    settings = BuildSettings.from_meta(meta.get('build'))
-    return DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_block,) if y_block else ()), dl_type=ShelfDL, n_inp=1,
-                     get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings), get_y=get_y,
-                     splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
-                     item_tfms=item_tfms, batch_tfms=batch_tfms)
+    if valid_keys is None and group_col is None: valid_col = ifnone(valid_col, meta.get('valid_col'))
+    db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
+                   get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=meta.get('files')), get_y=get_y,
+                   splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
+                   item_tfms=item_tfms, batch_tfms=batch_tfms)
+    db.shelf = shelf  # the handle its DataLoaders read, and whose keys they take
+    return db
 
 class ShelfDataLoaders(DataLoaders):
     "fastai `DataLoaders` over a shelf, each batch one read."
     @classmethod
-    @delegates(shelf_dblock, but=['shelf'])
-    def from_shelf(cls, shelf, bs:int=64, allow_pickle:bool=False, num_workers:int=None, **kwargs):
-        "`DataLoaders` from the shelf at `shelf` (a path or an open shelf), in the shape of `ImageDataLoaders.from_df`."
-        if not isinstance(shelf, ShelfBase): shelf = open_shelf(shelf, allow_pickle=allow_pickle)
+    @delegates(DataLoaders.from_dblock, but=['dblock', 'source'])
+    def from_shelf(cls, shelf, # a shelf, or its path: the DataLoaders keep a handle of their own
+                   valid_pct:float=0.2, seed:int=None, valid_col:str=None, group_col:str=None, valid_keys=None,
+                   y:str='labels', y_block=None, vocab=None, item_tfms=None, batch_tfms=None, normalize:bool=None,
+                   allow_pickle:bool=False, lock:bool=None,
+                   num_workers:int=None, # loader processes (default: 0 without item transforms, else fastai's)
+                   label_names=None, **kwargs):
+        "`DataLoaders` from a shelf, in the shape of `ImageDataLoaders.from_df` (the arguments of `shelf_dblock`)."
         # Without item transforms a batch is one read and one copy; worker processes would only add the copy
         # into shared memory (the benchmark: 8x slower with 2 workers). With augmentation they pay for themselves.
-        if num_workers is None: num_workers = None if kwargs.get('item_tfms') else 0
-        dk = {k:kwargs.pop(k) for k in list(kwargs) if k in inspect.signature(shelf_dblock).parameters}
-        dls = shelf_dblock(shelf, **dk).dataloaders(shelf.keys(), bs=bs, shelf=shelf, num_workers=num_workers, **kwargs)
+        if num_workers is None: num_workers = None if item_tfms else 0
+        db = shelf_dblock(shelf, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
+                          normalize, allow_pickle, lock, label_names)
+        dls = cls.from_dblock(db, db.shelf.keys(), num_workers=num_workers, **kwargs)
         return cls(*dls.loaders, path=dls.path, device=dls.device)
 
     def test_dl(self, test_items, **kwargs):
-        "A test `DataLoader` on shelf keys, image files, PIL images or arrays (the last three prepared as the shelf's images were)."
-        # A str naming an existing file is that file (how `learn.predict('new.jpg')` arrives); other strs are keys.
-        # Our getter takes every kind of item itself: no type transform is skipped (fastai would guess from the first item).
-        if kwargs.get('rm_type_tfms') is None: kwargs['rm_type_tfms'] = 0
-        return super().test_dl([Path(o) if isinstance(o, str) and os.path.isfile(o) else o for o in test_items], **kwargs)
+        "A test `DataLoader` on shelf keys, image files, a DataFrame's rows, PIL images or arrays, prepared as the shelf's were."
+        # Each item goes to the shelf's getter (see `ShelfGetter`); a DataFrame's rows as a list, so that `ShelfDL` indexes items.
+        if isinstance(test_items, pd.DataFrame): test_items = [r for _,r in test_items.iterrows()]
+        # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
+        # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
+        shelf = getattr(self.train, 'shelf', None)
+        no_shelf = shelf is None or not os.path.exists(shelf.path)
+        return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)

@@ -56,7 +56,7 @@ def run_demo(out='demo_out', n:int=400, size:int=128, epochs:int=3, bs:int=16, l
     from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
     out = Path(out); t0 = time.time()
     csv = out/'train.csv' if (out/'train.csv').exists() else make_demo_data(out, n=n)
-    report = build_shelf(csv, out/'train.shelf', img_path=out/'train', suffix='.jpg', label_cols=RANZCR_LABELS,
+    report = build_shelf(csv, out/'train.shelf', out, folder='train', suff='.jpg', label_col=RANZCR_LABELS,
                          size=size, n_workers=n_workers)
     crop = size * 7 // 8
     dls = ShelfDataLoaders.from_shelf(out/'train.shelf', group_col='PatientID', valid_pct=0.2, seed=42, bs=bs,

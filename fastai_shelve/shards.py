@@ -14,29 +14,32 @@ from .build import build_shelf, read_source, encode_labels, mp_context
 __all__ = ['build_sharded']
 
 # %% ../nbs/09_shards.ipynb #a274035a
-def _build_part(part, path, **kwargs):
+def _build_part(part, dest, **kwargs):
     "One Dask task: one shard, built (or resumed) by one process."
-    r = build_shelf(part, path, n_workers=0, progress=False, **kwargs)
-    return dict(path=str(path), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds)
+    r = build_shelf(part, dest, n_workers=0, progress=False, **kwargs)
+    return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds)
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   path, # the folder of shards to write (a rerun resumes each shard)
                   n_shards:int, # how many shard shelves
                   scheduler:str=None, # a dask.distributed scheduler address; None: local processes
                   n_workers:int=None, # local processes (default: cores)
-                  img_path='.', # folder of the images, the same path on every worker
+                  img_path='.', # the image root (`build_shelf`'s `path`), the same path on every worker
                   fn_col=0, # id column
-                  label_cols=None, # label columns, as for `build_shelf`
-                  **kwargs) -> list:
+                  **kwargs) -> list: # `build_shelf`'s: folder, suff, label_col, label_delim, y_block, vocab, size, ...
     "Build `source` into `n_shards` shard shelves in folder `path`, one Dask task each; a report per shard."
     import dask
     # Records go to shards by their own key: a file's frames would scatter, away from the shard its id names
     if kwargs.get('frame') == 'all': raise ShelfError("frame='all' is for build_shelf: shards place records by key, not by file")
     df, keys, col = read_source(source, fn_col)
-    _, label_meta = encode_labels(df, keys, label_cols, kwargs.get('label_func'), kwargs.pop('vocab', None))
+    lab = {k: kwargs.get(k) for k in ('label_col', 'label_delim', 'y_block', 'vocab', 'label_func')}
+    if lab['label_col'] is None: lab['label_col'] = kwargs.get('label_cols')  # today's spelling (`build_shelf` warns)
+    _, label_meta = encode_labels(df, keys, **lab)
     m = write_manifest(path, n_shards)
     shard = np.array([shard_of(k, n_shards) for k in keys])
-    kw = dict(img_path=str(img_path), fn_col=col if col is not None else 0, label_cols=label_cols, vocab=label_meta.get('vocab'), **kwargs)
+    # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
+    kw = {**kwargs, 'path': str(img_path), 'fn_col': col if col is not None else 0,
+          'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(path)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client

@@ -73,10 +73,14 @@ def _acquire_env(path:Path, readonly:bool, lock=None, map_size=None):
     e = _envs.get(k)
     if e is not None:
         if e.readonly and not readonly:
-            raise ShelfError(f"{path} is open read-only elsewhere in this process: close those shelves before writing to it")
+            raise ShelfError(f"{path} is open read-only elsewhere in this process (opened with lock=False, or not writable then): "
+                             f"close those shelves and the DataLoaders made from them (del dls, learn) before writing to it")
         e.refs += 1
         return e.env
     _drop_inherited(k[1])
+    # A reader opens read-write where it could write (its `Shelf` still refuses writes): LMDB allows one environment per
+    # path per process, and this way a rebuild in this process (a notebook whose DataLoaders hold the shelf) shares it.
+    readonly = readonly and not (lock is not False and path.exists() and os.access(path, os.W_OK) and not read_only_fs(path))
     size = os.path.getsize(path) if path.exists() else 0
     locked = _lock_ok(path, readonly, lock)
     if locked: prepare_lock(path)
@@ -736,7 +740,7 @@ def _stored_bytes(s) -> tuple:
             stored += sum(f.stored for f in lay.fields); raw += sum(f.nbytes for f in lay.fields)
     return stored, raw
 
-def shelf_info(path, allow_pickle:bool=False) -> dict:
+def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
     "Backend, record count, size on disk, compression, metadata and one record's fields of the shelf at `path`."
     path = Path(path)
     kind = shelf_kind(path)
@@ -748,7 +752,7 @@ def shelf_info(path, allow_pickle:bool=False) -> dict:
                        holds_pickles=True, bytes=sum(f.stat().st_size for f in path.parent.glob(path.name + '*')))
             if allow_pickle and len(s): res['sample'] = _fields(s[s.keys()[0]])
             return res
-    with open_shelf(path, check=True) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
+    with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
         keys = s.keys()
         files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
         res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),

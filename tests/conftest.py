@@ -29,7 +29,7 @@ def bars(tmp_path):
 def bars_shelf(bars):
     from fastai_shelve.build import build_shelf
     folder, df = bars
-    build_shelf(df, folder/'bars.shelf', img_path=folder, suffix='.jpg', label_cols=['a', 'b', 'c'], size=64,
+    build_shelf(df, folder/'bars.shelf', folder, suff='.jpg', label_col=['a', 'b', 'c'], size=64,
                 n_workers=0, progress=False)
     return folder/'bars.shelf', df
 
