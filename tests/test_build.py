@@ -20,7 +20,7 @@ def test_bad_inputs_reported_exactly(tmp_path):
     Image.fromarray(np.zeros((30, 30), np.uint8)).convert('P').save(p(7), format='PNG') # palette
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(p(8))                              # 1x1
     Image.fromarray(np.zeros((3, 20000), np.uint8)).save(p(9), format='PNG')            # very wide
-    r = build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=32,
+    r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=32,
                     n_workers=2, progress=False)
     bad = dict(zip(r.bad_df.key, r.bad_df.reason))
     assert sorted(bad) == sorted(ids[i] for i in (1, 2, 3, 4)), bad
@@ -35,7 +35,7 @@ def test_strict_stops_but_keeps_what_was_written(tmp_path):
     df = write_bars(tmp_path, 6)
     (tmp_path/'id0003.jpg').write_bytes(b'junk')
     with pytest.raises(ShelfError, match='id0003'):
-        build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', size=16, n_workers=0, strict=True, progress=False)
+        build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', size=16, n_workers=0, strict=True, progress=False)
     with open_shelf(tmp_path/'s.shelf') as s: assert s.keys() == ['id0000', 'id0001', 'id0002']
 
 @pytest.mark.parametrize('bad_df, match', [
@@ -47,18 +47,18 @@ def test_strict_stops_but_keeps_what_was_written(tmp_path):
 def test_bad_tables_fail_before_writing(tmp_path, bad_df, match):
     df = write_bars(tmp_path, 5)
     with pytest.raises(ShelfError, match=match):
-        build_shelf(bad_df(df), tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], progress=False)
+        build_shelf(bad_df(df), tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], progress=False)
     assert not (tmp_path/'s.shelf').exists()
 
 def test_label_func_widths_checked(tmp_path):
     df = write_bars(tmp_path, 4)
     f = lambda r: [1, 0] if r.name != 2 else [1, 0, 1]
-    with pytest.raises(ShelfError, match="'id0002'"): build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_func=f, progress=False)
+    with pytest.raises(ShelfError, match="'id0002'"): build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_func=f, progress=False)
 
 def test_non_string_ids_and_category_labels(tmp_path):
     for i in range(4): Image.fromarray(np.full((20, 20), i*40, np.uint8)).save(tmp_path/f'{100+i}.png')
     df = pd.DataFrame({'id': [100, 101, 102, 103], 'finding': ['cvc', 'ett', 'cvc', 'ngt']})
-    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.png', label_cols='finding', progress=False, n_workers=0)
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.png', label_col='finding', progress=False, n_workers=0)
     with open_shelf(tmp_path/'s.shelf') as s:
         assert s.keys() == ['100', '101', '102', '103'] and s.meta['vocab'] == ['cvc', 'ett', 'ngt']
         assert int(s['103']['labels']) == 2
@@ -76,7 +76,7 @@ def test_resize_modes(tmp_path):
 
 def test_parallel_equals_serial(tmp_path):
     df = write_bars(tmp_path, 20)
-    kw = dict(img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=48, progress=False)
+    kw = dict(path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=48, progress=False)
     build_shelf(df, tmp_path/'p.shelf', n_workers=2, **kw); build_shelf(df, tmp_path/'q.shelf', n_workers=0, **kw)
     with open_shelf(tmp_path/'p.shelf') as p, open_shelf(tmp_path/'q.shelf') as q:
         assert p.keys() == q.keys()
@@ -90,7 +90,7 @@ BUILD = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf
     df = pd.read_csv(sys.argv[1])
-    build_shelf(df, sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'], size=96,
+    build_shelf(df, sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'], size=96,
                 n_workers=int(sys.argv[4]), commit_every=5, progress=False)
 ''')
 
@@ -107,7 +107,7 @@ def test_resume_after_kill(tmp_path, kill_after):
         done = s.keys()
         assert len(done) < 120, 'the build finished before the kill: make the test slower'
         assert not s.verify()  # every record present decodes and matches its checksum
-    r = build_shelf(df, shelf, img_path=tmp_path, suffix='.png', label_cols=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
+    r = build_shelf(df, shelf, path=tmp_path, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
     assert r.existing == len(done) and r.written == 120 - len(done)
     with open_shelf(shelf) as s:
         assert s.keys() == sorted(df.StudyInstanceUID)
@@ -117,7 +117,7 @@ def test_resume_after_kill(tmp_path, kill_after):
 def test_resume_with_tuple_size(tmp_path):
     "A (h, w) size comes back from the metadata as a list; resuming with the same tuple must not look like new settings."
     df = write_bars(tmp_path, 4)
-    kw = dict(img_path=tmp_path, suffix='.jpg', size=(40, 80), n_workers=0, progress=False)
+    kw = dict(path=tmp_path, suff='.jpg', size=(40, 80), n_workers=0, progress=False)
     build_shelf(df.iloc[:2], tmp_path/'s.shelf', **kw)
     r = build_shelf(df, tmp_path/'s.shelf', **kw)
     assert (r.existing, r.written) == (2, 2)

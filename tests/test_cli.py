@@ -11,8 +11,8 @@ def test_build_info_verify(tmp_path):
     df = write_bars(tmp_path, 10)
     (tmp_path/'id0004.jpg').write_bytes(b'broken')
     df.to_csv(tmp_path/'train.csv', index=False)
-    r = run('build', tmp_path/'train.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
-            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 32, '--workers', 2, '--quiet')
+    r = run('build', tmp_path/'train.csv', tmp_path/'t.shelf', '--path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suff', '.jpg', '--label-col', 'a,b,c', '--size', 32, '--workers', 2, '--quiet')
     assert r.returncode == 1, r.stderr  # 1: done, but bad records were found
     assert '9 written' in r.stdout and "bad:" in r.stdout and 'id0004' in r.stdout
     r = run('info', tmp_path/'t.shelf')
@@ -20,8 +20,8 @@ def test_build_info_verify(tmp_path):
     r = run('verify', tmp_path/'t.shelf')
     assert r.returncode == 0 and '9 of 9 records ok' in r.stdout
     df.drop(index=4).to_csv(tmp_path/'good.csv', index=False)
-    r = run('build', tmp_path/'good.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
-            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 32, '--quiet')
+    r = run('build', tmp_path/'good.csv', tmp_path/'t.shelf', '--path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suff', '.jpg', '--label-col', 'a,b,c', '--size', 32, '--quiet')
     assert r.returncode == 0 and '0 written, 9 already there, 0 bad' in r.stdout, r.stdout + r.stderr
 
 def test_build_compressed_and_convert(tmp_path):
@@ -29,8 +29,8 @@ def test_build_compressed_and_convert(tmp_path):
     df['StudyInstanceUID'] = [f'{i:03d}' for i in range(12)]  # ids with leading zeros stay text
     for i in range(12): (tmp_path/f'id{i:04d}.jpg').rename(tmp_path/f'{i:03d}.jpg')
     df.to_csv(tmp_path/'train.csv', index=False)
-    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
-            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 48, '--compression', 'zstd', '--quiet')
+    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suff', '.jpg', '--label-col', 'a,b,c', '--size', 48, '--compression', 'zstd', '--quiet')
     assert r.returncode == 0 and '12 written' in r.stdout, r.stdout + r.stderr
     r = run('info', tmp_path/'z.shelf')
     assert r.returncode == 0 and 'compression: zstd' in r.stdout, r.stdout
@@ -41,8 +41,8 @@ def test_build_compressed_and_convert(tmp_path):
         assert z.keys() == raw.keys() == [f'{i:03d}' for i in range(12)]
         np.testing.assert_array_equal(z.get_batch(z.keys())['image'], raw.get_batch(z.keys())['image'])
         assert raw.meta['compression'] is None and raw.meta['label_names'] == ['a', 'b', 'c']
-    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--img-path', tmp_path, '--fn-col', 'StudyInstanceUID',
-            '--suffix', '.jpg', '--label-cols', 'a,b,c', '--size', 48, '--compression', 'gzip', '--quiet')
+    r = run('build', tmp_path/'train.csv', tmp_path/'z.shelf', '--path', tmp_path, '--fn-col', 'StudyInstanceUID',
+            '--suff', '.jpg', '--label-col', 'a,b,c', '--size', 48, '--compression', 'gzip', '--quiet')
     assert r.returncode == 2 and 'unknown compression' in r.stderr and 'Traceback' not in r.stderr
 
 def test_verify_fails_on_a_changed_byte(tmp_path):

@@ -10,7 +10,7 @@ def run(*args): return subprocess.run([EXE, *map(str, args)], capture_output=Tru
 def test_missing_image_folder_is_one_message(tmp_path):
     df = write_bars(tmp_path, 6)
     df.to_csv(tmp_path/'t.csv', index=False)
-    r = run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--img-path', tmp_path/'nowhere', '--suffix', '.jpg', '--quiet')
+    r = run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--path', tmp_path/'nowhere', '--suff', '.jpg', '--quiet')
     assert r.returncode == 2 and r.stdout == '' and 'Traceback' not in r.stderr
     assert r.stderr.count('\n') == 1 and 'no folder' in r.stderr and 'nowhere' in r.stderr and 'missing file' not in r.stderr
     assert not (tmp_path/'t.shelf').exists()  # refused before anything was written
@@ -28,7 +28,7 @@ def test_help_and_version():
 def test_info_summarises_the_histogram(tmp_path):
     df = write_bars(tmp_path, 6)
     df.to_csv(tmp_path/'t.csv', index=False)
-    assert run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--suffix', '.jpg', '--quiet').returncode == 0
+    assert run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--path', tmp_path, '--suff', '.jpg', '--quiet').returncode == 0
     r = run('info', tmp_path/'t.shelf')
     lines = r.stdout.splitlines()
     assert r.returncode == 0 and max(map(len, lines)) < 600, max(map(len, lines))  # was one 2 KB line of 256 counts
@@ -44,7 +44,7 @@ def test_frame_all_from_the_command_line(tmp_path):
     from test_dicom import write_dicom
     write_dicom(tmp_path/'c.dcm', np.stack([np.full((10, 12), 100 * i) + np.arange(12) for i in range(3)]))
     (tmp_path/'t.csv').write_text('id\nc\n')
-    r = run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--img-path', tmp_path, '--suffix', '.dcm', '--frame', 'all', '--quiet')
+    r = run('build', tmp_path/'t.csv', tmp_path/'t.shelf', '--path', tmp_path, '--suff', '.dcm', '--frame', 'all', '--quiet')
     assert r.returncode == 0 and '3 written' in r.stdout, r.stdout + r.stderr
     from fastai_shelve.store import open_shelf
     with open_shelf(tmp_path/'t.shelf') as s: assert s.keys() == ['c#0000', 'c#0001', 'c#0002'] and s.table.file.tolist() == ['c'] * 3

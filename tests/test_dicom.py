@@ -121,7 +121,7 @@ def test_frame_all_stores_every_frame_with_its_file(tmp_path):
     for k,n in files.items(): cine(tmp_path, k, n)
     write_enhanced_ct(tmp_path/'ect.dcm')
     df = pd.DataFrame({'id': list(files) + ['ect'], 'y': ['a', 'b', 'a', 'b'], 'PatientID': ['p1', 'p1', 'p2', 'p3']})
-    kw = dict(img_path=tmp_path, suffix='.dcm', label_cols='y', size=(20, 40), frame='all', progress=False)
+    kw = dict(path=tmp_path, suff='.dcm', label_col='y', size=(20, 40), frame='all', progress=False)
     r = build_shelf(df.iloc[:2], tmp_path/'s.shelf', n_workers=0, **kw)  # part of the table, then the rest (resume)
     assert r.written == 6
     r = build_shelf(df, tmp_path/'s.shelf', n_workers=2, **kw)
@@ -145,7 +145,7 @@ def test_frame_all_splits_by_file(tmp_path):
     from fastai_shelve.data import ShelfDataLoaders
     for k in range(6): cine(tmp_path, f'f{k}', 4)
     df = pd.DataFrame({'id': [f'f{k}' for k in range(6)], 'y': list('ababab')})
-    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.dcm', label_cols='y', size=16, frame='all', n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.dcm', label_col='y', size=16, frame='all', n_workers=0, progress=False)
     dls = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', group_col='file', valid_pct=0.3, seed=0, bs=4)
     files = lambda items: {k.rpartition('#')[0] for k in items}
     assert len(dls.train.items) + len(dls.valid.items) == 24 and len(dls.valid.items) % 4 == 0 and dls.valid.items
@@ -155,11 +155,11 @@ def test_frame_all_refused_where_it_cannot_hold(tmp_path):
     cine(tmp_path, 'c', 2)
     df = pd.DataFrame({'id': ['c']})
     with pytest.raises(ShelfError, match='masks are one per file'):
-        build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.dcm', frame='all', mask_path=tmp_path, progress=False)
+        build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.dcm', frame='all', mask_path=tmp_path, progress=False)
     pytest.importorskip('dask')
     from fastai_shelve.shards import build_sharded
     with pytest.raises(ShelfError, match='shards place records by key'):
-        build_sharded(df, tmp_path/'sh', 2, img_path=tmp_path, suffix='.dcm', frame='all')
+        build_sharded(df, tmp_path/'sh', 2, img_path=tmp_path, suff='.dcm', frame='all')
 
 # Reasons that say what is wrong
 

@@ -50,7 +50,7 @@ def test_whole_batch_equals_items_for_rgb_and_categories(tmp_path):
     rng = np.random.default_rng(3)
     for i in range(13): Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(tmp_path/f'{i}.png')
     df = pd.DataFrame({'id': range(13), 'finding': rng.choice(['cvc', 'ett', 'ngt'], 13)})
-    build_shelf(df, tmp_path/'c.shelf', img_path=tmp_path, suffix='.png', label_cols='finding', gray=False, progress=False, n_workers=0)
+    build_shelf(df, tmp_path/'c.shelf', path=tmp_path, suff='.png', label_col='finding', gray=False, progress=False, n_workers=0)
     dls = ShelfDataLoaders.from_shelf(tmp_path/'c.shelf', bs=4, seed=0, num_workers=0, shuffle=False)
     dl = dls.train.new(drop_last=False)
     assert dl.batch_plans() is not None

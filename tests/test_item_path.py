@@ -49,9 +49,9 @@ def bars_png(tmp_path_factory):
     df = write_bars(tmp, 12, ext='.png')
     df['fn'] = df.StudyInstanceUID + '.png'
     df['y'] = [f'c{i % 3}' for i in range(len(df))]
-    kw = dict(img_path=tmp, fn_col='StudyInstanceUID', suffix='.png', n_workers=0, progress=False)
-    build_shelf(df, tmp/'multi.shelf', label_cols=['a', 'b', 'c'], **kw)
-    build_shelf(df, tmp/'cat.shelf', label_cols='y', **kw)
+    kw = dict(path=tmp, fn_col='StudyInstanceUID', suff='.png', n_workers=0, progress=False)
+    build_shelf(df, tmp/'multi.shelf', label_col=['a', 'b', 'c'], **kw)
+    build_shelf(df, tmp/'cat.shelf', label_col='y', **kw)
     return tmp, df
 
 @pytest.mark.parametrize('workers', [0, 2])
@@ -91,7 +91,7 @@ def test_mask_item_transform_equals_fastai(tmp_path, workers):
         Image.fromarray(m).save(tmp_path/'msk'/f'k{i:02d}_mask.png')
     df = pd.DataFrame({'id': [f'k{i:02d}' for i in range(10)]})
     codes = ['background', 'tube', 'marker']
-    build_shelf(df, tmp_path/'seg.shelf', img_path=tmp_path/'img', suffix='.png', mask_path=tmp_path/'msk', mask_suffix='_mask.png',
+    build_shelf(df, tmp_path/'seg.shelf', path=tmp_path/'img', suff='.png', mask_path=tmp_path/'msk', mask_suffix='_mask.png',
                 codes=codes, n_workers=0, progress=False)
     kw = dict(bs=4, item_tfms=OnMask(), num_workers=workers)
     ours = ShelfDataLoaders.from_shelf(tmp_path/'seg.shelf', y='mask', seed=0, valid_pct=0.2, normalize=False, **kw)

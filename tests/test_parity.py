@@ -34,7 +34,7 @@ INFER = textwrap.dedent('''
 def test_export_then_infer_in_a_fresh_process_without_the_shelf(tmp_path):
     "Kaggle's layout: train and export; then, with the shelf deleted, another process predicts on new PNG files."
     df = write_bars(tmp_path, 40, ext='.png')
-    build_shelf(df, tmp_path/'train.shelf', img_path=tmp_path, suffix='.png', label_cols=['a', 'b', 'c'], size=(48, 40),
+    build_shelf(df, tmp_path/'train.shelf', path=tmp_path, suff='.png', label_col=['a', 'b', 'c'], size=(48, 40),
                 n_workers=0, progress=False)
     dls = ShelfDataLoaders.from_shelf(tmp_path/'train.shelf', bs=8, seed=0)
     learn = Learner(dls, tiny_model(3), loss_func=BCEWithLogitsLossFlat())
@@ -58,7 +58,7 @@ def test_export_then_infer_in_a_fresh_process_without_the_shelf(tmp_path):
 def test_fastai_item_transforms_work_as_on_files(tmp_path, tfm):
     "fastai's own item transforms on a shelf kept at full size: the same validation batches as ImageDataLoaders.from_df on the files."
     df = write_bars(tmp_path, 16, ext='.png'); df['fn'] = df.StudyInstanceUID + '.png'
-    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, fn_col='StudyInstanceUID', suffix='.png', label_cols=['a', 'b', 'c'],
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col=['a', 'b', 'c'],
                 n_workers=0, progress=False)  # no resize: the records are the files' pixels
     kw = dict(bs=4, seed=0, item_tfms=tfm, num_workers=0)
     ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', normalize=False, **kw)
@@ -78,7 +78,7 @@ def test_pil_transforms_on_tensor_items_run_as_on_files(tmp_path):
     from fastai_shelve.fetch import ShelfDL
     from fastai_shelve.store import open_shelf
     df = write_bars(tmp_path, 8, ext='.png')
-    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.png', size=64, n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.png', size=64, n_workers=0, progress=False)
     shelf = open_shelf(tmp_path/'s.shelf')
     db = DataBlock(blocks=(ShelfImageBlock(),), get_x=ShelfGetter(shelf), item_tfms=Resize(32), dl_type=ShelfDL)
     dl = db.dataloaders(shelf.keys(), bs=4, num_workers=0).valid
@@ -94,7 +94,7 @@ def test_labels_vocab_and_decoding_match_from_df(tmp_path, kind):
     vals = {'int': [i % 12 for i in range(24)], 'float': [(i % 3) / 2 for i in range(24)], 'bool': [i % 2 == 0 for i in range(24)],
             'str': [f'c{i % 11}' for i in range(24)]}[kind]
     df['y'] = vals; df['fn'] = df.StudyInstanceUID + '.png'
-    build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, fn_col='StudyInstanceUID', suffix='.png', label_cols='y', size=32,
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='y', size=32,
                 n_workers=0, progress=False)
     ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, seed=0)
     files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', bs=4, seed=0, img_cls=PILImageBW, item_tfms=Resize(32))
@@ -128,7 +128,7 @@ def test_masks_from_files_to_a_unet(tmp_path):
         Image.fromarray(m).save(tmp_path/'msk'/f'k{i:02d}_mask.png')
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path/'msk'/'k11_mask.png')  # a mask of another size: reported
     df = pd.DataFrame({'id': [f'k{i:02d}' for i in range(12)]})
-    r = build_shelf(df, tmp_path/'seg.shelf', img_path=tmp_path/'img', suffix='.png', size=64, mask_path=tmp_path/'msk',
+    r = build_shelf(df, tmp_path/'seg.shelf', path=tmp_path/'img', suff='.png', size=64, mask_path=tmp_path/'msk',
                     mask_suffix='_mask.png', codes=['background', 'tube', 'marker'], n_workers=0, progress=False)
     assert r.written == 11 and [b[0] for b in r.bad] == ['k11'] and 'mask' in r.bad[0][2]
     from fastai_shelve.store import open_shelf

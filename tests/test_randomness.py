@@ -14,7 +14,7 @@ def copies(tmp_path_factory):
     img = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
     for i in range(16): Image.fromarray(img).save(tmp/f'k{i:02d}.png')
     df = pd.DataFrame({'id': [f'k{i:02d}' for i in range(16)], 'a': [i % 2 for i in range(16)], 'b': [1] * 16})
-    build_shelf(df, tmp/'s.shelf', img_path=tmp, suffix='.png', label_cols=['a', 'b'], n_workers=0, progress=False)
+    build_shelf(df, tmp/'s.shelf', path=tmp, suff='.png', label_col=['a', 'b'], n_workers=0, progress=False)
     return tmp/'s.shelf'
 
 def augmented(path, workers, epochs, seed=None, **kw):

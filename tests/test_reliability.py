@@ -11,7 +11,7 @@ from conftest import write_bars, kill_when
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf
-    build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+    build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                 size=96, n_workers=int(sys.argv[4]), commit_every=7, progress=False)
 ''')
 
@@ -38,7 +38,7 @@ def test_kill_during_build_then_resume(kill_corpus, tmp_path, i):
         n = len(s)
         assert 0 < n <= 300 and not s.verify()  # no partial or corrupt record (the kill may follow the last commit)
         for k,r in zip(s.keys(), s.get_many(s.keys())): np.testing.assert_array_equal(r['image'], clean[k]['image'])
-    r = build_shelf(df, shelf, img_path=d, suffix='.png', label_cols=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
+    r = build_shelf(df, shelf, path=d, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
     print(f'build kill {i}: {n} whole records survived, {r.written} resumed')
     assert (r.existing, r.written) == (n, 300 - n)
     with open_shelf(shelf) as s: assert s.keys() == sorted(df.StudyInstanceUID)
@@ -59,7 +59,7 @@ def test_kill_during_compressed_build_then_resume(kill_corpus, tmp_path, i):
         n = len(s)
         assert 0 < n <= 300 and not s.verify()
         np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
-    r = build_shelf(df, shelf, img_path=d, suffix='.png', label_cols=['a', 'b', 'c'], size=96, n_workers=0, progress=False,
+    r = build_shelf(df, shelf, path=d, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False,
                     compression='zstd')
     assert (r.existing, r.written) == (n, 300 - n)
     with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
@@ -152,13 +152,13 @@ def test_disk_full_stops_cleanly_and_resumes(tmp_path):
     if not _tmpfs(small, '1m'): pytest.skip('cannot mount a size-limited tmpfs here (needs root)')
     try:
         with pytest.raises(ShelfError, match='write failed|No space|space'):
-            build_shelf(df, small/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=(256, 256),
+            build_shelf(df, small/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=(256, 256),
                         n_workers=0, commit_every=4, progress=False)
         with open_shelf(small/'s.shelf') as s:
             n = len(s); assert not s.verify()
         assert 0 < n < 60
         subprocess.run(['mount', '-o', 'remount,size=64m', str(small)], check=True)  # space freed
-        r = build_shelf(df, small/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=(256, 256),
+        r = build_shelf(df, small/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=(256, 256),
                         n_workers=0, progress=False)
         assert r.existing == n and r.written == 60 - n
         with open_shelf(small/'s.shelf') as s: assert len(s) == 60 and not s.verify()
@@ -264,7 +264,7 @@ TWO_BUILDS = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf
     from fastai_shelve.codec import ShelfError
-    try: build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+    try: build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                      size=int(sys.argv[4]), n_workers=0, commit_every=3, progress=False)
     except ShelfError as e: print('refused:', e); sys.exit(3)
 ''')
@@ -290,7 +290,7 @@ KILL_WORKERS = textwrap.dedent('''
     import fastai_shelve.build as b
     _load = b.load_image
     b.load_image = lambda *a, **k: (time.sleep(0.2), _load(*a, **k))[1]  # slow decodes: the kill finds the workers busy
-    b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+    b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                   size=32, n_workers=2, progress=False)
 ''')
 
@@ -347,7 +347,7 @@ def test_small_things(tmp_path):
     from fastai_shelve.store import ReadOnlyError
     df = write_bars(tmp_path, 6)
     df.loc[2, 'StudyInstanceUID'] = 'x' * 600
-    r = build_shelf(df, tmp_path/'s.shelf', img_path=tmp_path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=32, n_workers=0, progress=False)
+    r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=32, n_workers=0, progress=False)
     assert r.written == 5 and len(r.bad) == 1 and '511 bytes' in r.bad[0][2]  # one bad id, the build goes on
     with open_shelf(tmp_path/'s.shelf') as s: assert '' not in s and 'x' * 600 not in s and len(s) == 5
     (tmp_path/'sh').mkdir()
@@ -360,5 +360,5 @@ def test_small_things(tmp_path):
         if subprocess.run(['mount', '-o', 'remount,ro,bind', str(ro)], capture_output=True).returncode: pytest.skip('cannot remount read-only')
         with pytest.raises(ReadOnlyError, match='not writable'): open_shelf(ro/'new.shelf', 'c')
         with pytest.raises(ReadOnlyError, match='not writable'):
-            build_shelf(df.iloc[:2], ro/'b.shelf', img_path=tmp_path, suffix='.jpg', size=32, n_workers=0, progress=False)
+            build_shelf(df.iloc[:2], ro/'b.shelf', path=tmp_path, suff='.jpg', size=32, n_workers=0, progress=False)
     finally: subprocess.run(['umount', str(ro)], capture_output=True)

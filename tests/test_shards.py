@@ -9,13 +9,13 @@ from fastai_shelve.codec import ShelfError
 from fastai_shelve.data import ShelfDataLoaders
 from conftest import write_bars, kill_when
 
-KW = dict(suffix='.jpg', label_cols=['a', 'b', 'c'], size=48)
+KW = dict(suff='.jpg', label_col=['a', 'b', 'c'], size=48)
 
 @pytest.fixture
 def sharded(tmp_path):
     df = write_bars(tmp_path, 40)
     reports = build_sharded(df, tmp_path/'sh', 3, n_workers=2, img_path=tmp_path, **KW)
-    build_shelf(df, tmp_path/'one.shelf', img_path=tmp_path, n_workers=0, progress=False, **KW)
+    build_shelf(df, tmp_path/'one.shelf', path=tmp_path, n_workers=0, progress=False, **KW)
     return tmp_path, df, reports
 
 def test_sharded_equals_single(sharded):
@@ -39,7 +39,7 @@ from fastai_shelve.shards import _build_part
 _load = b.load_image
 b.load_image = lambda *a, **k: (time.sleep(0.05), _load(*a, **k))[1]  # a slower decode, so the kill lands mid-shard
 part = pd.read_csv(sys.argv[1])
-_build_part(part, sys.argv[2], img_path=sys.argv[3], fn_col='StudyInstanceUID', suffix='.jpg', label_cols=['a', 'b', 'c'],
+_build_part(part, sys.argv[2], path=sys.argv[3], fn_col='StudyInstanceUID', suff='.jpg', label_col=['a', 'b', 'c'],
             size=48, commit_every=2)
 """
 
@@ -73,7 +73,7 @@ def test_dataloaders_and_cli_on_shards(sharded):
     r = subprocess.run([exe, 'verify', str(d/'sh')], capture_output=True, text=True)
     assert r.returncode == 0 and '40 of 40 records ok' in r.stdout
     df.to_csv(d/'t.csv', index=False)
-    r = subprocess.run([exe, 'build', str(d/'t.csv'), str(d/'sh2'), '--img-path', str(d), '--suffix', '.jpg', '--size', '48',
-                        '--label-cols', 'a,b,c', '--shards', '2', '--workers', '2'], capture_output=True, text=True)
+    r = subprocess.run([exe, 'build', str(d/'t.csv'), str(d/'sh2'), '--path', str(d), '--suff', '.jpg', '--size', '48',
+                        '--label-col', 'a,b,c', '--shards', '2', '--workers', '2'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     with open_shelf(d/'sh2') as s: assert len(s) == 40 and s.n == 2
