@@ -94,11 +94,9 @@ class ShelfGetter(ShelfReader):
         raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a DataFrame row, a PIL image or an array")
     def record(self, key:str) -> dict|None:
         "The record of `key`, or None if it is no key here, or the shelf is not here (an exported Learner elsewhere)."
+        if not os.path.exists(self.shelf.path): return None
         try: return self.shelf[key]
         except KeyError: return None
-        except (ShelfError, OSError):
-            if os.path.exists(self.shelf.path): raise
-            return None
     def file_of(self, row) -> Path:
         "The file a DataFrame row names, as fastai's `ColReader(fn_col, pref, suff)` does with the build's `path/folder` and `suff`."
         if not self.files: raise ShelfError(f"{self.shelf.path} was not built from a table: give test_dl files, not rows")

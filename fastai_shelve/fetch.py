@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
-import weakref
+import os, weakref
 from contextlib import contextmanager
 import numpy as np
 from fastcore.basics import ifnone, merge, store_attr, noop
@@ -99,7 +99,7 @@ class ShelfDL(TfmdDL):
 
     def keys_of(self, idxs) -> list:
         "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
-        items = self.dataset.items
+        items = getattr(self.dataset.items, 'iloc', self.dataset.items)  # a DataFrame's rows: `test_dl(df)`
         return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
 
     def batch_plans(self):
@@ -134,7 +134,9 @@ class ShelfDL(TfmdDL):
         return self.do_batch(b) if b else None
 
     def create_batches(self, samps):
-        if self.prebatched or self.shelf is None: yield from super().create_batches(samps); return
+        # No shelf here (an exported Learner elsewhere): fastai's own per-item path, the getter reads files
+        if self.prebatched or self.shelf is None or not os.path.exists(self.shelf.path):
+            yield from super().create_batches(samps); return
         plans = self.batch_plans()
         for idxs in self.chunkify(samps):
             keys = self.keys_of(idxs)

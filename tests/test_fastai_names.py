@@ -8,6 +8,7 @@ from fastai.vision.all import (ImageDataLoaders, RegressionBlock, CategoryBlock,
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.store import open_shelf, shelf_info
 from fastai_shelve.build import build_shelf
+from fastai.learner import load_learner
 from fastai_shelve.data import ShelfDataLoaders, shelf_dblock
 from fastai_shelve.cli import main
 from conftest import write_bars
@@ -201,6 +202,13 @@ def test_predict_and_test_dl_on_plain_dataloaders(bars_shelf):
     assert torch.equal(xu, xf)
     xt, = dls.test_dl([torch.from_numpy(a)[None].float() / 255]).one_batch()
     assert torch.equal(xu, xt)
+    x_df, = dls.test_dl(df.iloc[:3]).one_batch()  # a DataFrame's rows: the files its fn_col names
+    assert torch.equal(x_df, dls.test_dl([folder/f'{k}.jpg' for k in df.StudyInstanceUID[:3]]).one_batch()[0])
+    learn.export(folder/'m.pkl')
+    path.rename(folder/'elsewhere.shelf')  # inference without the shelf
+    learn2 = load_learner(folder/'m.pkl')
+    for item in (f, str(f)): assert torch.equal(learn2.predict(item)[2], probs['path'])
+    with pytest.raises(FileNotFoundError, match='id0005.jgp'): learn2.predict(str(folder/'id0005.jgp'))
 
 def test_test_dl_dataframe_on_shelf_dataloaders(bars_shelf):
     path, df = bars_shelf
