@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_store.ipynb #1907a88d
 from __future__ import annotations
-import os, sys, json, time, shelve, dbm, struct, threading, errno, signal, subprocess
+import os, sys, json, time, shelve, dbm, struct, threading, errno, signal, subprocess, stat, hashlib, uuid
 from abc import abstractmethod
 from pathlib import Path
 from contextlib import contextmanager
@@ -13,15 +13,16 @@ from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 import zlib, numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
-from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record, record_layout, check_compression
+from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
+                                 record_layout, check_compression, check_key, check_crc, bind_key, record_version, RecordTooLargeError)
 import fastai_shelve
 
 # %% auto #0
 __all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
-           'DamagedStoreError', 'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf',
-           'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf',
-           'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf',
-           'record_meta', 'shelf_info']
+           'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'read_only_fs', 'prepare_lock',
+           'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_regular', 'check_lmdb_file', 'check_lmdb_size',
+           'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names', 'read_manifest',
+           'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -29,6 +30,9 @@ class PickleRefusedError(ShelfError):
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
 class DamagedStoreError(ShelfError): "A shelf file whose structure LMDB cannot walk: damaged pages, found in a child process."
+class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
+class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
+class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
 
 LMDB_MAGIC = 0xBEEFC0DE
 
@@ -197,21 +201,25 @@ def _pool() -> ThreadPoolExecutor:
     return p
 
 def key_bytes(key) -> bytes|None:
-    "`key` as LMDB key bytes, or None if it cannot be one (empty, over 511 bytes, not a str)."
+    "`key` as LMDB key bytes, or None if it cannot be one (empty, over 511 bytes, not a str, not valid UTF-8)."
     if not isinstance(key, str): return None
-    b = key.encode('utf-8', 'surrogatepass')
+    try: b = key.encode('utf-8')  # strict: a lone surrogate written would come back as U+FFFD, a key nobody can read
+    except UnicodeEncodeError: return None
     return b if 0 < len(b) <= 511 else None
 
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file: safe codec, one read transaction per `get_many`, one handle per process."
-    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check:bool=False):
+    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check:bool=None):
         if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression)
         path = Path(path)
         if mode == 'n':
-            for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
+            try:
+                for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
+            except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
         if path.exists() or mode in ('r', 'w'): check_lmdb_file(path)
-        if check and path.exists(): check_structure(path, _lock_ok(path, mode == 'r', lock))  # before this process trusts it
+        # A reader walks each file version once, in a child: LMDB aborts or faults on damaged pages, and the child takes the blow
+        if ifnone(check, mode == 'r') and path.exists(): check_structure(path, _lock_ok(path, mode == 'r', lock))
         if not path.exists() and not os.access(path.parent if path.parent.exists() else '.', os.W_OK):
             raise ReadOnlyError(f"{path}: cannot create a shelf here: the folder is not writable")
         store_attr('path,mode,lock,map_size,compression,level')
@@ -220,10 +228,13 @@ class Shelf(ShelfBase):
 
     def _open(self):
         "Open (or share) this process's environment and its two databases; check the format version."
+        if getattr(self, '_fd', None) is not None: self._drop_fd()  # inherited through fork: ours to close
         self._env = _acquire_env(self.path, self.readonly, self.lock, self.map_size)
         self._locked = self._env.flags()['lock']
         self._pid, self._meta = os.getpid(), None
         try:
+            self._fd = os.open(self.path, os.O_RDONLY)  # the mapped file itself, even if renamed over: fstat'd per read
+            self._psize = self._env.stat()['psize']
             check_lmdb_size(self.path, self._env)
             names = _db_names(self._env)
             if b'meta' not in names:
@@ -233,9 +244,25 @@ class Shelf(ShelfBase):
             self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
-            _release_env(self.path); self._env = None
-            raise ShelfError(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
-        except Exception: _release_env(self.path); self._env = None; raise
+            self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
+        except OSError as e: self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {e.strerror}") from None
+        except Exception: self._drop(); raise
+
+    def _drop(self):
+        "Let go of the environment and the file (after a failed open, or at `close`)."
+        _release_env(self.path); self._env = None
+        self._drop_fd()
+
+    def _drop_fd(self):
+        fd, self._fd = getattr(self, '_fd', None), None
+        if fd is not None:
+            try: os.close(fd)
+            except OSError: pass
+
+    def _check_size(self, env):
+        "Refuse to read when the file is shorter than its last commit (truncated or overwritten under us): not a SIGBUS later."
+        need, have = (env.info()['last_pgno'] + 1) * self._psize, os.fstat(self._fd).st_size
+        if have < need: raise DamagedStoreError(f"{self.path} is truncated: {have} bytes, but its last commit needs {need} (overwritten while open?)")
 
     def _init_meta(self):
         "Both databases and the first metadata in one write transaction: all there, or nothing."
@@ -254,7 +281,8 @@ class Shelf(ShelfBase):
                 f"{self.meta.get('package_version')}; this fastai_shelve {fastai_shelve.__version__} reads up to "
                 f"format {FORMAT_VERSION}: upgrade fastai_shelve")
         self._version = v
-
+        lim = self.meta.get('max_record_bytes')  # the largest record written: no header may promise more
+        self._limit = lim if isinstance(lim, int) and lim > 0 else None
     @property
     def env(self):
         "This process's LMDB environment: reopened after `fork`, an error after `close`."
@@ -265,6 +293,7 @@ class Shelf(ShelfBase):
     def txn(self, write:bool=False, db=None, what:str='read'):
         "A transaction on `db` (records by default); LMDB's errors become `ShelfError`s naming the file."
         env = self.env
+        if not write: self._check_size(env)  # one fstat: a shrunken file is an error, not a SIGBUS
         try:
             try: t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
             except lmdb.MapResizedError: env.set_mapsize(0); t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
@@ -277,15 +306,23 @@ class Shelf(ShelfBase):
         b = key_bytes(key)
         if b is None:
             self._check_key(key)
-            raise KeyError(f"{key!r}: not a possible key of {self.path} (LMDB keys are 1 to 511 bytes)")
+            raise BadKeyError(f"{key!r}: not a possible key of {self.path} (keys are 1 to 511 bytes of valid UTF-8)")
         return b
 
     def _layout(self, key, buf):
-        try: return record_layout(buf, self._version)
-        except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
+        "`buf`'s layout, checked against the shelf's format and size limit, and that it was written under `key`."
+        return self._checked(key, lambda: (record_layout(buf, self._version, self._limit), check_key(buf, key))[0])
 
     def _decode(self, key, buf, copy=True, check=False):
-        try: return decode_record(buf, copy=copy, check=check, max_version=self._version)
+        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key, max_bytes=self._limit))
+
+    def _checked(self, key, f):
+        "`f()`, its errors naming the file and `key`; a record over the size limit retried once with the limit re-read."
+        try:
+            try: return f()
+            except RecordTooLargeError:  # another process may have written bigger records since we read the limit
+                self._meta = None; self._check_version()
+                return f()
         except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def get_many(self, keys, default=_raise) -> list:
@@ -312,7 +349,8 @@ class Shelf(ShelfBase):
             for k,row in zip(keys, rows):
                 buf = txn.get(self._enc(k))
                 if buf is None: raise self._key_error(k)
-                lay = first if first is not None and first.matches(buf) else self._layout(k, buf)
+                if first is not None and first.matches(buf): lay = first; self._bound(k, buf)
+                else: lay = self._layout(k, buf)
                 if out is None:  # the batch takes the first record's shapes
                     out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
                     out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
@@ -325,6 +363,8 @@ class Shelf(ShelfBase):
                     else: jobs.append((lay, buf, f, out[f.name], row))
                 if values:
                     v = lay.new_values()
+                    if lay is not first and not all(nm in v for nm in values):
+                        raise ShelfError(f"{self.path}: key {k!r} lacks values {[nm for nm in values if nm not in v]} the batch's first record has: use get_many")
                     for nm in values: out[nm][row] = v[nm]
             # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`:
             # one task per thread, each a run of records (a task per record costs more in the pool than zstd spends).
@@ -334,6 +374,10 @@ class Shelf(ShelfBase):
                     for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _bound(self, key, buf):
+        try: check_key(buf, key)
+        except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def _fit(self, key, lay, out:dict, fields) -> list:
         "The fields of `lay` to copy into the batch `out`; an error naming `key` if its fields, shapes or dtypes differ."
@@ -364,34 +408,44 @@ class Shelf(ShelfBase):
     def _commit(self, ops=(), meta:dict=None, check=None, db=None):
         "One write transaction: `ops` [(key, bytes or None to delete)] on `db`, `meta` merged into the metadata after `check(old)`."
         if self.readonly: self._refuse('write')
-        if ops and db is None and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
+        recs = bool(ops) and db is None
+        if recs and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
             meta = {**(meta or {}), 'format_version': FORMAT_VERSION, 'package_version': fastai_shelve.__version__}
+        big = max((_declared(v) for _,v in ops if v is not None), default=0) if recs else 0
         while True:
             try:
                 with self.txn(write=True, db=db, what='write (nothing of this batch was written)') as txn:
                     for k,v in ops:
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
-                    if meta is not None or check is not None:
+                    if meta is not None or check is not None or recs:
                         try: old = json.loads(bytes(txn.get(b'meta', db=self._metadb)))
-                        except (TypeError, ValueError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
+                        except (TypeError, ValueError, RecursionError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
                         if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                         new = {**old, **(meta or {})}
+                        if recs:  # what `verify` checks the index against, and what a header may promise, commit with the records
+                            new['n_records'] = txn.stat(self._recs)['entries']
+                            new['max_record_bytes'] = max(big, old.get('max_record_bytes') or 0)
                         txn.put(b'meta', json.dumps(new).encode(), db=self._metadb)
-                if meta is not None: self._meta, self._version = new, new.get('format_version', self._version)
+                if meta is not None or recs:
+                    self._meta, self._version = new, new.get('format_version', self._version)
+                    self._limit = new.get('max_record_bytes') or None
                 return
             except lmdb.MapFullError: self.env.set_mapsize(self.env.info()['map_size'] * 2)
 
     def encode(self, key, rec) -> bytes:
-        "`rec` as the bytes this shelf stores (with its compression); bytes from `encode_record` are checked and kept."
-        if isinstance(rec, (bytes, bytearray)): self._layout(key, rec); return bytes(rec)
-        try: return encode_record(rec, self.compression, self.level)
-        except RecordError as e: raise RecordError(f"{self.path}: key {key!r}: {e}") from None
+        "`rec` as the bytes this shelf stores (with its compression), bound to `key`; bytes from `encode_record` are checked and bound."
+        try:
+            if isinstance(rec, (bytes, bytearray, memoryview)):
+                record_layout(rec, FORMAT_VERSION, 1 << 62)  # a record of any size may be written: the limit follows it
+                return bind_key(rec, key)
+            return encode_record(rec, self.compression, self.level, key=key)
+        except RecordError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def put_many(self, items, meta:dict=None):
         "Write records (dicts, or bytes from `encode_record`) from a dict or (key, record) pairs in one transaction, with `meta` merged in it."
         items = items.items() if isinstance(items, dict) else items
-        self._commit([(self._enc(k), self.encode(k, r)) for k,r in items], meta=meta)
+        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta)
 
     def delete(self, key):
         "Remove `key`'s record."
@@ -403,7 +457,7 @@ class Shelf(ShelfBase):
         with self.txn(db=self._metadb) as txn: b = txn.get(name)
         if b is None: return None
         try: return json.loads(bytes(b))
-        except (ValueError, UnicodeDecodeError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {str(e)[:100]}") from None
 
     def update_meta(self, check=None, **kwargs):
         "Merge `kwargs` into the metadata in one transaction; `check(old_meta)` may refuse first (by raising), in the same one."
@@ -427,37 +481,63 @@ class Shelf(ShelfBase):
         return None if d is None else pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
 
     def verify(self, progress=None) -> list:
-        "(key, reason) for every record that fails to decode or to match its checksum (every one, not just the first)."
+        "(key, reason) for every record that fails to decode, to match its checksum and key, or to be found under its key."
         check_structure(self.path, self._locked)
-        bad = []
+        bad, prev, n, self.unbound = [], None, 0, 0
         with self.txn(what='verify') as txn:
-            for i,(k,buf) in enumerate(txn.cursor()):
-                try: decode_record(buf, copy=False, check=True, max_version=self._version)
-                except Exception as e: bad.append((bytes(k).decode(errors='replace'), str(e)))  # every bad record, not the first
+            for i,(kb,buf) in enumerate(txn.cursor()):
+                kb, n = bytes(kb), n + 1
+                k = kb.decode(errors='replace')
+                try:
+                    kb.decode()
+                    # The index: keys strictly ascending (so unique), each found again by lookup, as a read finds it.
+                    if prev is not None and kb <= prev: raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
+                    got = txn.get(kb)
+                    if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
+                    if len(got) != len(buf) or got[:12] != buf[:12]: raise DamagedStoreError("lookup finds another record: damaged index")
+                    self._decode(kb, got, copy=False, check=True)
+                    self.unbound += len(got) > 3 and got[3] < 3  # older formats: the crc does not cover the key
+                except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
+                except Exception as e: bad.append((k, str(e)))  # every bad record, not the first
+                prev = kb
                 if progress: progress(i)
+            entries = txn.stat(self._recs)['entries']
+        want = self.meta.get('n_records') if self._version >= 3 else None  # format 3 keeps the count with every commit
+        for what, m in (('the index holds', entries), ('the metadata says', want)):
+            if m is not None and m != n:
+                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
         return bad
 
     def close(self):
         "Release this shelf's hold on the environment; using it afterwards raises `ShelfClosedError`."
-        if not self._closed and self._env is not None and self._pid == os.getpid(): _release_env(self.path)
+        if not self._closed and self._env is not None and self._pid == os.getpid(): self._drop()
         self._closed, self._env = True, None
 
     def __getstate__(self):
         # A handle never travels: a spawned worker gets the path and opens its own.
-        return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch')} | {'_pid': None}
-    def __setstate__(self, d): self.__dict__.update(d); self._env = None
+        return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch', '_fd')} | {'_pid': None}
+    def __setstate__(self, d): self.__dict__.update(d); self._env = self._fd = None
     def __del__(self):
         try: self.close()
         except Exception: pass
 
 # %% ../nbs/01_store.ipynb #28da1005
+def check_regular(path):
+    "Refuse at once a path that is neither a regular file, a folder nor absent: a FIFO or a device would block a read forever."
+    try: m = os.stat(path).st_mode
+    except FileNotFoundError: return
+    except OSError as e: raise ShelfNotFoundError(f"no shelf at {path}: {e.strerror}") from None  # a symlink loop, a bad path
+    if not (stat.S_ISREG(m) or stat.S_ISDIR(m)): raise ShelfError(f"{path} is not a regular file (a FIFO, socket or device): not a shelf")
+
 def check_lmdb_file(path:Path):
     "Raise a clear error unless `path` is a readable LMDB data file."
-    if not path.exists(): raise FileNotFoundError(f"no shelf at {path}")
+    check_regular(path)
+    if not path.exists(): raise ShelfNotFoundError(f"no shelf at {path}")
     if path.is_dir(): raise ShelfError(f"{path} is a directory, not a shelf file")
     try:
         with open(path, 'rb') as f: head = f.read(20)
-    except PermissionError: raise PermissionError(f"{path}: no permission to read this shelf") from None
+    except PermissionError: raise ShelfAccessError(f"{path}: no permission to read this shelf") from None
+    except OSError as e: raise ShelfError(f"{path}: cannot read this shelf: {e.strerror}") from None
     if len(head) < 20 or struct.unpack_from('<I', head, 16)[0] != LMDB_MAGIC:
         raise ShelfError(f"{path} is not a shelf: neither an LMDB file nor a stdlib shelve file")
 
@@ -466,12 +546,19 @@ def check_lmdb_size(path:Path, env):
     need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
     if have < need: raise ShelfError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
 
+def _declared(buf) -> int:
+    "Bytes record `buf`'s arrays declare (decoded): what the shelf's `max_record_bytes` follows."
+    try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, 1 << 62).fields)
+    except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
+
 def _db_names(env) -> set:
     with env.begin() as txn: return set(txn.cursor().iternext(values=False))
 
 _WALK = """
-import sys, lmdb
+import sys, os, lmdb
 env = lmdb.open(sys.argv[1], subdir=False, readonly=True, lock=sys.argv[2] == '1', max_dbs=2, max_readers=256)
+need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(sys.argv[1])
+if have < need: sys.exit(f"truncated: {have} bytes, but its last commit needs {need}")
 n = 0
 with env.begin(buffers=True) as txn:
     names = [bytes(k) for k in txn.cursor().iternext(values=False)]
@@ -483,11 +570,20 @@ print(n)
 """
 _walked = {}  # (real path, size, mtime) -> True: a file already walked unchanged
 
+def _walk_mark(k) -> Path:
+    "Where a walk of file version `k` that found nothing is remembered across processes (spawned workers, reruns)."
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fastai_shelve'/'walked'
+    return cache/hashlib.sha1(repr(k).encode()).hexdigest()
+
 def check_structure(path, lock:bool=True, timeout:float=600):
     "Walk every page of the LMDB file at `path` in a child process: LMDB aborts on damaged pages, so the child takes the blow."
     path = Path(path); st = path.stat()
-    k = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    # One walk per file version: (inode, size, mtime, ctime) change with any write, a copy or a move over it.
+    k = (os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if k in _walked: return
+    mark = _walk_mark(k)
+    if mark.exists(): _walked[k] = True; return
+    if lock: prepare_lock(path)  # on a full disk the child would fault mapping a lock file without blocks: an intact file is not damaged
     try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0'], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
     if r.returncode < 0:
@@ -496,6 +592,8 @@ def check_structure(path, lock:bool=True, timeout:float=600):
         last = (r.stderr.strip().splitlines() or ['?'])[-1]
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
     _walked[k] = True
+    try: mark.parent.mkdir(parents=True, exist_ok=True); mark.touch()
+    except OSError: pass  # nowhere to remember it: the next process walks again
 
 # %% ../nbs/01_store.ipynb #cf8b36df
 class PixelStats:
@@ -690,6 +788,7 @@ class ShardedShelf(ShelfBase):
 def shelf_kind(path) -> str|None:
     "'lmdb', 'shelve' (made by Python's `shelve`, any dbm), 'sharded' (a folder of shards), None if nothing is there."
     path = Path(path)
+    for p in [path] + [Path(f'{path}{s}') for s in ('.db', '.dat', '.dir', '.pag')]: check_regular(p)  # what dbm.whichdb opens
     if path.is_dir():
         if (path/MANIFEST).exists(): return 'sharded'
         raise ShelfError(f"{path} is a directory, not a shelf (nor a folder of shards: it has no {MANIFEST})")
@@ -709,7 +808,7 @@ def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
         s = StdShelf(path, mode, allow_pickle=allow_pickle)
         if not allow_pickle: s.close(); raise PickleRefusedError(pickle_refusal(path, s.backend))
         return s
-    if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
+    if kind is None and mode in ('r', 'w'): raise ShelfNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
 # %% ../nbs/01_store.ipynb #175d2112
@@ -732,7 +831,7 @@ def _stored_bytes(s) -> tuple:
     with s.txn() as txn:
         for i,(_,buf) in enumerate(txn.cursor()):
             if i >= 200: break
-            lay = record_layout(buf, s._version)
+            lay = s._layout(bytes(_).decode(errors='replace'), buf)
             stored += sum(f.stored for f in lay.fields); raw += sum(f.nbytes for f in lay.fields)
     return stored, raw
 
@@ -740,7 +839,7 @@ def shelf_info(path, allow_pickle:bool=False) -> dict:
     "Backend, record count, size on disk, compression, metadata and one record's fields of the shelf at `path`."
     path = Path(path)
     kind = shelf_kind(path)
-    if kind is None: raise FileNotFoundError(f"no shelf at {path}")
+    if kind is None: raise ShelfNotFoundError(f"no shelf at {path}")
     if kind == 'shelve':
         # Count and list without unpickling: keys are plain bytes in the dbm file.
         with StdShelf(path, 'r', allow_pickle=allow_pickle) as s:
