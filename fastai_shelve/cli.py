@@ -71,6 +71,8 @@ def verify(path:str, # the shelf to check
         n, bad = len(s), s.verify()
     for k,why in bad: print(f"bad record {k!r}: {why}")
     print(f"{path}: {n - len(bad)} of {n} records ok")
+    if getattr(s, 'unbound', 0): print(f"note: {s.unbound} records of an older format are not bound to their keys: convert the shelf to bind them")
+    for note in getattr(s, 'notes', []): print(f"note: {note}")
     if bad: sys.exit(1)
 
 def convert(src:str, # a stdlib shelve file (e.g. the seed's training_data.db), or a shelf to recompress

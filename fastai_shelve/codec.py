@@ -169,7 +169,7 @@ def _depth(v) -> int:
     while level:
         level = [o for x in level for o in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
         d += 1
-        if d > _MAX_DEPTH: break
+        if d > _MAX_DEPTH: return d
     return d - 1
 
 @lru_cache(maxsize=1024)

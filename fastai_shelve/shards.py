@@ -6,7 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
-from .store import shard_of, write_manifest
+from .store import shard_of, write_manifest, claim_shard, count_shards
 from .build import build_shelf, read_source, encode_labels, mp_context
 
 # %% auto #0
@@ -32,12 +32,16 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     df, keys, col = read_source(source, fn_col)
     _, label_meta = encode_labels(df, keys, label_cols, kwargs.get('label_func'), kwargs.pop('vocab', None))
     m = write_manifest(path, n_shards)
+    for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
     kw = dict(img_path=str(img_path), fn_col=col if col is not None else 0, label_cols=label_cols, vocab=label_meta.get('vocab'), **kwargs)
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(path)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client
-        with Client(scheduler) as client: return list(dask.compute(*tasks, scheduler=client))
-    # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
-    with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
-        return list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
+        with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))
+    else:
+        # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
+        with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
+            res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
+    count_shards(path)  # the manifest keeps each shard's key count: `verify` checks them
+    return res

@@ -22,7 +22,8 @@ __all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefu
            'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'read_only_fs', 'prepare_lock',
            'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_regular', 'check_lmdb_file', 'check_lmdb_size',
            'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names', 'read_manifest',
-           'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
+           'write_manifest', 'claim_shard', 'count_shards', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta',
+           'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -693,12 +694,16 @@ def read_manifest(path) -> dict:
     except (OSError, ValueError) as e: raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
     if not isinstance(m, dict) or m.get('format') != 'fastai_shelve shards' or not isinstance(m.get('n_shards'), int):
         raise ShelfError(f"{f} is not a fastai_shelve shard manifest")
+    if m['n_shards'] < 1: raise ShelfError(f"{f}: n_shards is {m['n_shards']}: a sharded shelf has at least one shard")
     if m.get('format_version', 0) > FORMAT_VERSION:
         raise FormatVersionError(f"{f} is format {m['format_version']}, newer than this fastai_shelve reads: upgrade it")
     names = m.get('shards')
     if not isinstance(names, list) or len(names) != m['n_shards'] or not all(
-            isinstance(s, str) and s and Path(s).name == s and s not in ('.', '..') for s in names):
-        raise ShelfError(f"{f}: shard names must be {m['n_shards']} plain file names inside the folder, not {names!r}"[:300])
+            isinstance(s, str) and s and Path(s).name == s and s not in ('.', '..') for s in names) or len(set(names)) != len(names):
+        raise ShelfError(f"{f}: shard names must be {m['n_shards']} distinct plain file names inside the folder, not {names!r}"[:300])
+    ids = m.get('ids')
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(names) or len(set(map(str, ids))) != len(ids)):
+        raise ShelfError(f"{f}: shard ids must be {len(names)} distinct ids, not {ids!r}"[:300])
     return m
 
 def write_manifest(path, n:int) -> dict:
@@ -708,11 +713,35 @@ def write_manifest(path, n:int) -> dict:
         m = read_manifest(path)
         if m['n_shards'] != n: raise ShelfError(f"{path} has {m['n_shards']} shards, not {n}: resume with the same number")
         return m
+    if not isinstance(n, int) or n < 1: raise ShelfError(f"{path}: a sharded shelf needs at least one shard, not {n!r}")
     path.mkdir(parents=True, exist_ok=True)
-    m = dict(format='fastai_shelve shards', format_version=FORMAT_VERSION, n_shards=n, scheme='crc32', shards=shard_names(n))
-    tmp = path/f'{MANIFEST}.tmp'
-    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, path/MANIFEST)  # whole or absent, never half written
+    # Each shard's identity: the shard writes it into its metadata, so a swapped, repeated or foreign shard is found
+    m = dict(format='fastai_shelve shards', format_version=FORMAT_VERSION, n_shards=n, scheme='crc32', shards=shard_names(n),
+             ids=[uuid.uuid4().hex for _ in range(n)])
+    _save_manifest(path, m)
     return m
+
+def _save_manifest(path, m:dict):
+    tmp = Path(path)/f'{MANIFEST}.tmp'
+    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
+
+def claim_shard(path, i:int):
+    "Write shard `i`'s identity (from the folder's manifest) into the shard's metadata: done by whoever builds it."
+    m = read_manifest(path)
+    if m.get('ids') is None: return
+    with Shelf(Path(path)/m['shards'][i], 'c') as s:
+        def check(old):
+            have = (old.get('shard') or {}).get('id')
+            if have not in (None, m['ids'][i]): raise ShelfError(f"{s.path} is another folder's shard (id {have}), not shard {i} of {path}")
+        s.update_meta(check=check, shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
+
+def count_shards(path):
+    "Record each shard's key count in the folder's manifest (after a build), for `verify` to check."
+    m = read_manifest(path)
+    counts = []
+    for name in m['shards']:
+        with Shelf(Path(path)/name, 'r') as s: counts.append(len(s))
+    _save_manifest(path, {**m, 'counts': counts})
 
 _SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
 
@@ -723,7 +752,11 @@ class ShardedShelf(ShelfBase):
         self.path, self.mode = Path(path), mode
         self.manifest = read_manifest(self.path)
         self.n = self.manifest['n_shards']
-        self.shards = [Shelf(self.path/name, mode, **kwargs) for name in self.manifest['shards']]
+        self.shards = []
+        try:
+            for name in self.manifest['shards']: self.shards.append(Shelf(self.path/name, mode, **kwargs))
+        except ShelfNotFoundError: self.close(); raise ShelfNotFoundError(f"{self.path}: shard {name} is missing") from None
+        except Exception: self.close(); raise
         self.meta  # check the shards agree now, not at the first batch
 
     def _groups(self, keys) -> dict:
@@ -780,9 +813,23 @@ class ShardedShelf(ShelfBase):
         ts = [t for t in (s.table for s in self.shards) if t is not None]
         return pd.concat(ts) if ts else None
 
-    def verify(self, progress=None) -> list: return [b for s in self.shards for b in s.verify()]
+    def verify(self, progress=None) -> list:
+        "Each shard's bad records; then every key in the shard `shard_of` names, counts and identities as the manifest says."
+        bad, m, self.notes = [b for s in self.shards for b in s.verify()], self.manifest, []
+        self.unbound = sum(s.unbound for s in self.shards)
+        ids, counts, wrong = m.get('ids'), m.get('counts'), []
+        for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
+            have = (s.meta.get('shard') or {}).get('id')
+            if ids is not None and have != ids[i]:
+                wrong.append(f"{name} is not the shard the manifest names (id {have}, manifest {ids[i]}): swapped, repeated or another dataset's")
+            if counts is not None and len(s) != counts[i]: wrong.append(f"{name} holds {len(s)} keys, the manifest says {counts[i]}")
+            strays = [k for k in s.keys() if shard_of(k, self.n) != i]
+            if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
+        if ids is None: self.notes.append(f"{self.path}: its manifest names no shard ids (built before they were kept): shards are checked by their keys only")
+        if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
+        return bad
     def close(self):
-        for s in self.shards: s.close()
+        for s in getattr(self, 'shards', []): s.close()
 
 # %% ../nbs/01_store.ipynb #980d9b73
 def shelf_kind(path) -> str|None:

@@ -1,0 +1,270 @@
+"Integrity: a record bound to its key, `verify` finds every silent change, bounded memory on hostile records, no signals."
+import os, sys, json, struct, zlib, subprocess, textwrap
+from pathlib import Path
+import numpy as np, pytest
+from fastai_shelve.codec import (encode_record, decode_record, record_layout, RecordError, ShelfError, FORMAT_VERSION,
+                                 RecordTooLargeError)
+from fastai_shelve.store import (open_shelf, shelf_info, DamagedStoreError, BadKeyError, ShelfNotFoundError, MANIFEST,
+                                 write_manifest)
+sys.path.insert(0, str(Path(__file__).parent))
+from integrity_sweep import sweep, show, KINDS
+
+def _img(i, side=32): return np.random.default_rng(i).integers(0, 255, (side, side), dtype=np.uint8)
+
+def _shelf(path, n=10, side=32, **kw):
+    with open_shelf(path, 'c', **kw) as s: s.put_many({f'k{i}': {'image': _img(i, side), 'labels': np.array([i % 2], np.int8)} for i in range(n)})
+    return path
+
+def _run(code, timeout=120, **env):
+    "Run `code` in a fresh interpreter; (returncode, stdout, stderr)."
+    r = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **env}, cwd=Path(__file__).parent.parent)
+    return r.returncode, r.stdout, r.stderr
+
+# 1. A record is bound to its key
+
+def test_a_record_read_under_another_key_is_a_record_error(tmp_path):
+    p = _shelf(tmp_path/'s.shelf')
+    with open_shelf(p, 'w') as s:
+        with s.txn() as txn: b1 = bytes(txn.get(b'k1'))
+        s._commit([(b'k2', b1)])  # k1's bytes under k2: what a flipped key or page pointer serves
+    with open_shelf(p) as s:
+        with pytest.raises(RecordError, match=r"s\.shelf: key 'k2': .*another key"): s['k2']
+        with pytest.raises(RecordError, match="'k2'"): s.get_batch(['k0', 'k2'])
+        np.testing.assert_array_equal(s['k1']['image'], _img(1))
+        assert [k for k,_ in s.verify()] == ['k2']
+
+def test_bytes_from_encode_record_are_bound_on_write(tmp_path):
+    "Bytes encoded elsewhere (a build worker) are bound to the key they are written under."
+    b = encode_record({'image': _img(0)})
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s.put_many([('a', b), ('b', b)])
+        assert not s.verify() and s.unbound == 0
+        np.testing.assert_array_equal(s['b']['image'], _img(0))
+    with pytest.raises(RecordError, match='another key'): decode_record(b, key='a')  # encoded with no key: bound to none
+
+def _format2(rec) -> bytes:
+    "What format 2 wrote: no key check after the buffers, the crc over the record alone."
+    b = bytearray(encode_record(rec))[:-4]; b[3] = 2
+    struct.pack_into('<I', b, 8, zlib.crc32(bytes(b[12:]), zlib.crc32(bytes(b[:8]))))
+    return bytes(b)
+
+def test_older_records_read_and_verify_says_they_are_unbound(tmp_path):
+    p = _shelf(tmp_path/'s.shelf', n=2)
+    with open_shelf(p, 'w') as s: s._commit([(b'old', _format2({'image': _img(5)}))])
+    with open_shelf(p) as s:
+        np.testing.assert_array_equal(s['old']['image'], _img(5))
+        assert s.verify() == [] and s.unbound == 1
+    rc, out, err = _run(f"from fastai_shelve.cli import main; main(['verify', {str(p)!r}])")
+    assert rc == 0 and 'not bound to their keys' in out, (out, err)
+
+def test_verify_checks_the_count_the_metadata_keeps(tmp_path):
+    p = _shelf(tmp_path/'s.shelf')
+    with open_shelf(p) as s: assert s.meta['n_records'] == 10 and s.meta['max_record_bytes'] == 32*32 + 1
+    with open_shelf(p, 'w') as s: s.update_meta(n_records=11)
+    with open_shelf(p) as s:
+        with pytest.raises(DamagedStoreError, match='10 keys listed but the metadata says 11'): s.verify()
+
+def test_damage_sweep_quick(tmp_path):
+    "A few copies of each damage kind: none wrong silently, no signal, no hang, only ShelfErrors."
+    res = sweep(tmp_path, 2)
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']), res['details'])
+
+@pytest.mark.slow
+@pytest.mark.parametrize('compression', [None, 'zstd'])
+def test_damage_sweep(tmp_path, compression):
+    res = sweep(tmp_path, 40, compression=compression, seed=1)
+    print(show(res['table']))
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']))
+
+# 3. A header is a promise about memory
+
+BOMB = '''
+import sys, resource, numpy as np
+from fastai_shelve.store import open_shelf
+from fastai_shelve.codec import ShelfError
+s, k, what = open_shelf(sys.argv[1]), sys.argv[2], sys.argv[3]
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    if what == 'get': s[k]
+    elif what == 'batch': s.get_batch([k] * 8)
+    elif what == 'verify': bad = s.verify(); assert bad; print('ShelfError', bad)
+    elif what == 'info':
+        from fastai_shelve.store import shelf_info; shelf_info(sys.argv[1])
+except ShelfError as e: print('ShelfError', e)
+print('grew', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+'''
+
+def _bomb_frame(n=1 << 30, content_size=True) -> bytes:
+    "A zstd frame of `n` zeros, made a chunk at a time (33 KB for 1 GiB)."
+    import zstandard
+    c = zstandard.ZstdCompressor(write_content_size=content_size).compressobj(size=n if content_size else -1)
+    chunk = bytes(16 << 20)
+    return b''.join([c.compress(chunk) for _ in range(n // len(chunk))] + [c.flush()])
+
+def _record(header:dict, data:bytes) -> bytes:
+    "A format-3 record with header `header` and buffers `data`, however much the header promises (crc left 0)."
+    head = json.dumps(header, separators=(',', ':')).encode()
+    start = -(-(12 + len(head)) // 64) * 64
+    out = bytearray(start) + data + bytes(4)
+    out[12:12+len(head)] = head; out[12+len(head):start] = b' ' * (start - 12 - len(head))
+    struct.pack_into('<3sBII', out, 0, b'FSR', FORMAT_VERSION, start - 12, 0)
+    return bytes(out)
+
+def _splice(rec_bytes:bytes, frame:bytes) -> bytes:
+    "A compressed record with its image's stored bytes replaced by `frame`; its header still declares the original size."
+    lay = record_layout(rec_bytes)
+    f = lay.fields[0]
+    h = bytes(rec_bytes[12:lay.start]).replace(f'{f.offset},{f.stored},'.encode(), f'{f.offset},{len(frame)},'.encode())
+    assert len(h) <= lay.start - 12 + 64
+    head = json.dumps(json.loads(h)).encode()
+    start = -(-(12 + len(head)) // 64) * 64
+    out = bytearray(start) + frame + bytes(-len(frame) % 64) + bytes(4)
+    out[12:12+len(head)] = head; out[12+len(head):start] = b' ' * (start - 12 - len(head))
+    struct.pack_into('<3sBII', out, 0, b'FSR', FORMAT_VERSION, start - 12, 0)
+    return bytes(out)
+
+@pytest.mark.parametrize('content_size', [True, False])
+def test_zstd_bomb_refused_in_bounded_memory(tmp_path, content_size):
+    "33 KB of zstd that expands to 1 GiB under a header declaring 4 KiB: a ShelfError, and RSS grows by a few MB at most."
+    p = _shelf(tmp_path/'s.shelf', n=3, side=64, compression='zstd')
+    with open_shelf(p, 'w') as s:
+        with s.txn() as txn: good = bytes(txn.get(b'k0'))
+        bomb = _splice(good, _bomb_frame(content_size=content_size))
+        assert len(bomb) < 64 << 10 and record_layout(bomb).fields[0].nbytes == 64*64
+        s._commit([(b'k1', bomb)])
+    for what in ('get', 'batch', 'verify', 'info'):
+        r = subprocess.run([sys.executable, '-c', BOMB, str(p), 'k1', what], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (what, r.stderr[-2000:])
+        if what != 'info': assert 'ShelfError' in r.stdout and "'k1'" in r.stdout, (what, r.stdout)
+        grew = int(r.stdout.split('grew')[-1])  # KiB
+        assert grew < 64 << 10, (what, grew)
+
+def test_a_header_declaring_more_than_the_shelf_allows(tmp_path):
+    "A 1 TiB shape, an overflowing shape, a shelf limit: RecordErrors before any allocation."
+    p = _shelf(tmp_path/'s.shelf', n=2, side=8)
+    tib = _record({'a': [['image', '|u1', [1 << 20, 1 << 20], 0, 64, 'lz4']], 'v': {}}, bytes(64))
+    over = _record({'a': [['image', '|u1', [1 << 32] * 3, 0, 64, 'zstd']], 'v': {}}, bytes(64))
+    with pytest.raises(RecordError, match='bad array entry'): decode_record(over)
+    with open_shelf(p, 'w') as s:
+        s._commit([(b'tib', tib), (b'big', encode_record({'image': np.zeros((64, 64), np.uint8)}, 'lz4'))])
+        s.update_meta(max_record_bytes=8*8 + 1)  # what the build wrote: a header may not promise more
+    with open_shelf(p) as s:
+        for k in ('tib', 'big'):
+            with pytest.raises(RecordError, match=f"'{k}'.*(bad array entry|more than the 65)"): s[k]
+            with pytest.raises(RecordError): s.get_batch([k, k])
+        assert sorted(k for k,_ in s.verify()) == ['big', 'tib']
+
+def test_lz4_that_expands_past_its_header(tmp_path):
+    import lz4.block
+    b = bytearray(encode_record({'image': np.zeros((64, 64), np.uint8)}, 'lz4'))
+    lay = record_layout(bytes(b)); f = lay.fields[0]
+    big = lz4.block.compress(bytes(1 << 20), store_size=False)
+    with pytest.raises(RecordError): decode_record(_splice(bytes(b), big))
+
+# 5. Every error a ShelfError naming the file
+
+def test_deep_json_header_and_metadata(tmp_path):
+    deep = b'{"a":[],"v":{"x":' + b'[' * 100000 + b']' * 100000 + b'}}'
+    rec = bytearray(64 + len(deep) + 4); rec[12:12+len(deep)] = deep
+    struct.pack_into('<3sBII', rec, 0, b'FSR', FORMAT_VERSION, len(rec) - 16, 0)
+    with pytest.raises(RecordError, match='unreadable header'): decode_record(bytes(rec))
+    mid = b'{"a":[],"v":{"x":' + b'[' * 100 + b']' * 100 + b'}}'
+    rec2 = bytearray(len(mid) + 16); rec2[12:12+len(mid)] = mid; struct.pack_into('<3sBII', rec2, 0, b'FSR', FORMAT_VERSION, len(mid), 0)
+    with pytest.raises(RecordError, match='nest deeper'): decode_record(bytes(rec2))
+    p = _shelf(tmp_path/'s.shelf', n=1)
+    with open_shelf(p, 'w') as s: s._commit([(b'deep', bytes(rec))])
+    with open_shelf(p) as s:
+        with pytest.raises(RecordError, match=r"s\.shelf: key 'deep'"): s['deep']
+    rc, out, err = _run(f"from fastai_shelve.cli import main; main(['info', {str(p)!r}])")
+    assert 'Traceback' not in err
+
+def test_keys_must_be_valid_utf8(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        with pytest.raises(BadKeyError, match='UTF-8'): s['\ud800x'] = {'image': _img(0)}
+        with pytest.raises(KeyError): s['\ud800x']
+        assert '\ud800x' not in s and len(s) == 0
+
+def test_a_later_record_lacking_a_value_is_a_shelf_error(tmp_path):
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s['a'] = {'image': _img(0), 'note': 'x'}; s['b'] = {'image': _img(1)}
+        with pytest.raises(ShelfError, match="'b' lacks values"): s.get_batch(['a', 'b'])
+
+def test_sharded_folder_errors_are_shelf_errors(tmp_path):
+    d = tmp_path/'sh'; d.mkdir()
+    (d/MANIFEST).write_text(json.dumps(dict(format='fastai_shelve shards', n_shards=0, shards=[])))
+    with pytest.raises(ShelfError, match='at least one'): open_shelf(d)
+    write_manifest(tmp_path/'two', 2)
+    _shelf(tmp_path/'two'/'shard-000.shelf', n=1)
+    with pytest.raises(ShelfNotFoundError, match='shard-001'): open_shelf(tmp_path/'two')
+    os.symlink('loop', tmp_path/'two'/'loop'); os.symlink('loop', tmp_path/'loop2')
+    (tmp_path/'two'/'shard-001.shelf').symlink_to(tmp_path/'two'/'shard-001.shelf')
+    with pytest.raises(ShelfError, match='shard-001'): open_shelf(tmp_path/'two')
+
+def test_fifo_named_like_a_shelf_is_refused_at_once(tmp_path):
+    f = tmp_path/'f.shelf'; os.mkfifo(f)
+    code = f"""
+    from fastai_shelve.store import open_shelf, shelf_info
+    from fastai_shelve.codec import ShelfError
+    from fastai_shelve.build import build_shelf
+    import pandas as pd
+    for call in (lambda: open_shelf({str(f)!r}), lambda: shelf_info({str(f)!r}), lambda: open_shelf({str(f)!r}, 'c'),
+                 lambda: build_shelf(pd.DataFrame({{'id': ['a']}}), {str(f)!r}, progress=False)):
+        try: call(); print('no error')
+        except ShelfError as e: print('ShelfError', e)
+    """
+    rc, out, err = _run(code, timeout=60)
+    assert rc == 0 and out.count('not a regular file') == 4, (out, err)
+
+# 4. The training path never dies by a signal
+
+def test_a_file_shrunk_under_an_open_reader_is_an_error_not_sigbus(tmp_path):
+    p = _shelf(tmp_path/'s.shelf', n=40, side=128)
+    code = f"""
+    import os
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.codec import ShelfError
+    s = open_shelf({str(p)!r}); s['k3']; s.get_batch(['k1', 'k2'])
+    os.truncate({str(p)!r}, os.path.getsize({str(p)!r}) // 3)  # overwritten with cp while a notebook trains
+    for f in (lambda: s['k39'], lambda: s.get_batch(['k38', 'k39']), lambda: len(s)):
+        try: f(); print('read')
+        except ShelfError as e: print('ShelfError', e)
+    """
+    rc, out, err = _run(code)
+    assert rc == 0 and out.count('is truncated') == 3, (rc, out, err)
+
+def test_a_damaged_file_is_walked_once_per_version_before_reading(tmp_path):
+    "open_shelf walks a new file version in a child (remembered), so LMDB's abort on a damaged page is an error here."
+    p = _shelf(tmp_path/'s.shelf', n=40, side=128)
+    b = bytearray(p.read_bytes()); b[2*4096+16:2*4096+4096] = os.urandom(4096-16)  # garble a page's nodes
+    (tmp_path/'d.shelf').write_bytes(b)
+    code = f"""
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.codec import ShelfError
+    try:
+        s = open_shelf({str(tmp_path/'d.shelf')!r})
+        for i in range(40): s[f'k{{i}}']
+        print('read')
+    except (ShelfError, KeyError) as e: print('error', type(e).__name__)
+    """
+    rc, out, err = _run(code, XDG_CACHE_HOME=str(tmp_path/'cache'))
+    assert rc >= 0, err
+
+def test_verify_on_a_full_disk_without_a_lock_file(tmp_path):
+    "A healthy shelf on a full disk, no lock file yet: not called damaged (the child would fault mapping a lock without blocks)."
+    src = _shelf(tmp_path/'s.shelf', n=5)
+    mnt = tmp_path/'mnt'; mnt.mkdir()
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=512k', 'tmpfs', str(mnt)], capture_output=True).returncode:
+        pytest.skip('cannot mount a small tmpfs here')
+    try:
+        (mnt/'s.shelf').write_bytes(src.read_bytes())
+        with open(mnt/'fill', 'wb', buffering=0) as f:
+            try:
+                while True: f.write(bytes(4096))
+            except OSError: pass
+        rc, out, err = _run(f"from fastai_shelve.cli import main; main(['verify', {str(mnt/'s.shelf')!r}])", XDG_CACHE_HOME=str(tmp_path/'c'))
+        assert 'damaged' not in err and rc in (0, 2), (rc, out, err)
+        assert rc == 0 or 'no space left' in err, err
+    finally: subprocess.run(['umount', str(mnt)], capture_output=True)
