@@ -73,6 +73,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'fastai_shelve/build.py'),
                                      'fastai_shelve.build.BuildSettings.as_meta': ( 'build.html#buildsettings.as_meta',
                                                                                     'fastai_shelve/build.py'),
+                                     'fastai_shelve.build.BuildSettings.check': ( 'build.html#buildsettings.check',
+                                                                                  'fastai_shelve/build.py'),
                                      'fastai_shelve.build.BuildSettings.from_meta': ( 'build.html#buildsettings.from_meta',
                                                                                       'fastai_shelve/build.py'),
                                      'fastai_shelve.build.BuildSettings.load': ('build.html#buildsettings.load', 'fastai_shelve/build.py'),

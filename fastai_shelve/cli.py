@@ -44,6 +44,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
               label_cols=[c for c in label_cols.split(',') if c] or None, size=size, shortest_side=shortest_side,
               max_side=max_side, gray=not rgb, strict=strict, compression=compression, level=level, scale=scale, frame=frame,
               mask_path=mask_path, mask_suffix=mask_suffix, codes=[c for c in codes.split(',') if c] or None)
+    if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
     if shards:
         from fastai_shelve.shards import build_sharded
         reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, **kw)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from .store import shard_of, write_manifest, claim_shard, count_shards
-from .build import build_shelf, read_source, encode_labels, mp_context
+from .build import build_shelf, read_source, encode_labels, mp_context, BuildSettings
 
 # %% auto #0
 __all__ = ['build_sharded']
@@ -31,6 +31,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     import dask
     df, keys, col = read_source(source, fn_col)
     _, label_meta = encode_labels(df, keys, label_cols, kwargs.get('label_func'), kwargs.pop('vocab', None))
+    BuildSettings(**{k: kwargs[k] for k in ('size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame') if k in kwargs})  # checked before anything is written
     m = write_manifest(path, n_shards)
     for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])

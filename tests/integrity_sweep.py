@@ -12,12 +12,12 @@ KINDS = ('key_flip', 'pgno_flip', 'page_swap', 'overflow_swap', 'random', 'trunc
 OUTCOMES = ('clean', 'intact', 'wrong', 'non_shelf', 'signal', 'hang', 'read_unchecked')
 
 def make_shelf(path, compression=None, n=280):
-    "A shelf of `n` records: every 7th a 64x64 image (overflow pages), the rest 8x8 (inline in leaves); {key: sha1}."
+    "A shelf of `n` records: every 7th a 96x96 image (overflow pages, compressed too), the rest 8x8 (inline in leaves); {key: sha1}."
     from fastai_shelve.store import open_shelf
     rng, recs = np.random.default_rng(0), {}
     for i in range(n):
-        side = 64 if i % 7 == 0 else 8
-        recs[f'img{i:04d}'] = {'image': rng.integers(0, 255, (side, side), dtype=np.uint8), 'labels': np.array([i % 2, 1, 0], np.int8)}
+        side = 96 if i % 7 == 0 else 8
+        recs[f'img{i:04d}'] = {'image': rng.integers(0, 16, (side, side), dtype=np.uint8),  # 4 bits a pixel: zstd halves it 'labels': np.array([i % 2, 1, 0], np.int8)}
     with open_shelf(path, 'c', compression=compression) as s: s.put_many(recs)
     return {k: [hashlib.sha1(r['image'].tobytes()).hexdigest(), r['image'].shape[0]] for k,r in recs.items()}
 

@@ -268,3 +268,72 @@ def test_verify_on_a_full_disk_without_a_lock_file(tmp_path):
         assert 'damaged' not in err and rc in (0, 2), (rc, out, err)
         assert rc == 0 or 'no space left' in err, err
     finally: subprocess.run(['umount', str(mnt)], capture_output=True)
+
+# 2. Shards carry an identity
+
+def _sharded(path, n_shards=2, n=40, prefix='k'):
+    from fastai_shelve.store import claim_shard, count_shards, shard_of
+    write_manifest(path, n_shards)
+    for i in range(n_shards): claim_shard(path, i)
+    with open_shelf(path, 'w') as s: s.put_many({f'{prefix}{i}': {'image': _img(i, 8)} for i in range(n)})
+    count_shards(path)
+    return path
+
+def _verify_cli(path):
+    return _run(f"from fastai_shelve.cli import main; main(['verify', {str(path)!r}])")
+
+def test_sharded_folder_edits_are_found(tmp_path):
+    import shutil
+    from fastai_shelve.store import shard_of
+    base = _sharded(tmp_path/'base')
+    rc, out, err = _verify_cli(base)
+    assert rc == 0 and '40 of 40 records ok' in out, (out, err)
+    def variant(name):
+        d = tmp_path/name; shutil.copytree(base, d); return d
+    d = variant('swapped')  # two shards swapped
+    os.rename(d/'shard-000.shelf', d/'tmp'); os.rename(d/'shard-001.shelf', d/'shard-000.shelf'); os.rename(d/'tmp', d/'shard-001.shelf')
+    rc, out, err = _verify_cli(d); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
+    d = variant('twice')  # a shard listed twice
+    m = json.loads((d/MANIFEST).read_text()); m['shards'][1] = m['shards'][0]; (d/MANIFEST).write_text(json.dumps(m))
+    rc, out, err = _verify_cli(d); assert rc == 2 and 'distinct' in err, (out, err)
+    d = variant('stray')  # a key in the wrong shard
+    k = next(f'x{i}' for i in range(100) if shard_of(f'x{i}', 2) == 1)
+    with open_shelf(d/'shard-000.shelf', 'w') as s: s[k] = {'image': _img(0, 8)}
+    rc, out, err = _verify_cli(d); assert rc == 1 and 'keys of other shards' in err, (out, err)
+    d = variant('foreign')  # shard 1 replaced by another dataset's shard built with the same settings
+    other = _sharded(tmp_path/'other', prefix='k')
+    shutil.copy(other/'shard-001.shelf', d/'shard-001.shelf')
+    rc, out, err = _verify_cli(d); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
+    d = variant('fewer')  # a key deleted from a shard behind the manifest's back
+    with open_shelf(d/'shard-001.shelf', 'w') as s: del s[s.keys()[0]]
+    rc, out, err = _verify_cli(d); assert rc == 1 and 'the manifest says' in err, (out, err)
+
+# 6. Build settings checked before anything is written
+
+def _images(d, n=3):
+    from PIL import Image
+    d.mkdir(exist_ok=True)
+    for i in range(n): Image.fromarray(_img(i, 40)).save(d/f'a{i}.png')
+    (d/'list.csv').write_text('id\n' + ''.join(f'a{i}\n' for i in range(n)))
+    return d/'list.csv'
+
+@pytest.mark.parametrize('args, says', [(['--size', '0'], 'size must be'), (['--size', '-5'], 'size must be'),
+                                        (['--shortest-side', '-1'], 'shortest_side must be'), (['--size', '100000'], 'size must be'),
+                                        (['--size', '64', '--shortest-side', '32'], 'one resize mode'),
+                                        (['--size', '64', '--shards', '-1'], '--shards must be')])
+def test_bad_build_settings_refused_before_writing(tmp_path, args, says):
+    csv = _images(tmp_path/'img')
+    rc, out, err = _run(f"from fastai_shelve.cli import main; main(['build', {str(csv)!r}, {str(tmp_path/'o.shelf')!r}, '--img-path', "
+                        f"{str(tmp_path/'img')!r}, '--suffix', '.png', '--quiet', *{args!r}])")
+    assert rc == 2 and says in err and 'Traceback' not in err, (rc, out, err)
+    assert not (tmp_path/'o.shelf').exists()
+
+def test_a_build_that_wrote_nothing_leaves_no_settings(tmp_path):
+    from fastai_shelve.build import build_shelf
+    import pandas as pd
+    csv = _images(tmp_path/'img')
+    r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', img_path=tmp_path/'nowhere', suffix='.png', size=32, n_workers=0, progress=False)
+    assert len(r.bad) == 3 and r.written == 0
+    r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', img_path=tmp_path/'img', suffix='.png', size=24, n_workers=0, progress=False)
+    assert r.written == 3
+    with open_shelf(tmp_path/'o.shelf') as s: assert s['a1']['image'].shape == (24, 24) and s.meta['build']['size'] == 24
