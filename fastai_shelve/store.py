@@ -361,7 +361,7 @@ class Shelf(ShelfBase):
                     if first is None: first, first_want, values = lay, want, [nm for nm in lay.values if nm in out]
                 for f in want:
                     if f.codec is None: out[f.name][row] = lay.view(buf, f)
-                    else: jobs.append((lay, buf, f, out[f.name], row))
+                    else: jobs.append((lay, buf, f, out[f.name], row, k))
                 if values:
                     v = lay.new_values()
                     if lay is not first and not all(nm in v for nm in values):
@@ -372,7 +372,9 @@ class Shelf(ShelfBase):
             if jobs:
                 k = min(len(jobs), DECODE_THREADS)
                 def run(part):
-                    for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
+                    for lay, buf, f, arr, row, k in part:
+                        try: lay.read_into(buf, f, arr, row)
+                        except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
 
@@ -496,7 +498,7 @@ class Shelf(ShelfBase):
                     got = txn.get(kb)
                     if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
                     if len(got) != len(buf) or got[:12] != buf[:12]: raise DamagedStoreError("lookup finds another record: damaged index")
-                    self._decode(kb, got, copy=False, check=True)
+                    self._decode(k, got, copy=False, check=True)
                     self.unbound += len(got) > 3 and got[3] < 3  # older formats: the crc does not cover the key
                 except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
                 except Exception as e: bad.append((k, str(e)))  # every bad record, not the first

@@ -17,7 +17,7 @@ def make_shelf(path, compression=None, n=280):
     rng, recs = np.random.default_rng(0), {}
     for i in range(n):
         side = 96 if i % 7 == 0 else 8
-        recs[f'img{i:04d}'] = {'image': rng.integers(0, 16, (side, side), dtype=np.uint8),  # 4 bits a pixel: zstd halves it 'labels': np.array([i % 2, 1, 0], np.int8)}
+        recs[f'img{i:04d}'] = {'image': rng.integers(0, 16, (side, side), dtype=np.uint8), 'labels': np.array([i % 2, 1, 0], np.int8)}
     with open_shelf(path, 'c', compression=compression) as s: s.put_many(recs)
     return {k: [hashlib.sha1(r['image'].tobytes()).hexdigest(), r['image'].shape[0]] for k,r in recs.items()}
 

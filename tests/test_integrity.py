@@ -3,7 +3,7 @@ import os, sys, json, struct, zlib, subprocess, textwrap
 from pathlib import Path
 import numpy as np, pytest
 from fastai_shelve.codec import (encode_record, decode_record, record_layout, RecordError, ShelfError, FORMAT_VERSION,
-                                 RecordTooLargeError)
+                                 RecordTooLargeError, bind_key, record_crc)
 from fastai_shelve.store import (open_shelf, shelf_info, DamagedStoreError, BadKeyError, ShelfNotFoundError, MANIFEST,
                                  write_manifest)
 sys.path.insert(0, str(Path(__file__).parent))
@@ -83,18 +83,15 @@ def test_damage_sweep(tmp_path, compression):
 
 BOMB = '''
 import sys, resource, numpy as np
-from fastai_shelve.store import open_shelf
+from fastai_shelve.store import open_shelf, shelf_info
 from fastai_shelve.codec import ShelfError
-s, k, what = open_shelf(sys.argv[1]), sys.argv[2], sys.argv[3]
+s, k = open_shelf(sys.argv[1]), sys.argv[2]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-try:
-    if what == 'get': s[k]
-    elif what == 'batch': s.get_batch([k] * 8)
-    elif what == 'verify': bad = s.verify(); assert bad; print('ShelfError', bad)
-    elif what == 'info':
-        from fastai_shelve.store import shelf_info; shelf_info(sys.argv[1])
-except ShelfError as e: print('ShelfError', e)
-print('grew', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+for what, f in [('get', lambda: s[k]), ('batch', lambda: s.get_batch([k] * 8)), ('verify', lambda: print('ShelfError', s.verify())),
+                ('info', lambda: shelf_info(sys.argv[1]))]:
+    try: f()
+    except ShelfError as e: print('ShelfError', e)
+    print(what, 'grew', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
 '''
 
 def _bomb_frame(n=1 << 30, content_size=True) -> bytes:
@@ -111,6 +108,7 @@ def _record(header:dict, data:bytes) -> bytes:
     out = bytearray(start) + data + bytes(4)
     out[12:12+len(head)] = head; out[12+len(head):start] = b' ' * (start - 12 - len(head))
     struct.pack_into('<3sBII', out, 0, b'FSR', FORMAT_VERSION, start - 12, 0)
+    struct.pack_into('<I', out, 8, record_crc(out))  # a valid crc, bound to no key: only the frame is wrong
     return bytes(out)
 
 def _splice(rec_bytes:bytes, frame:bytes) -> bytes:
@@ -124,6 +122,7 @@ def _splice(rec_bytes:bytes, frame:bytes) -> bytes:
     out = bytearray(start) + frame + bytes(-len(frame) % 64) + bytes(4)
     out[12:12+len(head)] = head; out[12+len(head):start] = b' ' * (start - 12 - len(head))
     struct.pack_into('<3sBII', out, 0, b'FSR', FORMAT_VERSION, start - 12, 0)
+    struct.pack_into('<I', out, 8, record_crc(out))  # a valid crc, bound to no key: only the frame is wrong
     return bytes(out)
 
 @pytest.mark.parametrize('content_size', [True, False])
@@ -134,13 +133,12 @@ def test_zstd_bomb_refused_in_bounded_memory(tmp_path, content_size):
         with s.txn() as txn: good = bytes(txn.get(b'k0'))
         bomb = _splice(good, _bomb_frame(content_size=content_size))
         assert len(bomb) < 64 << 10 and record_layout(bomb).fields[0].nbytes == 64*64
-        s._commit([(b'k1', bomb)])
-    for what in ('get', 'batch', 'verify', 'info'):
-        r = subprocess.run([sys.executable, '-c', BOMB, str(p), 'k1', what], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (what, r.stderr[-2000:])
-        if what != 'info': assert 'ShelfError' in r.stdout and "'k1'" in r.stdout, (what, r.stdout)
-        grew = int(r.stdout.split('grew')[-1])  # KiB
-        assert grew < 64 << 10, (what, grew)
+        s._commit([(b'k1', bind_key(bomb, 'k1'))])  # bound to its key: the frame itself must be refused
+    r = subprocess.run([sys.executable, '-c', BOMB, str(p), 'k1'], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert sum('ShelfError' in l and "'k1'" in l and ('expands to' in l or 'does not decompress' in l) for l in lines) >= 3, r.stdout  # get, get_batch, verify
+    assert all(int(l.split('grew')[-1]) < 64 << 10 for l in lines if 'grew' in l), r.stdout  # KiB: far from 1 GiB
 
 def test_a_header_declaring_more_than_the_shelf_allows(tmp_path):
     "A 1 TiB shape, an overflowing shape, a shelf limit: RecordErrors before any allocation."
@@ -279,34 +277,39 @@ def _sharded(path, n_shards=2, n=40, prefix='k'):
     count_shards(path)
     return path
 
-def _verify_cli(path):
-    return _run(f"from fastai_shelve.cli import main; main(['verify', {str(path)!r}])")
+def _cli(capsys, *args):
+    "(exit code, stdout, stderr) of the CLI run in this process."
+    from fastai_shelve.cli import main
+    try: main(list(args)); rc = 0
+    except SystemExit as e: rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
 
-def test_sharded_folder_edits_are_found(tmp_path):
+def test_sharded_folder_edits_are_found(tmp_path, capsys):
     import shutil
     from fastai_shelve.store import shard_of
     base = _sharded(tmp_path/'base')
-    rc, out, err = _verify_cli(base)
+    rc, out, err = _cli(capsys, 'verify', str(base))
     assert rc == 0 and '40 of 40 records ok' in out, (out, err)
     def variant(name):
         d = tmp_path/name; shutil.copytree(base, d); return d
     d = variant('swapped')  # two shards swapped
     os.rename(d/'shard-000.shelf', d/'tmp'); os.rename(d/'shard-001.shelf', d/'shard-000.shelf'); os.rename(d/'tmp', d/'shard-001.shelf')
-    rc, out, err = _verify_cli(d); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
     d = variant('twice')  # a shard listed twice
     m = json.loads((d/MANIFEST).read_text()); m['shards'][1] = m['shards'][0]; (d/MANIFEST).write_text(json.dumps(m))
-    rc, out, err = _verify_cli(d); assert rc == 2 and 'distinct' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 2 and 'distinct' in err, (out, err)
     d = variant('stray')  # a key in the wrong shard
     k = next(f'x{i}' for i in range(100) if shard_of(f'x{i}', 2) == 1)
     with open_shelf(d/'shard-000.shelf', 'w') as s: s[k] = {'image': _img(0, 8)}
-    rc, out, err = _verify_cli(d); assert rc == 1 and 'keys of other shards' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'keys of other shards' in err, (out, err)
     d = variant('foreign')  # shard 1 replaced by another dataset's shard built with the same settings
     other = _sharded(tmp_path/'other', prefix='k')
     shutil.copy(other/'shard-001.shelf', d/'shard-001.shelf')
-    rc, out, err = _verify_cli(d); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'not the shard the manifest names' in err, (out, err)
     d = variant('fewer')  # a key deleted from a shard behind the manifest's back
     with open_shelf(d/'shard-001.shelf', 'w') as s: del s[s.keys()[0]]
-    rc, out, err = _verify_cli(d); assert rc == 1 and 'the manifest says' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'the manifest says' in err, (out, err)
 
 # 6. Build settings checked before anything is written
 
@@ -321,10 +324,9 @@ def _images(d, n=3):
                                         (['--shortest-side', '-1'], 'shortest_side must be'), (['--size', '100000'], 'size must be'),
                                         (['--size', '64', '--shortest-side', '32'], 'one resize mode'),
                                         (['--size', '64', '--shards', '-1'], '--shards must be')])
-def test_bad_build_settings_refused_before_writing(tmp_path, args, says):
+def test_bad_build_settings_refused_before_writing(tmp_path, capsys, args, says):
     csv = _images(tmp_path/'img')
-    rc, out, err = _run(f"from fastai_shelve.cli import main; main(['build', {str(csv)!r}, {str(tmp_path/'o.shelf')!r}, '--img-path', "
-                        f"{str(tmp_path/'img')!r}, '--suffix', '.png', '--quiet', *{args!r}])")
+    rc, out, err = _cli(capsys, 'build', str(csv), str(tmp_path/'o.shelf'), '--img-path', str(tmp_path/'img'), '--suffix', '.png', '--quiet', *args)
     assert rc == 2 and says in err and 'Traceback' not in err, (rc, out, err)
     assert not (tmp_path/'o.shelf').exists()
 
@@ -337,3 +339,14 @@ def test_a_build_that_wrote_nothing_leaves_no_settings(tmp_path):
     r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', img_path=tmp_path/'img', suffix='.png', size=24, n_workers=0, progress=False)
     assert r.written == 3
     with open_shelf(tmp_path/'o.shelf') as s: assert s['a1']['image'].shape == (24, 24) and s.meta['build']['size'] == 24
+
+def test_new_shelf_on_a_read_only_file_system_is_a_shelf_error(tmp_path):
+    from fastai_shelve.store import ReadOnlyError
+    src, ro = tmp_path/'src', tmp_path/'ro'
+    src.mkdir(); ro.mkdir(); _shelf(src/'s.shelf', n=2)
+    if subprocess.run(['mount', '--bind', str(src), str(ro)], capture_output=True).returncode: pytest.skip('cannot bind-mount here')
+    try:
+        if subprocess.run(['mount', '-o', 'remount,ro,bind', str(ro)], capture_output=True).returncode: pytest.skip('cannot remount read-only')
+        with pytest.raises(ReadOnlyError, match=r"s\.shelf: cannot replace it"): open_shelf(ro/'s.shelf', 'n')
+        with pytest.raises(ReadOnlyError, match='not writable'): open_shelf(ro/'new.shelf', 'c')
+    finally: subprocess.run(['umount', str(ro)], capture_output=True)
