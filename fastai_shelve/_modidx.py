@@ -251,6 +251,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShardedShelf._groups': ( 'store.html#shardedshelf._groups',
                                                                                    'fastai_shelve/store.py'),
+                                     'fastai_shelve.store.ShardedShelf._shard': ( 'store.html#shardedshelf._shard',
+                                                                                  'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShardedShelf.close': ('store.html#shardedshelf.close', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.ShardedShelf.delete': ( 'store.html#shardedshelf.delete',
                                                                                   'fastai_shelve/store.py'),

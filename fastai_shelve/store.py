@@ -764,8 +764,14 @@ class ShardedShelf(ShelfBase):
     def _groups(self, keys) -> dict:
         "shard → positions in `keys`."
         g = defaultdict(list)
-        for i,k in enumerate(keys): self._check_key(k); g[shard_of(k, self.n)].append(i)
+        for i,k in enumerate(keys): g[self._shard(k)].append(i)
         return g
+
+    def _shard(self, key) -> int:
+        "The shard of `key`; a `BadKeyError` for a key no shelf can hold."
+        self._check_key(key)
+        if key_bytes(key) is None: raise BadKeyError(f"{key!r}: not a possible key of {self.path} (keys are 1 to 511 bytes of valid UTF-8)")
+        return shard_of(key, self.n)
 
     def get_many(self, keys, default=_raise) -> list:
         "Records for `keys`, in order: one read transaction per shard touched."
@@ -785,7 +791,7 @@ class ShardedShelf(ShelfBase):
         "Write records, each to its shard: one transaction per shard touched."
         items = list(items.items() if isinstance(items, dict) else items)
         for s, pos in self._groups([k for k,_ in items]).items(): self.shards[s].put_many([items[i] for i in pos])
-    def delete(self, key): self._check_key(key); self.shards[shard_of(key, self.n)].delete(key)
+    def delete(self, key): self.shards[self._shard(key)].delete(key)
     def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
     def __len__(self): return sum(len(s) for s in self.shards)
     def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
