@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import zlib, numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
-                                 record_layout, check_compression, check_key, check_crc, bind_key, record_version, RecordTooLargeError)
+                                 record_layout, check_compression, check_key, bind_key, RecordTooLargeError)
 import fastai_shelve
 
 # %% auto #0
