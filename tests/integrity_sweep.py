@@ -8,7 +8,7 @@ import numpy as np
 
 PSIZE = 4096
 P_BRANCH, P_LEAF, F_BIGDATA = 0x01, 0x02, 0x01
-KINDS = ('key_flip', 'pgno_flip', 'page_swap', 'overflow_swap', 'random', 'truncate')
+KINDS = ('key_flip', 'pgno_flip', 'size_flip', 'page_swap', 'overflow_swap', 'random', 'truncate')
 OUTCOMES = ('clean', 'intact', 'wrong', 'non_shelf', 'signal', 'hang', 'read_unchecked')
 
 def make_shelf(path, compression=None, n=280):
@@ -45,6 +45,9 @@ def damage(data:bytes, kind:str, rnd:random.Random, keys) -> bytes:
         pg, fl, at, n = rnd.choice(cands)
         where = at - 8 if fl & P_BRANCH else at + n  # a branch node keeps its child in mn_lo; a big leaf node, after its key
         b[where + rnd.randrange(2)] ^= 1 << rnd.randrange(8)
+    elif kind == 'size_flip':  # the stored size of a big value: LMDB maps that many bytes from its first overflow page
+        pg, fl, at, n = rnd.choice([o for o in nodes if o[1] & P_LEAF and struct.unpack_from('<H', data, o[2]-4)[0] & F_BIGDATA])
+        b[at - 6 + rnd.randrange(2)] ^= 1 << rnd.randrange(8)  # mn_hi: the size's high 16 bits
     elif kind == 'page_swap':
         npg = len(data) // PSIZE
         i, j = rnd.sample(range(2, npg), 2)
