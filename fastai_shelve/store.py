@@ -210,7 +210,7 @@ def key_bytes(key) -> bytes|None:
 
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file: safe codec, one read transaction per `get_many`, one handle per process."
-    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check:bool=None):
+    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
         if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression)
         path = Path(path)
@@ -220,7 +220,8 @@ class Shelf(ShelfBase):
             except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
         if path.exists() or mode in ('r', 'w'): check_lmdb_file(path)
         # A reader walks each file version once, in a child: LMDB aborts or faults on damaged pages, and the child takes the blow
-        if ifnone(check, mode == 'r') and path.exists(): check_structure(path, _lock_ok(path, mode == 'r', lock))
+        check = ifnone(check, mode == 'r')
+        self._bad = check_structure(path, _lock_ok(path, mode == 'r', lock), full=check == 'full') if check and path.exists() else {}
         if not path.exists() and not os.access(path.parent if path.parent.exists() else '.', os.W_OK):
             raise ReadOnlyError(f"{path}: cannot create a shelf here: the folder is not writable")
         store_attr('path,mode,lock,map_size,compression,level')
@@ -332,6 +333,7 @@ class Shelf(ShelfBase):
         with self.txn() as txn:
             for k in keys:
                 buf = txn.get(self._enc(k))
+                if self._bad and k in self._bad: self._refuse_bad(k)
                 if buf is None:
                     if default is _raise: raise self._key_error(k)
                     res.append(default)
@@ -349,6 +351,7 @@ class Shelf(ShelfBase):
         with self.txn() as txn:
             for k,row in zip(keys, rows):
                 buf = txn.get(self._enc(k))
+                if self._bad and k in self._bad: self._refuse_bad(k)
                 if buf is None: raise self._key_error(k)
                 if first is not None and first.matches(buf): lay = first; self._bound(k, buf)
                 else: lay = self._layout(k, buf)
@@ -377,6 +380,9 @@ class Shelf(ShelfBase):
                         except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _refuse_bad(self, key):
+        raise RecordError(f"{self.path}: key {key!r}: {self._bad[key]} (found by the full check when it was opened)")
 
     def _bound(self, key, buf):
         try: check_key(buf, key)
@@ -569,34 +575,55 @@ with env.begin(buffers=True) as txn:
         db = env.open_db(name, txn=txn, create=False)
         for k, v in txn.cursor(db):
             n += 1; len(bytes(k)); v[-1:] if len(v) else None  # touch every leaf and overflow page
-print(n)
+    bad = {}
+    if len(sys.argv) > 3 and b'records' in names:  # the full check: every record's crc and key, as `verify` checks them
+        sys.path.insert(0, sys.argv[3])
+        import json
+        from fastai_shelve.codec import decode_record
+        meta = json.loads(bytes(txn.get(b'meta', db=env.open_db(b'meta', txn=txn, create=False))))
+        for k, v in txn.cursor(env.open_db(b'records', txn=txn, create=False)):
+            try: decode_record(v, copy=False, check=True, max_version=meta['format_version'], key=bytes(k), max_bytes=meta.get('max_record_bytes'))
+            except Exception as e: bad[bytes(k).decode(errors='replace')] = str(e)[:200]
+print(json.dumps(bad) if len(sys.argv) > 3 else '{}')
 """
-_walked = {}  # (real path, size, mtime) -> True: a file already walked unchanged
+_walked = {}  # file version -> {key: why} of records the full check found bad (structure only: None)
 
 def _walk_mark(k) -> Path:
     "Where a walk of file version `k` that found nothing is remembered across processes (spawned workers, reruns)."
     cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fastai_shelve'/'walked'
     return cache/hashlib.sha1(repr(k).encode()).hexdigest()
 
-def check_structure(path, lock:bool=True, timeout:float=600):
-    "Walk every page of the LMDB file at `path` in a child process: LMDB aborts on damaged pages, so the child takes the blow."
+def _remembered(k) -> tuple:
+    "(walked, bad) for file version `k`: whether a walk found it sound, and {key: why} if that walk was full (else None)."
+    if k not in _walked:
+        try: _walked[k] = json.loads(_walk_mark(k).read_text())['bad']
+        except (OSError, ValueError, KeyError, TypeError): return False, None
+    return True, _walked[k]
+
+def check_structure(path, lock:bool=True, timeout:float=None, full:bool=False) -> dict:
+    "Walk every page of the LMDB file at `path` in a child process (LMDB aborts on damaged pages: the child takes the blow)."
+    # `full`: also check every record's crc and key there; {key: why} of the bad ones, which reads then refuse.
     path = Path(path); st = path.stat()
     # One walk per file version: (inode, size, mtime, ctime) change with any write, a copy or a move over it.
     k = (os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    if k in _walked: return
+    walked, bad = _remembered(k)
+    if walked and (bad is not None or not full): return bad or {}
     mark = _walk_mark(k)
-    if mark.exists(): _walked[k] = True; return
+    timeout = ifnone(timeout, max(600, st.st_size / (20 << 20)))  # a full check reads every byte: at least 20 MB/s
     if lock: prepare_lock(path)  # on a full disk the child would fault mapping a lock file without blocks: an intact file is not damaged
-    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0'], capture_output=True, text=True, timeout=timeout)
+    args = [str(Path(fastai_shelve.__file__).parent.parent)] if full else []
+    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
     if r.returncode < 0:
         raise DamagedStoreError(f"{path}: damaged store: LMDB crashed reading its pages ({signal.Signals(-r.returncode).name})")
     if r.returncode:
         last = (r.stderr.strip().splitlines() or ['?'])[-1]
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
-    _walked[k] = True
-    try: mark.parent.mkdir(parents=True, exist_ok=True); mark.touch()
+    bad = json.loads(r.stdout.strip().splitlines()[-1]) if full else None
+    _walked[k] = bad
+    try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(json.dumps({'bad': bad}))
     except OSError: pass  # nowhere to remember it: the next process walks again
+    return bad or {}
 
 # %% ../nbs/01_store.ipynb #cf8b36df
 class PixelStats:
@@ -855,7 +882,7 @@ def shelf_kind(path) -> str|None:
 def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
                mode:str='r', # 'r' read-only, 'w' read-write, 'c' create if missing, 'n' always new
                allow_pickle:bool=False, # open a stdlib shelve file (its values are pickles: only files you trust)
-               **kwargs) -> ShelfBase: # `Shelf`'s: `lock`, `map_size`, `compression`, `level`, `check` (walk it in a child first)
+               **kwargs) -> ShelfBase: # `Shelf`'s: `lock`, `map_size`, `compression`, `level`, `check` (True, read-only's default: walk it in a child first; 'full': check every record's crc there too)
     "Open the shelf at `path`, whichever kind it is; read-only by default. New shelves are LMDB."
     kind = None if mode == 'n' else shelf_kind(path)
     if kind == 'sharded': return ShardedShelf(path, mode, **kwargs)

@@ -74,7 +74,7 @@ def damage(data:bytes, kind:str, rnd:random.Random, keys) -> bytes:
     return bytes(b)
 
 CHILD = r'''
-import sys, json, hashlib, io, contextlib
+import sys, os, json, hashlib, io, contextlib
 from pathlib import Path
 orig = json.loads(Path(sys.argv[1]).read_text()); todo = json.loads(Path(sys.argv[2]).read_text())
 prog, out = open(sys.argv[3], 'a'), open(sys.argv[4], 'a')
@@ -93,7 +93,7 @@ for i, path in todo:
     res = dict(i=i, equal=0, differ=0, other_key=0, missing=0, shelf_error=0, other=[], extra=0)
     print('R', i, flush=True, file=prog)
     try:
-        s = open_shelf(path)
+        s = open_shelf(path, **({'check': 'full'} if os.environ.get('SWEEP_FULL') else {}))
         for k in orig:
             try: judge(k, s[k]['image'], res)
             except Exception as e: err(e, res)
@@ -126,8 +126,8 @@ def classify(r) -> str:
     if r['differ']: return 'read_unchecked'  # pixels changed inside one record: a read does not check the crc; verify does
     return 'intact' if verify_ok else 'clean'
 
-def sweep(tmp, n:int, kinds=KINDS, compression=None, seed:int=0, timeout:float=60) -> dict:
-    "Damage `n` copies per kind of a fresh shelf in `tmp`; {kind: {outcome: count}} and the per-copy details."
+def sweep(tmp, n:int, kinds=KINDS, compression=None, seed:int=0, timeout:float=60, full:bool=False) -> dict:
+    "Damage `n` copies per kind of a fresh shelf in `tmp`, read with `open_shelf(check='full')` if `full`; {kind: {outcome: count}}, details."
     tmp = Path(tmp); tmp.mkdir(parents=True, exist_ok=True)
     clean = tmp/'clean.shelf'
     orig = make_shelf(clean, compression)
@@ -137,7 +137,7 @@ def sweep(tmp, n:int, kinds=KINDS, compression=None, seed:int=0, timeout:float=6
     for kind in kinds:
         for c in range(n):
             p = tmp/f'{kind}-{c}.shelf'; p.write_bytes(damage(data, kind, rnd, keys)); jobs.append((len(jobs), str(p), kind))
-    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp/'cache')}
+    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp/'cache'), **({'SWEEP_FULL': '1'} if full else {})}
     prog, outf, results = tmp/'progress.txt', tmp/'results.jsonl', {}
     todo = [(i, p) for i,p,_ in jobs]
     while todo:
@@ -167,8 +167,8 @@ def show(table:dict) -> str:
 
 if __name__ == '__main__':
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    comp = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] != 'none' else None
+    comp = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] not in ('none', 'full') else None
     with tempfile.TemporaryDirectory() as d:
-        res = sweep(d, n, compression=comp)
+        res = sweep(d, n, compression=comp, full=len(sys.argv) > 2 and sys.argv[2] == 'full')
         print(show(res['table']))
         if len(sys.argv) > 3: Path(sys.argv[3]).write_text(json.dumps(res, indent=1, default=str))

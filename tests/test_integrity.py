@@ -72,9 +72,10 @@ def test_damage_sweep_quick(tmp_path):
         assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']), res['details'])
 
 @pytest.mark.slow
-@pytest.mark.parametrize('compression', [None, 'zstd'])
-def test_damage_sweep(tmp_path, compression):
-    res = sweep(tmp_path, 40, compression=compression)
+@pytest.mark.parametrize('compression, full', [(None, False), ('zstd', False), (None, True)])
+def test_damage_sweep(tmp_path, compression, full):
+    res = sweep(tmp_path, 40, compression=compression, full=full)
+    if full: assert all(t['read_unchecked'] == 0 for t in res['table'].values()), show(res['table'])
     print(show(res['table']))
     for kind, t in res['table'].items():
         assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']))
@@ -358,3 +359,16 @@ def test_sharded_keys_must_be_valid_utf8(tmp_path):
         with pytest.raises(BadKeyError): s.get_many(['k1', '\udc80'])
         with pytest.raises(BadKeyError): del s['\udc80']
         assert '\udc80' not in s and len(s) == 4
+
+def test_full_check_at_open_refuses_records_with_changed_pixels(tmp_path):
+    "check='full' checks every record's crc once per file version, in the child: reads then refuse the bad ones."
+    p = _shelf(tmp_path/'s.shelf', n=10, side=64)
+    b = bytearray(p.read_bytes()); at = b.find(_img(4, 64).tobytes()[:64]); b[at + 100] ^= 0xFF
+    (tmp_path/'d.shelf').write_bytes(b)
+    with open_shelf(tmp_path/'d.shelf') as s: assert not np.array_equal(s['k4']['image'], _img(4, 64))  # reads don't check the crc
+    with open_shelf(tmp_path/'d.shelf', check='full') as s:
+        with pytest.raises(RecordError, match=r"key 'k4': checksum mismatch.*full check"): s['k4']
+        with pytest.raises(RecordError, match="'k4'"): s.get_batch(['k3', 'k4'])
+        np.testing.assert_array_equal(s['k5']['image'], _img(5, 64))
+    with open_shelf(tmp_path/'d.shelf', check='full') as s:  # remembered: no second walk, the same answer
+        with pytest.raises(RecordError, match='full check'): s['k4']
