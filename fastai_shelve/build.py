@@ -143,7 +143,11 @@ class BuildSettings:
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame'}
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
-        return cls(**d)
+        try: return cls(**d)
+        except ShelfError:  # kept by an older build that did not check them (two resize modes): read as they were built
+            if d.get('scale', 'minmax') not in SCALES: raise
+            s = cls(); s.__dict__.update(d); s.size = list(s.size) if isinstance(s.size, (tuple, list)) else s.size
+            return s
 
     def as_meta(self) -> dict:
         "The JSON a shelf's metadata keeps under 'build'."
