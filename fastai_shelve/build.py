@@ -240,6 +240,21 @@ class BuildSettings:
         size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
         if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
         store_attr()
+        self.check()
+
+    max_side_px = 16384  # no output side may be larger: 16384x16384x3 is 768 MB a record
+
+    def check(self):
+        "Refuse settings no image can be built with, before a build writes anything: sizes 1..16384, one resize mode."
+        def ok(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 < v <= self.max_side_px
+        sizes = self.size if isinstance(self.size, list) else [self.size]
+        if self.size is not None and not (len(sizes) in (1, 2) and all(ok(v) for v in sizes)):
+            raise ShelfError(f"size must be a side (or (height, width)) from 1 to {self.max_side_px}, not {self.size!r}")
+        for name in ('shortest_side', 'max_side'):
+            v = getattr(self, name)
+            if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
+        modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
+        if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
 
     @classmethod
     def from_meta(cls, d:dict|None) -> BuildSettings:
@@ -251,7 +266,11 @@ class BuildSettings:
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame'}
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
-        return cls(**d)
+        try: return cls(**d)
+        except ShelfError:  # kept by an older build that did not check them (two resize modes): read as they were built
+            if d.get('scale', 'minmax') not in SCALES: raise
+            s = cls(); s.__dict__.update(d); s.size = list(s.size) if isinstance(s.size, (tuple, list)) else s.size
+            return s
 
     def as_meta(self) -> dict:
         "The JSON a shelf's metadata keeps under 'build'."
@@ -596,7 +615,9 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 pending += recs; nbytes += sum(len(d) for _,d in recs); stats.add(hist)
                 if len(pending) >= commit_every or nbytes >= 32<<20: commit()
                 if pb is not results: pb.comment = f'{(written+len(pending))/(time.time()-t0):.1f} img/s'
-        finally: commit()  # an error or interrupt never loses what was decoded
+        finally:
+            commit()  # an error or interrupt never loses what was decoded
+            if not len(shelf): shelf.update_meta(build=None)  # no record: no settings left to refuse a corrected rerun
         if frame == 'all': shelf.set_table(_frames_table(shelf.keys(), df[extra].set_axis(keys)))
         shelf.update_meta(n_records=len(shelf))
     report = BuildReport(dest, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)

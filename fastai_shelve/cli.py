@@ -62,6 +62,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
               shortest_side=shortest_side, max_side=max_side, gray=not rgb, strict=strict, compression=compression,
               level=level, scale=scale, frame=int(frame) if frame.lstrip('-').isdigit() else frame, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes))
     if kw['label_col'] and len(kw['label_col']) == 1: kw['label_col'] = kw['label_col'][0]
+    if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
     if shards:
         from fastai_shelve.shards import build_sharded
         reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, img_path=path, **kw)
@@ -106,6 +107,8 @@ def verify(path:str, # the shelf to check
         n, bad = len(s), s.verify()
     for k,why in bad: print(f"bad record {k!r}: {why}")
     print(f"{path}: {n - len(bad)} of {n} records ok")
+    if getattr(s, 'unbound', 0): print(f"note: {s.unbound} records of an older format are not bound to their keys: convert the shelf to bind them")
+    for note in getattr(s, 'notes', []): print(f"note: {note}")
     if bad: sys.exit(1)
 
 def convert(src:str, # a stdlib shelve file (e.g. the seed's training_data.db), or a shelf to recompress

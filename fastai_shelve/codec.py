@@ -4,26 +4,32 @@
 
 # %% ../nbs/00_codec.ipynb #db9fc78a
 from __future__ import annotations
-import json, struct, zlib, copy, threading, importlib
+import json, struct, zlib, copy, threading, importlib, math
 from typing import NamedTuple
 from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAGIC', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError', 'check_compression',
-           'compress', 'decompress', 'encode_record', 'Field', 'Layout', 'record_version', 'record_layout',
-           'record_crc', 'check_crc', 'decode_record']
+__all__ = ['FORMAT_VERSION', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError',
+           'RecordTooLargeError', 'check_compression', 'compress', 'decompress', 'encode_record', 'Field', 'Layout',
+           'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc',
+           'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
 class RecordError(ShelfError, ValueError): "A record that cannot be encoded, or bytes that are not a valid record."
 class FormatVersionError(ShelfError): "A shelf or record written by a newer fastai_shelve than this one."
+class RecordTooLargeError(RecordError): "A record whose header declares more bytes than its shelf allows (a crafted or damaged header)."
 
 # %% ../nbs/00_codec.ipynb #2257f7e9
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: a 4-byte key check after the buffers, and the crc bound to the key
 MAGIC = b'FSR'
 _prefix = struct.Struct('<3sBII')
 _CRC_AT = 8       # the crc's offset in the prefix: what the checksum skips
+_TAIL = 4         # format 3: crc32 of the key the record is stored under, after its buffers
+MAX_RECORD_BYTES = 1 << 30  # what a record may expand to where its shelf keeps no limit of its own
+_MAX_DECLARED = 1 << 40     # no field may declare more (1 TiB), whatever the limit
+_MAX_DEPTH = 32             # JSON values nest at most this deep (deeper: a crafted header, not a build's)
 _ALIGN = 64
 _KINDS = 'biufc'  # bool, int, uint, float, complex: plain bytes, safe to view
 
@@ -59,22 +65,31 @@ def compress(raw, codec:str, level:int=None) -> bytes:
     if c is None: c = lib.ZstdCompressor(level=3 if level is None else level); _local.__dict__.setdefault('zc', {})[level] = c
     return c.compress(raw)
 
+def _frame_size(lib, data) -> int:
+    "The content size a zstd frame states (-1: unknown); a `RecordError` if `data` is no zstd frame."
+    try: return lib.frame_content_size(data)
+    except Exception as e: raise RecordError(f"zstd data does not decompress: {e}") from None
+
 def decompress(data, codec:str, nbytes:int) -> bytes:
     "The `nbytes` bytes that `compress` packed into `data`; a `RecordError` if they don't come back whole."
     lib = _codec_lib(codec)
     try:
         if codec == 'lz4': out = lib.decompress(data, uncompressed_size=nbytes)
         else:
+            # python-zstandard allocates the size a frame states, ignoring max_output_size: check it first
+            size = _frame_size(lib, data)
+            if size not in (-1, nbytes): raise RecordError(f"zstd frame expands to {size} bytes, not the {nbytes} its header declares")
             d = getattr(_local, 'zd', None)
             if d is None: d = _local.zd = lib.ZstdDecompressor()
             out = d.decompress(data, max_output_size=nbytes)
+    except RecordError: raise
     except Exception as e: raise RecordError(f"{codec} data does not decompress: {e}") from None
     if len(out) != nbytes: raise RecordError(f"{codec} data decompressed to {len(out)} bytes, not {nbytes}")
     return out
 
 # %% ../nbs/00_codec.ipynb #f1d410d6
-def encode_record(rec:dict, compression:str=None, level:int=None) -> bytes:
-    "Encode `rec`, a dict of arrays and JSON values, as header + aligned buffers, raw or compressed (`compression`)."
+def encode_record(rec:dict, compression:str=None, level:int=None, key=None) -> bytes:
+    "Encode `rec`, a dict of arrays and JSON values, as header + aligned buffers, raw or compressed; bound to `key` if given."
     if not isinstance(rec, dict): raise RecordError(f"a record must be a dict, not {type(rec).__name__}")
     check_compression(compression)
     arrays, values, off = [], {}, 0
@@ -94,13 +109,15 @@ def encode_record(rec:dict, compression:str=None, level:int=None) -> bytes:
         else: raise RecordError(f"field {k!r}: cannot store a {type(v).__name__} (arrays, numbers, strings, lists, dicts)")
     header = json.dumps({'a': [e for e,_ in arrays], 'v': values}, separators=(',', ':'), allow_nan=True).encode()
     start = _pad(_prefix.size + len(header))
-    out = bytearray(start + off)
+    out = bytearray(start + off + _TAIL)
     body = np.frombuffer(out, np.uint8)
     for e,raw in arrays: body[start+e[3]:start+e[3]+len(raw)] = np.frombuffer(raw, np.uint8)
     out[_prefix.size:_prefix.size+len(header)] = header
     out[_prefix.size+len(header):start] = b' ' * (start-_prefix.size-len(header))  # JSON ignores trailing blanks
     _prefix.pack_into(out, 0, MAGIC, FORMAT_VERSION, start-_prefix.size, 0)
-    struct.pack_into('<I', out, _CRC_AT, record_crc(out))
+    kc = key_crc(key)
+    struct.pack_into('<I', out, len(out)-_TAIL, kc)
+    struct.pack_into('<I', out, _CRC_AT, record_crc(out) ^ kc)
     return bytes(out)
 
 # %% ../nbs/00_codec.ipynb #66025698
@@ -138,20 +155,30 @@ def _field(o) -> Field:
     try:
         name, dt, shape, off, *comp = o
         dt, shape, off = np.dtype(dt), tuple(int(s) for s in shape), int(off)
-        nb = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        nb = math.prod(shape) * dt.itemsize  # Python ints: a crafted shape cannot wrap around
         stored, codec = (int(comp[0]), comp[1]) if comp else (nb, None)
         ok = (isinstance(name, str) and dt.kind in _KINDS and all(s >= 0 for s in shape) and off >= 0 and stored >= 0
-              and len(comp) in (0, 2) and codec in (None,) + COMPRESSIONS)
+              and len(comp) in (0, 2) and codec in (None,) + COMPRESSIONS and len(shape) <= 32 and nb <= _MAX_DECLARED)
     except Exception: ok = False  # numpy's dtype parser raises even SyntaxError on a string like ','  (found by fuzzing)
     if not ok: raise RecordError(f"bad array entry in header: {o!r}"[:200])
     return Field(name, dt, shape, off, nb, stored, codec)
 
+def _depth(v) -> int:
+    "How deep JSON value `v` nests (without recursion: a crafted header may nest thousands of levels)."
+    d, level = 0, [v]
+    while level:
+        level = [o for x in level for o in (x.values() if isinstance(x, dict) else x if isinstance(x, list) else ())]
+        d += 1
+        if d > _MAX_DEPTH: return d
+    return d - 1
+
 @lru_cache(maxsize=1024)
 def _parse_header(head:bytes, start:int) -> Layout:
     try: h = json.loads(head[_prefix.size:])
-    except (ValueError, UnicodeDecodeError) as e: raise RecordError(f"unreadable header: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e: raise RecordError(f"unreadable header: {str(e)[:100]}") from None
     if not isinstance(h, dict) or not isinstance(h.get('a'), list) or not isinstance(h.get('v'), dict):
         raise RecordError("header lacks its array list or value dict")
+    if _depth(h['v']) > _MAX_DEPTH: raise RecordError(f"header values nest deeper than {_MAX_DEPTH} levels")
     return Layout(tuple(_field(o) for o in h['a']), h['v'], start, head)
 
 # %% ../nbs/00_codec.ipynb #91031177
@@ -159,8 +186,8 @@ def record_version(buf) -> int:
     "The format version a record's prefix claims."
     return buf[3] if len(buf) > 3 else 0
 
-def record_layout(buf, max_version:int=None) -> Layout:
-    "Check `buf`'s prefix and return its parsed (cached) header; `max_version`: the format of the shelf it came from."
+def record_layout(buf, max_version:int=None, max_bytes:int=None) -> Layout:
+    "Check `buf`'s prefix and return its parsed (cached) header; `max_version`: its shelf's format; `max_bytes`: its limit."
     n = len(buf)
     if bytes(buf[:3]) != MAGIC:
         what = "a pickle" if bytes(buf[:1]) == b'\x80' else "not a fastai_shelve record"
@@ -176,32 +203,62 @@ def record_layout(buf, max_version:int=None) -> Layout:
     if start > n: raise RecordError(f"header of {hlen} bytes runs past the end of a {n}-byte record")
     head = bytes(buf[:start]); head = head[:_CRC_AT] + b'\0\0\0\0' + head[_prefix.size:]  # the crc is no part of the schema
     lay = _parse_header(head, start)
+    n -= _TAIL if version >= 3 else 0  # the key check is no part of the data
     if lay.end > n:
         f = next(f for f in lay.fields if start+f.offset+f.stored > n)
         raise RecordError(f"field {f.name!r} claims {f.dtype}{list(f.shape)} ({f.stored} bytes at offset {f.offset}) "
-                          f"but the record holds only {n-start} bytes of data")
+                          f"but the record holds only {max(n-start, 0)} bytes of data")
+    # A header is a promise about memory: refuse one that declares more than the shelf allows, before allocating anything
+    want, limit = sum(f.nbytes for f in lay.fields), MAX_RECORD_BYTES if max_bytes is None else max_bytes
+    if want > limit: raise RecordTooLargeError(f"header declares {want} bytes of arrays, more than the {limit} this shelf allows (max_record_bytes)")
     return lay
 
 # %% ../nbs/00_codec.ipynb #8311f13a
-def record_crc(buf) -> int:
-    "crc32 of a format-2 record: every byte but the crc's own four."
-    mv = memoryview(buf)
-    return zlib.crc32(mv[_prefix.size:], zlib.crc32(mv[:_CRC_AT]))
+def key_crc(key) -> int:
+    "crc32 of `key`'s UTF-8 bytes (0 for None): what binds a format-3 record to the key it is stored under."
+    if key is None: return 0
+    try: return zlib.crc32(key.encode() if isinstance(key, str) else key)
+    except UnicodeEncodeError: raise RecordError(f"key {key!r} is not valid UTF-8") from None
 
-def check_crc(buf, lay:Layout=None):
-    "Raise `RecordError` unless `buf` matches the crc32 written with it (format 1: its buffers; 2: all of it)."
+def record_crc(buf) -> int:
+    "crc32 of a record's bytes but the crc's own four (and, from format 3, the key check after the buffers)."
+    mv = memoryview(buf)
+    end = len(mv) - (_TAIL if record_version(buf) >= 3 else 0)
+    return zlib.crc32(mv[_prefix.size:end], zlib.crc32(mv[:_CRC_AT]))
+
+def _tail(buf) -> int: return struct.unpack_from('<I', buf, len(buf)-_TAIL)[0]
+
+def check_key(buf, key):
+    "Raise `RecordError` unless format-3 record `buf` was written under `key` (4 bytes compared: cheap, on every read)."
+    if buf[3] >= 3 and len(buf) >= _prefix.size + _TAIL and _tail(buf) != key_crc(key):
+        raise RecordError("this record was written under another key (a damaged key or page pointer)")
+
+def bind_key(buf, key) -> bytes:
+    "Format-3 record `buf` bound to `key` instead of the key it was encoded with; older formats unchanged."
+    if record_version(buf) < 3: return bytes(buf)
+    out, kc = bytearray(buf), key_crc(key)
+    crc = _prefix.unpack_from(out, 0)[3] ^ _tail(out) ^ kc  # the crc xors in the key's crc: swap the old one for the new
+    struct.pack_into('<I', out, _CRC_AT, crc); struct.pack_into('<I', out, len(out)-_TAIL, kc)
+    return bytes(out)
+
+def check_crc(buf, lay:Layout=None, key=None):
+    "Raise `RecordError` unless `buf` matches its crc32 (format 1: its buffers; 2: all of it; 3: all of it and `key`)."
     lay = lay or record_layout(buf)
-    want, mv = _prefix.unpack_from(buf, 0)[3], memoryview(buf)
-    if record_version(buf) >= 2: crc = record_crc(buf)
+    want, mv, v = _prefix.unpack_from(buf, 0)[3], memoryview(buf), record_version(buf)
+    if v >= 3:
+        check_key(buf, key)
+        crc = record_crc(buf) ^ key_crc(key)
+    elif v >= 2: crc = record_crc(buf)
     else:
         crc = 0
         for f in lay.fields: crc = zlib.crc32(mv[lay.start+f.offset:lay.start+f.offset+f.stored], crc)
     if crc != want: raise RecordError("checksum mismatch: the record's bytes were changed")
 
-def decode_record(buf, copy:bool=True, check:bool=False, max_version:int=None) -> dict:
-    "Decode bytes made by `encode_record`; `copy=False` gives views on `buf`, `check` verifies the crc."
-    lay = record_layout(buf, max_version)
-    if check: check_crc(buf, lay)
+def decode_record(buf, copy:bool=True, check:bool=False, max_version:int=None, key=None, max_bytes:int=None) -> dict:
+    "Decode bytes made by `encode_record`; `copy=False` gives views on `buf`, `check` verifies the crc; `key`: its key, checked."
+    lay = record_layout(buf, max_version, max_bytes)
+    if check: check_crc(buf, lay, key)
+    elif key is not None: check_key(buf, key)
     rec = lay.new_values()
     for f in lay.fields:
         a = lay.view(buf, f)

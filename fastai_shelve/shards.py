@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from .codec import ShelfError
-from .store import shard_of, write_manifest
-from .build import build_shelf, read_source, encode_labels, mp_context
+from .store import shard_of, write_manifest, claim_shard, count_shards
+from .build import build_shelf, read_source, encode_labels, mp_context, BuildSettings
 
 # %% auto #0
 __all__ = ['build_sharded']
@@ -35,7 +35,9 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     lab = {k: kwargs.get(k) for k in ('label_col', 'label_delim', 'y_block', 'vocab', 'label_func')}
     if lab['label_col'] is None: lab['label_col'] = kwargs.get('label_cols')  # today's spelling (`build_shelf` warns)
     _, label_meta = encode_labels(df, keys, **lab)
+    BuildSettings(**{k: kwargs[k] for k in ('size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame') if k in kwargs})  # checked before anything is written
     m = write_manifest(path, n_shards)
+    for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(img_path), 'fn_col': col if col is not None else 0,
@@ -43,7 +45,10 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(path)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client
-        with Client(scheduler) as client: return list(dask.compute(*tasks, scheduler=client))
-    # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
-    with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
-        return list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
+        with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))
+    else:
+        # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
+        with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
+            res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
+    count_shards(path)  # the manifest keeps each shard's key count: `verify` checks them
+    return res

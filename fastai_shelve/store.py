@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_store.ipynb #1907a88d
 from __future__ import annotations
-import os, sys, json, time, shelve, dbm, struct, threading, errno, signal, subprocess
+import os, sys, json, time, shelve, dbm, struct, threading, errno, signal, subprocess, stat, hashlib, uuid
 from abc import abstractmethod
 from pathlib import Path
 from contextlib import contextmanager
@@ -13,15 +13,17 @@ from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 import zlib, numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
-from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record, record_layout, check_compression
+from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
+                                 record_layout, check_compression, check_key, bind_key, RecordTooLargeError)
 import fastai_shelve
 
 # %% auto #0
 __all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
-           'DamagedStoreError', 'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf',
-           'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf',
-           'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf',
-           'record_meta', 'shelf_info']
+           'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'read_only_fs', 'prepare_lock',
+           'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_regular', 'check_lmdb_file', 'check_lmdb_size',
+           'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names', 'read_manifest',
+           'write_manifest', 'claim_shard', 'count_shards', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta',
+           'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -29,6 +31,9 @@ class PickleRefusedError(ShelfError):
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
 class DamagedStoreError(ShelfError): "A shelf file whose structure LMDB cannot walk: damaged pages, found in a child process."
+class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
+class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
+class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
 
 LMDB_MAGIC = 0xBEEFC0DE
 
@@ -201,21 +206,26 @@ def _pool() -> ThreadPoolExecutor:
     return p
 
 def key_bytes(key) -> bytes|None:
-    "`key` as LMDB key bytes, or None if it cannot be one (empty, over 511 bytes, not a str)."
+    "`key` as LMDB key bytes, or None if it cannot be one (empty, over 511 bytes, not a str, not valid UTF-8)."
     if not isinstance(key, str): return None
-    b = key.encode('utf-8', 'surrogatepass')
+    try: b = key.encode('utf-8')  # strict: a lone surrogate written would come back as U+FFFD, a key nobody can read
+    except UnicodeEncodeError: return None
     return b if 0 < len(b) <= 511 else None
 
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file: safe codec, one read transaction per `get_many`, one handle per process."
-    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check:bool=False):
+    def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
         if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression)
         path = Path(path)
         if mode == 'n':
-            for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
+            try:
+                for p in (path, Path(f'{path}-lock')): p.unlink(missing_ok=True)
+            except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
         if path.exists() or mode in ('r', 'w'): check_lmdb_file(path)
-        if check and path.exists(): check_structure(path, _lock_ok(path, mode == 'r', lock))  # before this process trusts it
+        # A reader walks each file version once, in a child: LMDB aborts or faults on damaged pages, and the child takes the blow
+        check = ifnone(check, mode == 'r')
+        self._bad = check_structure(path, _lock_ok(path, mode == 'r', lock), full=check == 'full') if check and path.exists() else {}
         if not path.exists() and not os.access(path.parent if path.parent.exists() else '.', os.W_OK):
             raise ReadOnlyError(f"{path}: cannot create a shelf here: the folder is not writable")
         store_attr('path,mode,lock,map_size,compression,level')
@@ -224,10 +234,13 @@ class Shelf(ShelfBase):
 
     def _open(self):
         "Open (or share) this process's environment and its two databases; check the format version."
+        if getattr(self, '_fd', None) is not None: self._drop_fd()  # inherited through fork: ours to close
         self._env = _acquire_env(self.path, self.readonly, self.lock, self.map_size)
         self._locked = self._env.flags()['lock']
         self._pid, self._meta = os.getpid(), None
         try:
+            self._fd = os.open(self.path, os.O_RDONLY)  # the mapped file itself, even if renamed over: fstat'd per read
+            self._psize = self._env.stat()['psize']
             check_lmdb_size(self.path, self._env)
             names = _db_names(self._env)
             if b'meta' not in names:
@@ -237,9 +250,25 @@ class Shelf(ShelfBase):
             self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
-            _release_env(self.path); self._env = None
-            raise ShelfError(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
-        except Exception: _release_env(self.path); self._env = None; raise
+            self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
+        except OSError as e: self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {e.strerror}") from None
+        except Exception: self._drop(); raise
+
+    def _drop(self):
+        "Let go of the environment and the file (after a failed open, or at `close`)."
+        _release_env(self.path); self._env = None
+        self._drop_fd()
+
+    def _drop_fd(self):
+        fd, self._fd = getattr(self, '_fd', None), None
+        if fd is not None:
+            try: os.close(fd)
+            except OSError: pass
+
+    def _check_size(self, env):
+        "Refuse to read when the file is shorter than its last commit (truncated or overwritten under us): not a SIGBUS later."
+        need, have = (env.info()['last_pgno'] + 1) * self._psize, os.fstat(self._fd).st_size
+        if have < need: raise DamagedStoreError(f"{self.path} is truncated: {have} bytes, but its last commit needs {need} (overwritten while open?)")
 
     def _init_meta(self):
         "Both databases and the first metadata in one write transaction: all there, or nothing."
@@ -258,7 +287,8 @@ class Shelf(ShelfBase):
                 f"{self.meta.get('package_version')}; this fastai_shelve {fastai_shelve.__version__} reads up to "
                 f"format {FORMAT_VERSION}: upgrade fastai_shelve")
         self._version = v
-
+        lim = self.meta.get('max_record_bytes')  # the largest record written: no header may promise more
+        self._limit = lim if isinstance(lim, int) and lim > 0 else None
     @property
     def env(self):
         "This process's LMDB environment: reopened after `fork`, an error after `close`."
@@ -269,6 +299,7 @@ class Shelf(ShelfBase):
     def txn(self, write:bool=False, db=None, what:str='read'):
         "A transaction on `db` (records by default); LMDB's errors become `ShelfError`s naming the file."
         env = self.env
+        if not write: self._check_size(env)  # one fstat: a shrunken file is an error, not a SIGBUS
         try:
             try: t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
             except lmdb.MapResizedError: env.set_mapsize(0); t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
@@ -281,15 +312,23 @@ class Shelf(ShelfBase):
         b = key_bytes(key)
         if b is None:
             self._check_key(key)
-            raise KeyError(f"{key!r}: not a possible key of {self.path} (LMDB keys are 1 to 511 bytes)")
+            raise BadKeyError(f"{key!r}: not a possible key of {self.path} (keys are 1 to 511 bytes of valid UTF-8)")
         return b
 
     def _layout(self, key, buf):
-        try: return record_layout(buf, self._version)
-        except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
+        "`buf`'s layout, checked against the shelf's format and size limit, and that it was written under `key`."
+        return self._checked(key, lambda: (record_layout(buf, self._version, self._limit), check_key(buf, key))[0])
 
     def _decode(self, key, buf, copy=True, check=False):
-        try: return decode_record(buf, copy=copy, check=check, max_version=self._version)
+        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key, max_bytes=self._limit))
+
+    def _checked(self, key, f):
+        "`f()`, its errors naming the file and `key`; a record over the size limit retried once with the limit re-read."
+        try:
+            try: return f()
+            except RecordTooLargeError:  # another process may have written bigger records since we read the limit
+                self._meta = None; self._check_version()
+                return f()
         except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def get_many(self, keys, default=_raise) -> list:
@@ -298,6 +337,7 @@ class Shelf(ShelfBase):
         with self.txn() as txn:
             for k in keys:
                 buf = txn.get(self._enc(k))
+                if self._bad and k in self._bad: self._refuse_bad(k)
                 if buf is None:
                     if default is _raise: raise self._key_error(k)
                     res.append(default)
@@ -315,8 +355,10 @@ class Shelf(ShelfBase):
         with self.txn() as txn:
             for k,row in zip(keys, rows):
                 buf = txn.get(self._enc(k))
+                if self._bad and k in self._bad: self._refuse_bad(k)
                 if buf is None: raise self._key_error(k)
-                lay = first if first is not None and first.matches(buf) else self._layout(k, buf)
+                if first is not None and first.matches(buf): lay = first; self._bound(k, buf)
+                else: lay = self._layout(k, buf)
                 if out is None:  # the batch takes the first record's shapes
                     out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
                     out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
@@ -326,18 +368,29 @@ class Shelf(ShelfBase):
                     if first is None: first, first_want, values = lay, want, [nm for nm in lay.values if nm in out]
                 for f in want:
                     if f.codec is None: out[f.name][row] = lay.view(buf, f)
-                    else: jobs.append((lay, buf, f, out[f.name], row))
+                    else: jobs.append((lay, buf, f, out[f.name], row, k))
                 if values:
                     v = lay.new_values()
+                    if lay is not first and not all(nm in v for nm in values):
+                        raise ShelfError(f"{self.path}: key {k!r} lacks values {[nm for nm in values if nm not in v]} the batch's first record has: use get_many")
                     for nm in values: out[nm][row] = v[nm]
             # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`:
             # one task per thread, each a run of records (a task per record costs more in the pool than zstd spends).
             if jobs:
                 k = min(len(jobs), DECODE_THREADS)
                 def run(part):
-                    for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
+                    for lay, buf, f, arr, row, k in part:
+                        try: lay.read_into(buf, f, arr, row)
+                        except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _refuse_bad(self, key):
+        raise RecordError(f"{self.path}: key {key!r}: {self._bad[key]} (found by the full check when it was opened)")
+
+    def _bound(self, key, buf):
+        try: check_key(buf, key)
+        except ShelfError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def _fit(self, key, lay, out:dict, fields) -> list:
         "The fields of `lay` to copy into the batch `out`; an error naming `key` if its fields, shapes or dtypes differ."
@@ -368,34 +421,44 @@ class Shelf(ShelfBase):
     def _commit(self, ops=(), meta:dict=None, check=None, db=None):
         "One write transaction: `ops` [(key, bytes or None to delete)] on `db`, `meta` merged into the metadata after `check(old)`."
         if self.readonly: self._refuse('write')
-        if ops and db is None and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
+        recs = bool(ops) and db is None
+        if recs and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
             meta = {**(meta or {}), 'format_version': FORMAT_VERSION, 'package_version': fastai_shelve.__version__}
+        big = max((_declared(v) for _,v in ops if v is not None), default=0) if recs else 0
         while True:
             try:
                 with self.txn(write=True, db=db, what='write (nothing of this batch was written)') as txn:
                     for k,v in ops:
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
-                    if meta is not None or check is not None:
+                    if meta is not None or check is not None or recs:
                         try: old = json.loads(bytes(txn.get(b'meta', db=self._metadb)))
-                        except (TypeError, ValueError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
+                        except (TypeError, ValueError, RecursionError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
                         if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                         new = {**old, **(meta or {})}
+                        if recs:  # what `verify` checks the index against, and what a header may promise, commit with the records
+                            new['n_records'] = txn.stat(self._recs)['entries']
+                            new['max_record_bytes'] = max(big, old.get('max_record_bytes') or 0)
                         txn.put(b'meta', json.dumps(new).encode(), db=self._metadb)
-                if meta is not None: self._meta, self._version = new, new.get('format_version', self._version)
+                if meta is not None or recs:
+                    self._meta, self._version = new, new.get('format_version', self._version)
+                    self._limit = new.get('max_record_bytes') or None
                 return
             except lmdb.MapFullError: self.env.set_mapsize(self.env.info()['map_size'] * 2)
 
     def encode(self, key, rec) -> bytes:
-        "`rec` as the bytes this shelf stores (with its compression); bytes from `encode_record` are checked and kept."
-        if isinstance(rec, (bytes, bytearray)): self._layout(key, rec); return bytes(rec)
-        try: return encode_record(rec, self.compression, self.level)
-        except RecordError as e: raise RecordError(f"{self.path}: key {key!r}: {e}") from None
+        "`rec` as the bytes this shelf stores (with its compression), bound to `key`; bytes from `encode_record` are checked and bound."
+        try:
+            if isinstance(rec, (bytes, bytearray, memoryview)):
+                record_layout(rec, FORMAT_VERSION, 1 << 62)  # a record of any size may be written: the limit follows it
+                return bind_key(rec, key)
+            return encode_record(rec, self.compression, self.level, key=key)
+        except RecordError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
     def put_many(self, items, meta:dict=None):
         "Write records (dicts, or bytes from `encode_record`) from a dict or (key, record) pairs in one transaction, with `meta` merged in it."
         items = items.items() if isinstance(items, dict) else items
-        self._commit([(self._enc(k), self.encode(k, r)) for k,r in items], meta=meta)
+        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta)
 
     def delete(self, key):
         "Remove `key`'s record."
@@ -407,7 +470,7 @@ class Shelf(ShelfBase):
         with self.txn(db=self._metadb) as txn: b = txn.get(name)
         if b is None: return None
         try: return json.loads(bytes(b))
-        except (ValueError, UnicodeDecodeError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {e}") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {str(e)[:100]}") from None
 
     def update_meta(self, check=None, **kwargs):
         "Merge `kwargs` into the metadata in one transaction; `check(old_meta)` may refuse first (by raising), in the same one."
@@ -431,37 +494,63 @@ class Shelf(ShelfBase):
         return None if d is None else pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
 
     def verify(self, progress=None) -> list:
-        "(key, reason) for every record that fails to decode or to match its checksum (every one, not just the first)."
+        "(key, reason) for every record that fails to decode, to match its checksum and key, or to be found under its key."
         check_structure(self.path, self._locked)
-        bad = []
+        bad, prev, n, self.unbound = [], None, 0, 0
         with self.txn(what='verify') as txn:
-            for i,(k,buf) in enumerate(txn.cursor()):
-                try: decode_record(buf, copy=False, check=True, max_version=self._version)
-                except Exception as e: bad.append((bytes(k).decode(errors='replace'), str(e)))  # every bad record, not the first
+            for i,(kb,buf) in enumerate(txn.cursor()):
+                kb, n = bytes(kb), n + 1
+                k = kb.decode(errors='replace')
+                try:
+                    kb.decode()
+                    # The index: keys strictly ascending (so unique), each found again by lookup, as a read finds it.
+                    if prev is not None and kb <= prev: raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
+                    got = txn.get(kb)
+                    if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
+                    if len(got) != len(buf) or got[:12] != buf[:12]: raise DamagedStoreError("lookup finds another record: damaged index")
+                    self._decode(k, got, copy=False, check=True)
+                    self.unbound += len(got) > 3 and got[3] < 3  # older formats: the crc does not cover the key
+                except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
+                except Exception as e: bad.append((k, str(e)))  # every bad record, not the first
+                prev = kb
                 if progress: progress(i)
+            entries = txn.stat(self._recs)['entries']
+        want = self.meta.get('n_records') if self._version >= 3 else None  # format 3 keeps the count with every commit
+        for what, m in (('the index holds', entries), ('the metadata says', want)):
+            if m is not None and m != n:
+                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
         return bad
 
     def close(self):
         "Release this shelf's hold on the environment; using it afterwards raises `ShelfClosedError`."
-        if not self._closed and self._env is not None and self._pid == os.getpid(): _release_env(self.path)
+        if not self._closed and self._env is not None and self._pid == os.getpid(): self._drop()
         self._closed, self._env = True, None
 
     def __getstate__(self):
         # A handle never travels: a spawned worker gets the path and opens its own.
-        return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch')} | {'_pid': None}
-    def __setstate__(self, d): self.__dict__.update(d); self._env = None
+        return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch', '_fd')} | {'_pid': None}
+    def __setstate__(self, d): self.__dict__.update(d); self._env = self._fd = None
     def __del__(self):
         try: self.close()
         except Exception: pass
 
 # %% ../nbs/01_store.ipynb #28da1005
+def check_regular(path):
+    "Refuse at once a path that is neither a regular file, a folder nor absent: a FIFO or a device would block a read forever."
+    try: m = os.stat(path).st_mode
+    except FileNotFoundError: return
+    except OSError as e: raise ShelfNotFoundError(f"no shelf at {path}: {e.strerror}") from None  # a symlink loop, a bad path
+    if not (stat.S_ISREG(m) or stat.S_ISDIR(m)): raise ShelfError(f"{path} is not a regular file (a FIFO, socket or device): not a shelf")
+
 def check_lmdb_file(path:Path):
     "Raise a clear error unless `path` is a readable LMDB data file."
-    if not path.exists(): raise FileNotFoundError(f"no shelf at {path}")
+    check_regular(path)
+    if not path.exists(): raise ShelfNotFoundError(f"no shelf at {path}")
     if path.is_dir(): raise ShelfError(f"{path} is a directory, not a shelf file")
     try:
         with open(path, 'rb') as f: head = f.read(20)
-    except PermissionError: raise PermissionError(f"{path}: no permission to read this shelf") from None
+    except PermissionError: raise ShelfAccessError(f"{path}: no permission to read this shelf") from None
+    except OSError as e: raise ShelfError(f"{path}: cannot read this shelf: {e.strerror}") from None
     if len(head) < 20 or struct.unpack_from('<I', head, 16)[0] != LMDB_MAGIC:
         raise ShelfError(f"{path} is not a shelf: neither an LMDB file nor a stdlib shelve file")
 
@@ -470,12 +559,19 @@ def check_lmdb_size(path:Path, env):
     need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
     if have < need: raise ShelfError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
 
+def _declared(buf) -> int:
+    "Bytes record `buf`'s arrays declare (decoded): what the shelf's `max_record_bytes` follows."
+    try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, 1 << 62).fields)
+    except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
+
 def _db_names(env) -> set:
     with env.begin() as txn: return set(txn.cursor().iternext(values=False))
 
 _WALK = """
-import sys, lmdb
+import sys, os, lmdb
 env = lmdb.open(sys.argv[1], subdir=False, readonly=True, lock=sys.argv[2] == '1', max_dbs=2, max_readers=256)
+need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(sys.argv[1])
+if have < need: sys.exit(f"truncated: {have} bytes, but its last commit needs {need}")
 n = 0
 with env.begin(buffers=True) as txn:
     names = [bytes(k) for k in txn.cursor().iternext(values=False)]
@@ -483,23 +579,55 @@ with env.begin(buffers=True) as txn:
         db = env.open_db(name, txn=txn, create=False)
         for k, v in txn.cursor(db):
             n += 1; len(bytes(k)); v[-1:] if len(v) else None  # touch every leaf and overflow page
-print(n)
+    bad = {}
+    if len(sys.argv) > 3 and b'records' in names:  # the full check: every record's crc and key, as `verify` checks them
+        sys.path.insert(0, sys.argv[3])
+        import json
+        from fastai_shelve.codec import decode_record
+        meta = json.loads(bytes(txn.get(b'meta', db=env.open_db(b'meta', txn=txn, create=False))))
+        for k, v in txn.cursor(env.open_db(b'records', txn=txn, create=False)):
+            try: decode_record(v, copy=False, check=True, max_version=meta['format_version'], key=bytes(k), max_bytes=meta.get('max_record_bytes'))
+            except Exception as e: bad[bytes(k).decode(errors='replace')] = str(e)[:200]
+print(json.dumps(bad) if len(sys.argv) > 3 else '{}')
 """
-_walked = {}  # (real path, size, mtime) -> True: a file already walked unchanged
+_walked = {}  # file version -> {key: why} of records the full check found bad (structure only: None)
 
-def check_structure(path, lock:bool=True, timeout:float=600):
-    "Walk every page of the LMDB file at `path` in a child process: LMDB aborts on damaged pages, so the child takes the blow."
+def _walk_mark(k) -> Path:
+    "Where a walk of file version `k` that found nothing is remembered across processes (spawned workers, reruns)."
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fastai_shelve'/'walked'
+    return cache/hashlib.sha1(repr(k).encode()).hexdigest()
+
+def _remembered(k) -> tuple:
+    "(walked, bad) for file version `k`: whether a walk found it sound, and {key: why} if that walk was full (else None)."
+    if k not in _walked:
+        try: _walked[k] = json.loads(_walk_mark(k).read_text())['bad']
+        except (OSError, ValueError, KeyError, TypeError): return False, None
+    return True, _walked[k]
+
+def check_structure(path, lock:bool=True, timeout:float=None, full:bool=False) -> dict:
+    "Walk every page of the LMDB file at `path` in a child process (LMDB aborts on damaged pages: the child takes the blow)."
+    # `full`: also check every record's crc and key there; {key: why} of the bad ones, which reads then refuse.
     path = Path(path); st = path.stat()
-    k = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if k in _walked: return
-    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0'], capture_output=True, text=True, timeout=timeout)
+    # One walk per file version: (inode, size, mtime, ctime) change with any write, a copy or a move over it.
+    k = (os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    walked, bad = _remembered(k)
+    if walked and (bad is not None or not full): return bad or {}
+    mark = _walk_mark(k)
+    timeout = ifnone(timeout, max(600, st.st_size / (20 << 20)))  # a full check reads every byte: at least 20 MB/s
+    if lock: prepare_lock(path)  # on a full disk the child would fault mapping a lock file without blocks: an intact file is not damaged
+    args = [str(Path(fastai_shelve.__file__).parent.parent)] if full else []
+    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
     if r.returncode < 0:
         raise DamagedStoreError(f"{path}: damaged store: LMDB crashed reading its pages ({signal.Signals(-r.returncode).name})")
     if r.returncode:
         last = (r.stderr.strip().splitlines() or ['?'])[-1]
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
-    _walked[k] = True
+    bad = json.loads(r.stdout.strip().splitlines()[-1]) if full else None
+    _walked[k] = bad
+    try: mark.parent.mkdir(parents=True, exist_ok=True); mark.write_text(json.dumps({'bad': bad}))
+    except OSError: pass  # nowhere to remember it: the next process walks again
+    return bad or {}
 
 # %% ../nbs/01_store.ipynb #cf8b36df
 class PixelStats:
@@ -599,12 +727,16 @@ def read_manifest(path) -> dict:
     except (OSError, ValueError) as e: raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
     if not isinstance(m, dict) or m.get('format') != 'fastai_shelve shards' or not isinstance(m.get('n_shards'), int):
         raise ShelfError(f"{f} is not a fastai_shelve shard manifest")
+    if m['n_shards'] < 1: raise ShelfError(f"{f}: n_shards is {m['n_shards']}: a sharded shelf has at least one shard")
     if m.get('format_version', 0) > FORMAT_VERSION:
         raise FormatVersionError(f"{f} is format {m['format_version']}, newer than this fastai_shelve reads: upgrade it")
     names = m.get('shards')
     if not isinstance(names, list) or len(names) != m['n_shards'] or not all(
-            isinstance(s, str) and s and Path(s).name == s and s not in ('.', '..') for s in names):
-        raise ShelfError(f"{f}: shard names must be {m['n_shards']} plain file names inside the folder, not {names!r}"[:300])
+            isinstance(s, str) and s and Path(s).name == s and s not in ('.', '..') for s in names) or len(set(names)) != len(names):
+        raise ShelfError(f"{f}: shard names must be {m['n_shards']} distinct plain file names inside the folder, not {names!r}"[:300])
+    ids = m.get('ids')
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(names) or len(set(map(str, ids))) != len(ids)):
+        raise ShelfError(f"{f}: shard ids must be {len(names)} distinct ids, not {ids!r}"[:300])
     return m
 
 def write_manifest(path, n:int) -> dict:
@@ -614,11 +746,35 @@ def write_manifest(path, n:int) -> dict:
         m = read_manifest(path)
         if m['n_shards'] != n: raise ShelfError(f"{path} has {m['n_shards']} shards, not {n}: resume with the same number")
         return m
+    if not isinstance(n, int) or n < 1: raise ShelfError(f"{path}: a sharded shelf needs at least one shard, not {n!r}")
     path.mkdir(parents=True, exist_ok=True)
-    m = dict(format='fastai_shelve shards', format_version=FORMAT_VERSION, n_shards=n, scheme='crc32', shards=shard_names(n))
-    tmp = path/f'{MANIFEST}.tmp'
-    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, path/MANIFEST)  # whole or absent, never half written
+    # Each shard's identity: the shard writes it into its metadata, so a swapped, repeated or foreign shard is found
+    m = dict(format='fastai_shelve shards', format_version=FORMAT_VERSION, n_shards=n, scheme='crc32', shards=shard_names(n),
+             ids=[uuid.uuid4().hex for _ in range(n)])
+    _save_manifest(path, m)
     return m
+
+def _save_manifest(path, m:dict):
+    tmp = Path(path)/f'{MANIFEST}.tmp'
+    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
+
+def claim_shard(path, i:int):
+    "Write shard `i`'s identity (from the folder's manifest) into the shard's metadata: done by whoever builds it."
+    m = read_manifest(path)
+    if m.get('ids') is None: return
+    with Shelf(Path(path)/m['shards'][i], 'c') as s:
+        def check(old):
+            have = (old.get('shard') or {}).get('id')
+            if have not in (None, m['ids'][i]): raise ShelfError(f"{s.path} is another folder's shard (id {have}), not shard {i} of {path}")
+        s.update_meta(check=check, shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
+
+def count_shards(path):
+    "Record each shard's key count in the folder's manifest (after a build), for `verify` to check."
+    m = read_manifest(path)
+    counts = []
+    for name in m['shards']:
+        with Shelf(Path(path)/name, 'r') as s: counts.append(len(s))
+    _save_manifest(path, {**m, 'counts': counts})
 
 _SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
 
@@ -629,14 +785,24 @@ class ShardedShelf(ShelfBase):
         self.path, self.mode = Path(path), mode
         self.manifest = read_manifest(self.path)
         self.n = self.manifest['n_shards']
-        self.shards = [Shelf(self.path/name, mode, **kwargs) for name in self.manifest['shards']]
+        self.shards = []
+        try:
+            for name in self.manifest['shards']: self.shards.append(Shelf(self.path/name, mode, **kwargs))
+        except ShelfNotFoundError: self.close(); raise ShelfNotFoundError(f"{self.path}: shard {name} is missing") from None
+        except Exception: self.close(); raise
         self.meta  # check the shards agree now, not at the first batch
 
     def _groups(self, keys) -> dict:
         "shard → positions in `keys`."
         g = defaultdict(list)
-        for i,k in enumerate(keys): self._check_key(k); g[shard_of(k, self.n)].append(i)
+        for i,k in enumerate(keys): g[self._shard(k)].append(i)
         return g
+
+    def _shard(self, key) -> int:
+        "The shard of `key`; a `BadKeyError` for a key no shelf can hold."
+        self._check_key(key)
+        if key_bytes(key) is None: raise BadKeyError(f"{key!r}: not a possible key of {self.path} (keys are 1 to 511 bytes of valid UTF-8)")
+        return shard_of(key, self.n)
 
     def get_many(self, keys, default=_raise) -> list:
         "Records for `keys`, in order: one read transaction per shard touched."
@@ -656,7 +822,7 @@ class ShardedShelf(ShelfBase):
         "Write records, each to its shard: one transaction per shard touched."
         items = list(items.items() if isinstance(items, dict) else items)
         for s, pos in self._groups([k for k,_ in items]).items(): self.shards[s].put_many([items[i] for i in pos])
-    def delete(self, key): self._check_key(key); self.shards[shard_of(key, self.n)].delete(key)
+    def delete(self, key): self.shards[self._shard(key)].delete(key)
     def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
     def __len__(self): return sum(len(s) for s in self.shards)
     def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
@@ -686,14 +852,29 @@ class ShardedShelf(ShelfBase):
         ts = [t for t in (s.table for s in self.shards) if t is not None]
         return pd.concat(ts) if ts else None
 
-    def verify(self, progress=None) -> list: return [b for s in self.shards for b in s.verify()]
+    def verify(self, progress=None) -> list:
+        "Each shard's bad records; then every key in the shard `shard_of` names, counts and identities as the manifest says."
+        bad, m, self.notes = [b for s in self.shards for b in s.verify()], self.manifest, []
+        self.unbound = sum(s.unbound for s in self.shards)
+        ids, counts, wrong = m.get('ids'), m.get('counts'), []
+        for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
+            have = (s.meta.get('shard') or {}).get('id')
+            if ids is not None and have != ids[i]:
+                wrong.append(f"{name} is not the shard the manifest names (id {have}, manifest {ids[i]}): swapped, repeated or another dataset's")
+            if counts is not None and len(s) != counts[i]: wrong.append(f"{name} holds {len(s)} keys, the manifest says {counts[i]}")
+            strays = [k for k in s.keys() if shard_of(k, self.n) != i]
+            if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
+        if ids is None: self.notes.append(f"{self.path}: its manifest names no shard ids (built before they were kept): shards are checked by their keys only")
+        if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
+        return bad
     def close(self):
-        for s in self.shards: s.close()
+        for s in getattr(self, 'shards', []): s.close()
 
 # %% ../nbs/01_store.ipynb #980d9b73
 def shelf_kind(path) -> str|None:
     "'lmdb', 'shelve' (made by Python's `shelve`, any dbm), 'sharded' (a folder of shards), None if nothing is there."
     path = Path(path)
+    for p in [path] + [Path(f'{path}{s}') for s in ('.db', '.dat', '.dir', '.pag')]: check_regular(p)  # what dbm.whichdb opens
     if path.is_dir():
         if (path/MANIFEST).exists(): return 'sharded'
         raise ShelfError(f"{path} is a directory, not a shelf (nor a folder of shards: it has no {MANIFEST})")
@@ -705,7 +886,7 @@ def shelf_kind(path) -> str|None:
 def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
                mode:str='r', # 'r' read-only, 'w' read-write, 'c' create if missing, 'n' always new
                allow_pickle:bool=False, # open a stdlib shelve file (its values are pickles: only files you trust)
-               **kwargs) -> ShelfBase: # `Shelf`'s: `lock`, `map_size`, `compression`, `level`, `check` (walk it in a child first)
+               **kwargs) -> ShelfBase: # `Shelf`'s: `lock`, `map_size`, `compression`, `level`, `check` (True, read-only's default: walk it in a child first; 'full': check every record's crc there too)
     "Open the shelf at `path`, whichever kind it is; read-only by default. New shelves are LMDB."
     kind = None if mode == 'n' else shelf_kind(path)
     if kind == 'sharded': return ShardedShelf(path, mode, **kwargs)
@@ -713,7 +894,7 @@ def open_shelf(path, # a shelf file, a stdlib shelve file or a folder of shards
         s = StdShelf(path, mode, allow_pickle=allow_pickle)
         if not allow_pickle: s.close(); raise PickleRefusedError(pickle_refusal(path, s.backend))
         return s
-    if kind is None and mode in ('r', 'w'): raise FileNotFoundError(f"no shelf at {path}")
+    if kind is None and mode in ('r', 'w'): raise ShelfNotFoundError(f"no shelf at {path}")
     return Shelf(path, mode, **kwargs)
 
 # %% ../nbs/01_store.ipynb #175d2112
@@ -736,7 +917,7 @@ def _stored_bytes(s) -> tuple:
     with s.txn() as txn:
         for i,(_,buf) in enumerate(txn.cursor()):
             if i >= 200: break
-            lay = record_layout(buf, s._version)
+            lay = s._layout(bytes(_).decode(errors='replace'), buf)
             stored += sum(f.stored for f in lay.fields); raw += sum(f.nbytes for f in lay.fields)
     return stored, raw
 
@@ -744,7 +925,7 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
     "Backend, record count, size on disk, compression, metadata and one record's fields of the shelf at `path`."
     path = Path(path)
     kind = shelf_kind(path)
-    if kind is None: raise FileNotFoundError(f"no shelf at {path}")
+    if kind is None: raise ShelfNotFoundError(f"no shelf at {path}")
     if kind == 'shelve':
         # Count and list without unpickling: keys are plain bytes in the dbm file.
         with StdShelf(path, 'r', allow_pickle=allow_pickle) as s:

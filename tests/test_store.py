@@ -3,7 +3,7 @@ import os, shelve, multiprocessing as mp
 import numpy as np, pytest, lmdb
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
-from fastai_shelve.codec import encode_record, decode_record, RecordError, FormatVersionError, ShelfError
+from fastai_shelve.codec import encode_record, decode_record, RecordError, FormatVersionError, ShelfError, FORMAT_VERSION
 from fastai_shelve.store import open_shelf, Shelf, StdShelf, PickleRefusedError, ShelfClosedError
 
 DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_, np.complex64]
@@ -236,15 +236,15 @@ def test_format_1_records_still_read(tmp_path):
         s._commit([(b'old', bytes(b))])
     with open_shelf(tmp_path/'s.shelf') as s:
         np.testing.assert_array_equal(s['old']['image'], img)
-        assert not s.verify() and s.meta['format_version'] == 2  # the write of a format-2 batch said so
+        assert not s.verify() and s.meta['format_version'] == FORMAT_VERSION  # the write of a newer batch said so
     with open_shelf(tmp_path/'s.shelf', 'w') as s:
         s.update_meta(format_version=1); s['new'] = {'image': img}
-        assert s.meta['format_version'] == 2 and not s.verify()
+        assert s.meta['format_version'] == FORMAT_VERSION and not s.verify()
 
 def test_a_version_byte_flipped_upwards_is_damage_not_newer(tmp_path):
     "A record claiming a format its shelf was not written in is damaged; only the shelf's own metadata says 'newer'."
     with open_shelf(tmp_path/'s.shelf', 'c') as s:
-        b = bytearray(encode_record({'x': np.arange(3)})); b[3] = 3
+        b = bytearray(encode_record({'x': np.arange(3)})); b[3] = FORMAT_VERSION + 1
         s._commit([(b'k', bytes(b))])
         with pytest.raises(RecordError, match='damaged'): s['k']
 
