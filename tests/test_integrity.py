@@ -335,7 +335,7 @@ def test_a_build_that_wrote_nothing_leaves_no_settings(tmp_path):
     from fastai_shelve.build import build_shelf
     import pandas as pd
     csv = _images(tmp_path/'img')
-    r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', path=tmp_path/'nowhere', suff='.png', size=32, n_workers=0, progress=False)
+    r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', path=tmp_path/'img', suff='.jpeg', size=32, n_workers=0, progress=False)
     assert len(r.bad) == 3 and r.written == 0
     r = build_shelf(pd.read_csv(csv), tmp_path/'o.shelf', path=tmp_path/'img', suff='.png', size=24, n_workers=0, progress=False)
     assert r.written == 3
