@@ -351,6 +351,11 @@ def _nan_refusal(df, cols, keys):
         if nan.any(): return ShelfError(f"label column {c!r} has empty labels (NaN) for {nan.sum()} ids, e.g. "
                                         f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows")
 
+def _sorted(vals) -> list:
+    "Sorted as fastai's `CategoryMap` sorts: ints as ints (0, 1, 2, ..., 10), mixed types as text."
+    try: return sorted(vals)
+    except TypeError: return sorted(vals, key=str)
+
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     kind, n_out, bvocab = block_kind(y_block)
@@ -382,10 +387,8 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
             raise ShelfError(f"labels have different widths {sorted(widths)}: e.g. ids {bad[:5]} differ from {keys[0]!r} ({w0})")
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
     vals = [_native(v) for v in vals]
-    # fastai's CategoryMap sorts the values themselves: ints as ints (0, 1, 2, ..., 10), not as strings
-    try: found = sorted(set(vals))
-    except TypeError: found = sorted(set(vals), key=str)  # mixed types: sort as text
-    vocab = [_native(v) for v in vocab] if vocab is not None else found
+    found = _sorted(set(vals))
+    vocab = _sorted([_native(v) for v in vocab]) if vocab is not None else found  # fastai's `CategoryMap` sorts a given vocab too
     idx = {v:i for i,v in enumerate(vocab)}
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
@@ -496,10 +499,17 @@ class BuildReport:
                 f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)")
 
 # %% ../nbs/02_build.ipynb #88eb2517
-def _check_same_build(path, settings:BuildSettings):
-    "A `check` for `update_meta`: refuse to resume a shelf that was built with other settings."
+_LABEL_META = ('label_kind', 'vocab', 'label_names', 'n_out')
+
+def _check_same_build(path, settings:BuildSettings, label_meta:dict=None):
+    "A `check` for `update_meta`: refuse to resume a shelf that was built with other settings or other labels."
     def check(meta):
         if meta.get('build') is None: return
+        if label_meta is not None:
+            was, now = ({k: m.get(k) for k in _LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
+            if was != now:
+                diff = {k:(was[k], now[k]) for k in _LABEL_META if was[k] != now[k]}
+                raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
         old = BuildSettings.from_meta(meta['build'])
         if old != settings:
             diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
@@ -523,6 +533,16 @@ def _image_cls_gray(img_cls, gray):
     bw = name.endswith(('BW', 'Gray')) or any(c.__name__ == 'PILImageBW' for c in getattr(img_cls, '__mro__', ()))
     if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
     return bw
+
+def _check_stored_labels(shelf, want:dict, chunk:int=1024):
+    "Refuse a resume whose table gives records already in `shelf` other labels than they hold (`want`: key → labels)."
+    keys, diff = [k for k,v in want.items() if v is not None], []
+    for i in range(0, len(keys), chunk):
+        part = keys[i:i+chunk]
+        have = shelf.get_batch(part, fields={'labels'})['labels']
+        diff += [k for k,h in zip(part, have) if not np.array_equal(np.asarray(h).reshape(-1), np.asarray(want[k]).reshape(-1))]
+    if diff: raise ShelfError(f"{shelf.path}: the table gives {len(diff)} records already there other labels, e.g. {diff[:3]}: "
+                              f"build to a new path to change labels")
 
 def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
                 dest=None, # the shelf to write (a build into an existing one resumes it)
@@ -566,6 +586,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     if label_cols is not None: _deprecated('label_cols=', 'label_col= (one or a list)'); label_col = label_cols
     if label_func is not None: _deprecated('label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
     gray = _image_cls_gray(img_cls, gray)
+    if isinstance(source, (str, Path)) and not Path(source).exists() and (Path(path)/source).is_file(): source = Path(path)/source  # as `from_csv`
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab, label_func)
     if valid_col is not None and valid_col not in df.columns: raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
@@ -583,7 +604,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
-        shelf.update_meta(check=_check_same_build(dest, settings), build=settings.as_meta(),
+        shelf.update_meta(check=_check_same_build(dest, settings, label_meta), build=settings.as_meta(),
                           image_mode='L' if gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
@@ -594,6 +615,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # A file's frames commit in one transaction: its first frame there means all of them are
         probe = {frame_key(k, 0) if frame == 'all' else k: k for k in valid}
         todo = {probe[p] for p in shelf.missing(list(probe))}
+        lab_of = dict(zip(keys, labels))  # a resume must not leave records with labels the table no longer gives
+        _check_stored_labels(shelf, {p: lab_of[k] for p,k in probe.items() if k not in todo})
         by_key = {k:(f, l, m) for k,f,l,m in zip(keys, files, labels, masks) if k in todo}
         tasks = [(k, *by_key[k], settings, (compression, level)) for k in keys if k in todo]
         stats = PixelStats(shelf.meta.get('stats'))

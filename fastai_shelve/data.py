@@ -11,7 +11,7 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastcore.foundation import L
-from fastai.torch_core import TensorImage, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
+from fastai.torch_core import TensorImage, TensorImageBase, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
 from fastai.data.block import DataBlock, TransformBlock
 from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
 from fastai.data.transforms import EncodedMultiCategorize, Categorize, RegressionSetup
@@ -87,7 +87,9 @@ class ShelfGetter(ShelfReader):
         if isinstance(o, Path):
             if not o.is_file(): raise FileNotFoundError(errno.ENOENT, f"no image file (nor a key of {self.shelf.path})", str(o))
             return self.settings.load(o)
-        if isinstance(o, torch.Tensor): o = o.detach().cpu().numpy(); o = o if o.ndim == 2 else o.transpose(1, 2, 0)  # (C,H,W) as fastai holds images
+        if isinstance(o, torch.Tensor):  # fastai's rule: a `TensorImage` is (C,H,W), a plain tensor (H,W,C) as numpy holds it
+            chw = isinstance(o, TensorImageBase) or (o.ndim == 3 and o.shape[0] in (1, 3) and o.shape[-1] not in (1, 3, 4))
+            o = o.detach().cpu().numpy(); o = o.transpose(1, 2, 0) if chw else o
         if isinstance(o, np.ndarray) and o.dtype.kind == 'f' and o.size and 0 <= np.nanmin(o) and np.nanmax(o) <= 1:
             o = (o * 255).round().astype(np.uint8)
         if isinstance(o, (np.ndarray, Image.Image)): return self.settings.prepare(o)

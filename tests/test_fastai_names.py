@@ -258,3 +258,51 @@ def test_with_block_rebuild_and_lock(bars_shelf):
     nolock = ShelfDataLoaders.from_shelf(path, bs=4, seed=0, lock=False)
     assert nolock.train.shelf.lock is False and nolock.train.one_batch()[0].shape == (4, 1, 64, 64)
     assert shelf_info(path, lock=False)['records'] == 52
+
+@pytest.fixture
+def pets(tmp_path):
+    "12 RGB PNGs in path/train with a category column, and the CSV beside them."
+    (tmp_path/'train').mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12): Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path/'train'/f'im{i}.png')
+    df = pd.DataFrame({'fn': [f'im{i}' for i in range(12)], 'lbl': ['cat', 'dog', 'bird'] * 4})
+    df.to_csv(tmp_path/'train.csv', index=False)
+    return tmp_path, df
+
+def test_resume_refuses_other_labels(pets):
+    "A resume whose table gives other labels (a new class, or swapped values) is refused: stored indices would mean other classes."
+    path, df = pets
+    kw = dict(folder='train', fn_col='fn', suff='.png', label_col='lbl', img_cls=PILImage, n_workers=0, progress=False)
+    build_shelf(df.iloc[:6], path/'g.shelf', path, **kw)
+    more = df.copy(); more.loc[6:, 'lbl'] = 'ant'
+    with pytest.raises(ShelfError, match='other labels.*vocab'): build_shelf(more, path/'g.shelf', path, **kw)
+    swapped = df.copy(); swapped['lbl'] = swapped.lbl.map({'cat': 'dog', 'dog': 'cat', 'bird': 'bird'})
+    with pytest.raises(ShelfError, match="4 records already there other labels"): build_shelf(swapped, path/'g.shelf', path, **kw)
+    r = build_shelf(df, path/'g.shelf', path, **kw)  # the same labels: resumes
+    assert (r.written, r.existing) == (6, 6)
+    dls = ShelfDataLoaders.from_shelf(path/'g.shelf', bs=4, valid_pct=0.25, seed=0)
+    assert [dls.vocab[int(dls.train_ds[i][1])] for i in range(len(dls.train_ds))] == \
+           [df.set_index('fn').lbl[k] for k in dls.train_ds.items]
+
+def test_vocab_and_csv_as_fastai(pets):
+    "A given vocab is sorted as `CategoryBlock(vocab=)` sorts it; a CSV name is read under `path`, as `from_csv` reads it."
+    path, df = pets
+    build_shelf('train.csv', path/'v.shelf', path, folder='train', fn_col='fn', suff='.png', label_col='lbl',
+                vocab=['dog', 'cat', 'bird'], img_cls=PILImage, n_workers=0, progress=False)
+    ref = ImageDataLoaders.from_df(df, path, folder='train', fn_col='fn', suff='.png', label_col='lbl',
+                                   y_block=CategoryBlock(vocab=['dog', 'cat', 'bird']), num_workers=0)
+    dls = ShelfDataLoaders.from_shelf(path/'v.shelf', bs=4)
+    assert list(dls.vocab) == list(ref.vocab) == ['bird', 'cat', 'dog']
+
+def test_plain_tensor_is_hwc_as_in_fastai(pets):
+    "fastai reads a plain tensor as numpy holds an image, (H,W,C); a `TensorImage` is (C,H,W)."
+    from fastai.torch_core import TensorImage
+    path, df = pets
+    build_shelf(df, path/'t.shelf', path, folder='train', fn_col='fn', suff='.png', label_col='lbl', img_cls=PILImage,
+                n_workers=0, progress=False)
+    dls = ShelfDataLoaders.from_shelf(path/'t.shelf', bs=4)
+    a = np.asarray(Image.open(path/'train'/'im0.png'))
+    x_arr, = dls.test_dl([a]).one_batch()
+    x_hwc, = dls.test_dl([torch.from_numpy(a)]).one_batch()
+    x_chw, = dls.test_dl([TensorImage(torch.from_numpy(a).permute(2, 0, 1))]).one_batch()
+    assert x_arr.shape == (1, 3, 20, 24) and torch.equal(x_arr, x_hwc) and torch.equal(x_arr, x_chw)
