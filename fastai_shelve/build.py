@@ -308,7 +308,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 strict:bool=False, # stop at the first bad input instead of reporting it
                 progress:bool=True, # show a progress bar and print the report
                 vocab=None, # fix a category's vocab (and its order)
-                compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
+                compression:str=None, # None or one of `COMPRESSIONS` ('zstd-delta': small): each image on its own
                 level:int=None, # the compression level (None: the library's default)
                 scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
                 frame:int=0, # the frame of a multi-frame DICOM file that becomes the image
@@ -370,7 +370,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles
                   chunk:int=256, # records per transaction
                   progress:bool=True, # show a progress bar
-                  compression:str=None, # None, 'zstd' or 'lz4' for the new shelf
+                  compression:str=None, # None or one of `COMPRESSIONS` for the new shelf
                   level:int=None, # the compression level
                  ) -> int:
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
