@@ -290,6 +290,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.store.Shelf._init_meta': ('store.html#shelf._init_meta', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._layout': ('store.html#shelf._layout', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf._open': ('store.html#shelf._open', 'fastai_shelve/store.py'),
+                                     'fastai_shelve.store.Shelf._plan': ('store.html#shelf._plan', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf.close': ('store.html#shelf.close', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf.delete': ('store.html#shelf.delete', 'fastai_shelve/store.py'),
                                      'fastai_shelve.store.Shelf.encode': ('store.html#shelf.encode', 'fastai_shelve/store.py'),

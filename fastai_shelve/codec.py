@@ -140,6 +140,7 @@ class Layout:
         self.fields,self.values,self.start,self.head = fields,values,start,head
         self.end = start + max((f.offset+f.stored for f in fields), default=0)  # bytes the record must hold
         self._mutable = any(isinstance(v, (list, dict)) for v in values.values())
+        self._h1, self._h2 = head[:_CRC_AT], head[_prefix.size:]  # what `matches` compares, sliced once
 
     def new_values(self):
         "A fresh copy of the JSON values, so callers may mutate them."
@@ -147,7 +148,7 @@ class Layout:
 
     def matches(self, buf) -> bool:
         "Does `buf` have this very header (so the same fields at the same offsets), without parsing it?"
-        return len(buf) >= self.end and buf[:_CRC_AT] == self.head[:_CRC_AT] and buf[_prefix.size:self.start] == self.head[_prefix.size:]
+        return len(buf) >= self.end and buf[:_CRC_AT] == self._h1 and buf[_prefix.size:self.start] == self._h2
 
     def view(self, buf, f:Field) -> np.ndarray:
         "Field `f` of `buf` as an array: a view for raw bytes, a new array for compressed ones."

@@ -309,20 +309,22 @@ class Shelf(ShelfBase):
         n = len(keys) if n is None else n
         first, jobs = None, []
         with self.txn() as txn:
+            get, enc = txn.get, self._enc
             for k,row in zip(keys, rows):
-                buf = txn.get(self._enc(k))
+                buf = get(enc(k))
                 if buf is None: raise self._key_error(k)
-                lay = first if first is not None and first.matches(buf) else self._layout(k, buf)
-                if out is None:  # the batch takes the first record's shapes
-                    out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
-                    out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
-                if lay is first: want = first_want
-                else:  # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
-                    want = self._fit(k, lay, out, fields)
-                    if first is None: first, first_want, values = lay, want, [nm for nm in lay.values if nm in out]
-                for f in want:
-                    if f.codec is None: out[f.name][row] = lay.view(buf, f)
-                    else: jobs.append((lay, buf, f, out[f.name], row))
+                if first is not None and first.matches(buf): lay, (raw, packed) = first, first_plan
+                else:
+                    lay = self._layout(k, buf)
+                    if out is None:  # the batch takes the first record's shapes
+                        out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
+                        out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
+                    # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
+                    raw, packed = plan = self._plan(lay, self._fit(k, lay, out, fields), out)
+                    if first is None: first, first_plan, values = lay, plan, [nm for nm in lay.values if nm in out]
+                # Raw fields: one copy each from LMDB's map into the batch, at offsets worked out once per header
+                for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
+                for f, a in packed: jobs.append((lay, buf, f, a, row))
                 if values:
                     v = lay.new_values()
                     for nm in values: out[nm][row] = v[nm]
@@ -334,6 +336,11 @@ class Shelf(ShelfBase):
                     for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _plan(self, lay, want, out:dict) -> tuple:
+        "`want`'s raw fields as (batch array, dtype, count, offset, shape), and its compressed ones as (field, batch array)."
+        raw = [(out[f.name], f.dtype, f.nbytes // f.dtype.itemsize, lay.start + f.offset, f.shape) for f in want if f.codec is None]
+        return raw, [(f, out[f.name]) for f in want if f.codec is not None]
 
     def _fit(self, key, lay, out:dict, fields) -> list:
         "The fields of `lay` to copy into the batch `out`; an error naming `key` if its fields, shapes or dtypes differ."
