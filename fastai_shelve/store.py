@@ -17,11 +17,11 @@ from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, 
 import fastai_shelve
 
 # %% auto #0
-__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
-           'DamagedStoreError', 'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf',
-           'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf',
-           'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf', 'shelf_kind', 'open_shelf',
-           'record_meta', 'shelf_info']
+__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'COPY_THREADS_FROM', 'MANIFEST', 'PickleRefusedError',
+           'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError', 'read_only_fs', 'prepare_lock', 'os_reason',
+           'ShelfBase', 'key_bytes', 'Shelf', 'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats',
+           'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'ShardedShelf',
+           'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -189,6 +189,7 @@ class ShelfBase(MutableMapping):
 
 # %% ../nbs/01_store.ipynb #bc7ca556
 DECODE_THREADS = min(4, os.cpu_count() or 1)
+COPY_THREADS_FROM = 4 << 20  # bytes of raw arrays in a batch from which its copies run on the threads too (memcpy releases the GIL)
 _pools = {}  # pid -> thread pool decoding compressed records (threads don't survive fork)
 
 def _pool() -> ThreadPoolExecutor:
@@ -321,19 +322,27 @@ class Shelf(ShelfBase):
                         out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
                     # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
                     raw, packed = plan = self._plan(lay, self._fit(k, lay, out, fields), out)
-                    if first is None: first, first_plan, values = lay, plan, [nm for nm in lay.values if nm in out]
-                # Raw fields: one copy each from LMDB's map into the batch, at offsets worked out once per header
-                for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
+                    if first is None:
+                        first, first_plan, values = lay, plan, [nm for nm in lay.values if nm in out]
+                        threads = DECODE_THREADS > 1 and sum(cnt * dt.itemsize for _, dt, cnt, *_ in raw) * len(keys) >= COPY_THREADS_FROM
+                # Raw fields: one copy each from LMDB's map into the batch, at offsets worked out once per header;
+                # a big batch copies on the threads as well: one core's memcpy is below what memory gives two
+                if threads: jobs.append((None, buf, raw, None, row))
+                else:
+                    for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
                 for f, a in packed: jobs.append((lay, buf, f, a, row))
                 if values:
                     v = lay.new_values()
                     for nm in values: out[nm][row] = v[nm]
-            # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`:
+            # Compressed fields decode on threads (the codecs release the GIL), inside the transaction that owns `buf`:
             # one task per thread, each a run of records (a task per record costs more in the pool than zstd spends).
             if jobs:
                 k = min(len(jobs), DECODE_THREADS)
                 def run(part):
-                    for lay, buf, f, arr, row in part: lay.read_into(buf, f, arr, row)
+                    for lay, buf, f, arr, row in part:
+                        if lay is not None: lay.read_into(buf, f, arr, row)
+                        else:
+                            for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
 

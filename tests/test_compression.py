@@ -147,3 +147,26 @@ def test_kill_during_delta_build_then_resume(tmp_path, i):
         np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
         with s.txn() as txn: assert all(record_layout(buf).fields[0].codec == 'zstd-delta' for _,buf in txn.cursor())
     assert shelf.stat().st_size < (tmp_path/'clean.shelf').stat().st_size
+
+@pytest.mark.parametrize('codec', [None, 'zstd-delta'])
+def test_big_batch_copies_on_threads_equal_items(tmp_path, codec):
+    "A batch over `COPY_THREADS_FROM` bytes copies its raw fields on the decode threads: the same arrays, every field and value."
+    import cv2
+    from skimage import data
+    from fastai_shelve.store import COPY_THREADS_FROM, DECODE_THREADS
+    base = cv2.resize(data.camera(), (640, 480))
+    with open_shelf(tmp_path/'b.shelf', 'n', compression=codec) as s:
+        for i in range(24):
+            s[f'k{i:02d}'] = {'image': np.roll(base, 7 * i, axis=1), 'mask': (np.roll(base, 5 * i, axis=0) > 128).astype(np.uint8),
+                              'labels': np.array([i, 1], np.int8), 'view': 'PA' if i % 2 else 'AP'}
+    with open_shelf(tmp_path/'b.shelf') as s:
+        keys = [f'k{i:02d}' for i in (5, 0, 23, 11, 7, 2, 19, 13, 4, 22, 9, 16, 1, 20, 3)]
+        assert len(keys) * base.nbytes >= COPY_THREADS_FROM or DECODE_THREADS == 1
+        b = s.get_batch(keys)
+        for i,k in enumerate(keys):
+            r = s[k]
+            for f in ('image', 'mask', 'labels'): np.testing.assert_array_equal(b[f][i], r[f])
+            assert b['view'][i] == r['view']
+        out = {'image': np.zeros((20, 480, 640), np.uint8)}  # rows of a bigger batch, as shards fill one
+        s.get_batch(keys, fields=['image'], out=out, rows=range(5, 20), n=20)
+        np.testing.assert_array_equal(out['image'][5:], b['image']); assert not out['image'][:5].any()
