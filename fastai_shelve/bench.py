@@ -567,14 +567,18 @@ def check_targets(rows, sizes) -> list:
         add(f'build peak RSS flat from {min(ours)} to {max(ours)} JPEGs (within 20%)', f"{tot(lo):.0f} -> {tot(hi):.0f} MB",
             1.2 * tot(lo) / tot(hi))
     c = {r['name']: r for r in rows if r['section'] == '7 compress'}
-    # The two choices the README's rule of thumb names, against what Kaggle users store instead: resized PNG files.
-    for codec, size, vs, speed in (('zstd-delta', 1.2, 'PNG files', 5), ('lz4hc-delta', 0.5, 'raw', 15)):
-        r = c.get(f'{codec} get_batch')
-        if r is None: continue
-        x = r['size_vs_png'] if vs == 'PNG files' else r['size_ratio']
-        add(f'{codec} bytes <= {size}x {vs}, real images', f"{x:.2f}x", size / x)
-        add(f'{codec} get_batch >= {speed}x PNG files img/s, same threads', f"{r['speed_vs_png']:.1f}x ({r['img_s']:.0f} img/s)",
-            r['speed_vs_png'] / speed)
+    # The issue's two targets, against what Kaggle users store instead (resized PNG files): is there a choice as small as
+    # the bound, and is the fastest of those that are fast enough? The line names the choice (the README's rule of thumb).
+    shelves = {k[:-len(' get_batch')]: r for k,r in c.items() if k.endswith(' get_batch') and not k.startswith(('raw', 'PNG', 'JPEG'))}
+    for size, vs, speed in ((1.2, 'PNG files', 5), (0.5, 'raw', 15)):
+        if not shelves: break
+        x = lambda r: r['size_vs_png'] if vs == 'PNG files' else r['size_ratio']
+        ok = {k: r for k,r in shelves.items() if x(r) <= size}
+        k = max(ok, key=lambda k: ok[k]['speed_vs_png']) if ok else min(shelves, key=lambda k: x(shelves[k]))
+        r = shelves[k]
+        add(f'a choice within {size}x {vs} bytes at >= {speed}x PNG files img/s (get_batch, same threads), real images',
+            f"{k}: {x(r):.2f}x {vs}, {r['speed_vs_png']:.1f}x PNG ({r['img_s']:.0f} img/s)",
+            r['speed_vs_png'] / speed if ok else size / x(r))
     r = c.get('ShelfDataLoaders uint8 train loader over get_batch')
     if r: add('ShelfDataLoaders uint8 loader within 1.15x of get_batch', f"{r['loader_over_fetch']:.2f}x", 1.15 / r['loader_over_fetch'])
     return res
