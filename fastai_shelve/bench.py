@@ -569,7 +569,8 @@ def check_targets(rows, sizes) -> list:
     c = {r['name']: r for r in rows if r['section'] == '7 compress'}
     # The two targets, against what Kaggle users store instead (resized PNG files): is there a choice as small as
     # the bound, and is the fastest of those that are fast enough? The line names the choice (the README's rule of thumb).
-    shelves = {k[:-len(' get_batch')]: r for k,r in c.items() if k.endswith(' get_batch') and not k.startswith(('raw', 'PNG', 'JPEG'))}
+    shelves = {k[:-len(' get_batch')]: r for k,r in c.items()
+               if k.endswith(' get_batch') and 'size_ratio' in r and not k.startswith(('raw', 'PNG', 'JPEG'))}
     for size, vs, speed in ((1.2, 'PNG files', 5), (0.5, 'raw', 15)):
         if not shelves: break
         x = lambda r: r['size_vs_png'] if vs == 'PNG files' else r['size_ratio']
