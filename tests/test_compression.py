@@ -92,7 +92,7 @@ def test_get_batch_into_preallocated_batch_equals_items(tmp_path, codec, kind):
         for i,k in enumerate(keys):
             r = s[k]
             np.testing.assert_array_equal(out['image'][i], r['image']); np.testing.assert_array_equal(out['labels'][i], r['labels'])
-        assert record_layout(s.env.begin(db=s._recs).get(keys[0].encode())).fields[0].codec == codec
+        with s.txn() as txn: assert record_layout(txn.get(keys[0].encode())).fields[0].codec == codec
         np.testing.assert_array_equal(s.get_batch(keys)['image'], out['image'])  # a batch it makes itself: the same
 
 @pytest.mark.parametrize('codec', NEW)
