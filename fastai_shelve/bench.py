@@ -5,22 +5,27 @@
 # %% ../nbs/08_bench.ipynb #46280e14
 from __future__ import annotations
 import os, sys, time, json, shelve, sqlite3, dbm, platform, subprocess, textwrap, warnings
+from functools import lru_cache
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
-from .store import open_shelf
+from .codec import COMPRESSIONS
+from .store import open_shelf, DECODE_THREADS
 from .build import stream_map
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'SLOW_READERS', 'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'bench_fetch',
-           'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_build', 'bench_size', 'evict', 'bench_compress',
-           'bench_augment', 'check_targets', 'format_table', 'run_bench']
+__all__ = ['FULL', 'QUICK', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'best_of', 'drop_caches', 'synth_images', 'machine_facts',
+           'real_bases', 'real_images', 'bench_fetch', 'bench_scale', 'SeedBatchedDataset', 'bench_loaders',
+           'ffcv_status', 'bench_ffcv', 'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress',
+           'loader_over_fetch', 'bench_augment', 'check_targets', 'format_table', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #1d131f47
 FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), scale_side=128,
-            dl_n=640, dl_side=512, seed_aug_imgs=32, build_sizes=(200, 2000), build_side=2000, seed_build_n=2000, aug_side=512, aug_n=(50, 3))
+            dl_n=640, dl_side=512, seed_aug_imgs=32, build_sizes=(200, 2000), build_side=2000, seed_build_n=2000, aug_side=512, aug_n=(50, 3),
+            comp_n=512, comp_side=704)
 QUICK = dict(n=200, side=256, bs=32, n_batches=8, scale=(500, 2000), scale_side=64,
-             dl_n=128, dl_side=256, seed_aug_imgs=16, build_sizes=(30, 90), build_side=1500, seed_build_n=30, aug_side=256, aug_n=(10, 1))
+             dl_n=128, dl_side=256, seed_aug_imgs=16, build_sizes=(30, 90), build_side=1500, seed_build_n=30, aug_side=256, aug_n=(10, 1),
+             comp_n=48, comp_side=128)
 
 # %% ../nbs/08_bench.ipynb #cc17293c
 def best_of(f, repeat:int=3) -> float:
@@ -61,6 +66,56 @@ def machine_facts() -> dict:
     return dict(date=time.strftime('%Y-%m-%d'), cores=os.cpu_count(), ram_gib=round(mem, 1), cpu=cpu,
                 python=platform.python_version(), numpy=np.__version__, torch=torch.__version__, fastai=fastai.__version__,
                 albumentations=albumentations.__version__, lmdb=lmdb.__version__, pillow=PIL.__version__, dbm_backend=backend)
+
+# %% ../nbs/08_bench.ipynb #5e1a7c21
+PHOTOS = ('camera', 'astronaut', 'coffee', 'chelsea', 'rocket', 'retina', 'moon', 'coins', 'immunohistochemistry', 'hubble_deep_field')
+DICOMS = ('CT_small.dcm', 'MR_small.dcm', 'J2K_pixelrep_mismatch.dcm', '693_J2KI.dcm', 'JPEG2000.dcm', 'examples_overlay.dcm',
+          'examples_palette.dcm', 'examples_jpeg2k.dcm', 'examples_ybr_color.dcm')
+
+def _to_u8(a) -> np.ndarray:
+    "A medical image's values windowed to uint8 (0.5 and 99.5 percentiles), gray: what a build makes of a DICOM."
+    import cv2
+    a = np.asarray(a, np.float32)
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    a = ((a - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).round().astype(np.uint8)
+    return cv2.cvtColor(a, cv2.COLOR_RGB2GRAY) if a.ndim == 3 else a
+
+@lru_cache(maxsize=1)
+def real_bases() -> tuple:
+    "(name, gray uint8 image) for the photographs scikit-image ships and the CT, MR, NM and ultrasound images pydicom ships."
+    import cv2
+    res = []
+    try:
+        from skimage import data
+        for n in PHOTOS:
+            a = getattr(data, n)()
+            res.append((n, cv2.cvtColor(a, cv2.COLOR_RGB2GRAY) if a.ndim == 3 else a))
+    except ImportError: pass
+    try:
+        import pydicom
+        from pydicom.data import get_testdata_file
+        for n in DICOMS:
+            try:
+                a = pydicom.dcmread(get_testdata_file(n)).pixel_array
+                frames = a[::10] if a.ndim == 4 or (a.ndim == 3 and a.shape[-1] != 3) else [a]  # a few of a cine's frames
+                res += [(f'{n}[{i}]' if len(frames) > 1 else n, _to_u8(f)) for i,f in enumerate(frames)]
+            except Exception: pass  # a transfer syntax this install cannot decode: the others still count
+    except ImportError: pass
+    return tuple(res)
+
+def real_images(n:int, side:int, seed:int=0):
+    "Yield `n` gray uint8 `side`x`side` images as a training pipeline makes them from `real_bases`: a random crop, resized."
+    import cv2
+    bases = real_bases()
+    if not bases: yield from synth_images(n, side, seed); return  # neither scikit-image nor pydicom installed
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        b = bases[i % len(bases)][1]
+        h, w = b.shape
+        ch, cw = int(h * rng.uniform(0.75, 1)), int(w * rng.uniform(0.75, 1))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = np.ascontiguousarray(b[y:y+ch, x:x+cw][:, ::-1] if rng.random() < 0.5 else b[y:y+ch, x:x+cw])
+        yield cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA if ch * cw > side * side else cv2.INTER_LINEAR)
 
 # %% ../nbs/08_bench.ipynb #484a1334
 def _write_stores(d:Path, n:int, side:int):
@@ -250,6 +305,37 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
                     rows.append(dict(section='3 loaders', name=k, aug=aug, workers=w, stage=stage, images=m, img_s=m/t))
     return rows
 
+# %% ../nbs/08_bench.ipynb #7f3b2d11
+def ffcv_status() -> str|None:
+    "None if FFCV imports here, else why not (it needs libturbojpeg, OpenCV's headers and a compiler to install)."
+    try: import ffcv.loader, ffcv.writer; return None
+    except Exception as e: return f'{type(e).__name__}: {e}'[:120]
+
+def bench_ffcv(d:Path, bs:int, workers=(1, 2)) -> list:
+    "Section 3 rows for FFCV's `Loader` over the same records (section 3's memmap) as raw `NDArrayField`s: its fastest path."
+    from ffcv.writer import DatasetWriter
+    from ffcv.fields import NDArrayField
+    from ffcv.fields.decoders import NDArrayDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+    mm = np.load(d/'images.npy', mmap_mode='r')
+    lab = np.zeros(11, np.int8)
+    class DS:
+        def __len__(self): return len(mm)
+        def __getitem__(self, i): return np.asarray(mm[i]), lab
+    beton = d/'ffcv.beton'
+    beton.unlink(missing_ok=True)  # section 3's records are written afresh each run
+    DatasetWriter(str(beton), {'image': NDArrayField(np.dtype('uint8'), mm.shape[1:]), 'label': NDArrayField(np.dtype('int8'), (11,))},
+                  num_workers=1).from_indexed_dataset(DS())
+    rows = []
+    for w in workers:
+        dl = Loader(str(beton), batch_size=bs, num_workers=w, order=OrderOption.RANDOM, os_cache=True, drop_last=True,
+                    pipelines={'image': [NDArrayDecoder(), ToTensor()], 'label': [NDArrayDecoder(), ToTensor()]})
+        _epoch(dl)  # warm-up: numba compiles its pipeline in the first epoch
+        m, t = min((_epoch(dl) for _ in range(2)), key=lambda o: o[1])
+        rows.append(dict(section='3 loaders', name='FFCV Loader (NDArrayField, raw uint8)', aug=False, workers=w, stage='uint8', images=m, img_s=m/t))
+    return rows
+
 # %% ../nbs/08_bench.ipynb #1f394ac5
 _BUILD_OURS = textwrap.dedent('''
     import sys, json, time, resource, pandas as pd
@@ -327,49 +413,97 @@ def _cold_epoch(path, epoch) -> float:
         for ks in epoch: s.get_batch(ks, fields=['image'])
         return time.perf_counter() - t0
 
-def bench_compress(d:Path, bs:int, n_batches:int) -> list:
-    "Rows for section 7: size and get_batch img/s of raw, lz4 and zstd shelves, warm and cold; the loader over get_batch."
+class FileBatches:
+    "Image files decoded into a uint8 batch with OpenCV on `DECODE_THREADS` threads: the cores `get_batch` decodes on."
+    def __init__(self, folder, suffix:str, side:int):
+        from concurrent.futures import ThreadPoolExecutor
+        self.folder,self.suffix,self.side,self.pool = Path(folder),suffix,side,ThreadPoolExecutor(DECODE_THREADS)
+    def paths(self, keys) -> list: return [str(self.folder/f'{k}{self.suffix}') for k in keys]
+    def get_batch(self, keys) -> np.ndarray:
+        import cv2
+        ps, k = self.paths(keys), DECODE_THREADS
+        out = np.empty((len(ps), self.side, self.side), np.uint8)
+        def run(rows):
+            for i in rows: out[i] = cv2.imread(ps[i], cv2.IMREAD_UNCHANGED)
+        list(self.pool.map(run, [range(j, len(ps), k) for j in range(k)]))
+        return out
+    def cold_epoch(self, epoch) -> float:
+        for ks in epoch:
+            for p in self.paths(ks): evict(p)
+        t0 = time.perf_counter()
+        for ks in epoch: self.get_batch(ks)
+        return time.perf_counter() - t0
+
+def _real_stores(d:Path, n:int, side:int) -> tuple:
+    "`n` `real_images` as a raw shelf, a shelf per compression, PNG files (PIL's default level) and JPEG (q95) files."
     from fastai_shelve.build import convert_shelf
-    from fastai_shelve.data import ShelfDataLoaders
-    stores = {'raw': d/'ours.shelf'}
-    for c in ('lz4', 'zstd'):
-        stores[c] = d/f'ours_{c}.shelf'
+    keys = [f'1.2.840.113619.{i:06d}' for i in range(n)]
+    for f in ('png', 'jpg'): (d/f).mkdir(parents=True, exist_ok=True)
+    stores = {'raw': d/'real.shelf'}
+    with open_shelf(stores['raw'], 'n') as s:
+        recs = []
+        for k,img in zip(keys, real_images(n, side)):
+            recs.append((k, {'image': img, 'labels': np.zeros(11, np.int8)}))
+            Image.fromarray(img).save(d/'png'/f'{k}.png'); Image.fromarray(img).save(d/'jpg'/f'{k}.jpg', quality=95)
+            if len(recs) == 64: s.put_many(recs); recs = []
+        s.put_many(recs)
+    for c in COMPRESSIONS:
+        stores[c] = d/f'real_{c}.shelf'
         for p in (stores[c], Path(f'{stores[c]}-lock')): p.unlink(missing_ok=True)
         convert_shelf(stores['raw'], stores[c], compression=c, progress=False)
+    return keys, stores
+
+def bench_compress(d:Path, n:int, side:int, bs:int, n_batches:int) -> list:
+    "Rows for section 7: bytes per image and img/s, warm and cold, of a shelf per compression and of PNG and JPEG files."
+    d.mkdir(parents=True, exist_ok=True)
+    keys, stores = _real_stores(d, n, side)
     shelves = {k: open_shelf(p) for k,p in stores.items()}
-    keys = shelves['raw'].keys()
+    fb = {'PNG files': FileBatches(d/'png', '.png', side), 'JPEG q95 files': FileBatches(d/'jpg', '.jpg', side)}
+    readers = {k: (lambda b, s=s: s.get_batch(b, fields=['image'])['image']) for k,s in shelves.items()} | {k: f.get_batch for k,f in fb.items()}
+    files = {'PNG files': list((d/'png').glob('*.png')), 'JPEG q95 files': list((d/'jpg').glob('*.jpg'))}
+    size = {k: p.stat().st_size for k,p in stores.items()} | {k: sum(p.stat().st_size for p in v) for k,v in files.items()}
     rng = np.random.default_rng(1)
-    batches = [[keys[i] for i in rng.choice(len(keys), bs, replace=False)] for _ in range(n_batches)]
-    ref = shelves['raw'].get_batch(batches[0])['image']
-    for s in shelves.values(): assert np.array_equal(s.get_batch(batches[0])['image'], ref)  # the same pixels back
-    warm = {k: [] for k in shelves}
-    for _ in range(3):
-        for k,s in shelves.items(): warm[k].append(best_of(lambda: [s.get_batch(b, fields=['image']) for b in batches], 1) / len(batches))
+    batches = [[keys[i] for i in rng.choice(n, bs, replace=False)] for _ in range(n_batches)]
+    ref = readers['raw'](batches[0])
+    for k,r in readers.items():  # the same pixels back (JPEG is lossy: close, not equal)
+        b = r(batches[0])
+        assert np.array_equal(b, ref) or (k.startswith('JPEG') and np.abs(b.astype(int) - ref).mean() < 3), k
+    warm = {k: [] for k in readers}
+    for _ in range(3):  # interleaved rounds, best of 3; files on a quarter of the batches (PNG is slow)
+        for k,r in readers.items():
+            bb = batches if k in stores else batches[:max(2, n_batches//4)]
+            warm[k].append(best_of(lambda: [r(b) for b in bb], 1) / len(bb))
     for s in shelves.values(): s.close()
-    epoch = [keys[i:i+bs] for i in range(0, len(keys), bs)]
+    epoch = [keys[i:i+bs] for i in range(0, n, bs)]
     cold = {k: min(_cold_epoch(p, epoch) for _ in range(2)) for k,p in stores.items()}
-    raw_size, raw_t = stores['raw'].stat().st_size, min(warm['raw'])
+    cold |= {k: f.cold_epoch(epoch) for k,f in fb.items()}
+    png_t, raw_t = min(warm['PNG files']), min(warm['raw'])
     rows = []
-    for k,p in stores.items():
-        t = min(warm[k])
-        rows.append(dict(section='7 compress', name=f'{k} get_batch', cache='warm', size_ratio=p.stat().st_size/raw_size,
-                         bytes_per_image=p.stat().st_size/len(keys), img_s=bs/t, speed_ratio=raw_t/t))
-        rows.append(dict(section='7 compress', name=f'{k} epoch', cache='cold', s=cold[k], img_s=len(keys)/cold[k],
-                         speed_ratio=cold['raw']/cold[k]))
-    # The loader against its own fetch, same shelf, same number of shuffled batches, interleaved.
-    dls = ShelfDataLoaders.from_shelf(stores['raw'], bs=bs, valid_pct=0, normalize=False, num_workers=0, seed=0)
+    for k in readers:
+        t, sz = min(warm[k]), size[k]
+        rows.append(dict(section='7 compress', name=f'{k} get_batch', cache='warm', bytes_per_image=sz/n, size_ratio=sz/size['raw'],
+                         size_vs_png=sz/size['PNG files'], img_s=bs/t, speed_ratio=raw_t/t, speed_vs_png=png_t/t))
+        rows.append(dict(section='7 compress', name=f'{k} epoch', cache='cold', s=cold[k], img_s=n/cold[k],
+                         speed_ratio=cold['raw']/cold[k], speed_vs_png=cold['PNG files']/cold[k]))
+    return rows
+
+def loader_over_fetch(path, bs:int) -> list:
+    "A section 7 row: the `ShelfDataLoaders` uint8 train loader against its own fetch, same shelf, same number of batches."
+    from fastai_shelve.data import ShelfDataLoaders
+    rng = np.random.default_rng(2)
+    dls = ShelfDataLoaders.from_shelf(path, bs=bs, valid_pct=0, normalize=False, num_workers=0, seed=0)
     dl = dls.train.new(after_batch=None, shuffle=True, drop_last=True)
     assert dl.batch_plans() is not None  # the whole-batch path is the one measured
-    with open_shelf(stores['raw']) as s:
+    with open_shelf(path) as s:
+        keys = s.keys()
         def fetch_only():
             ks = [keys[i] for i in rng.permutation(len(keys))]
             for i in range(0, len(ks) - bs + 1, bs): s.get_batch(ks[i:i+bs])
         _epoch(dl); fetch_only()  # warm-up
         t_dl, t_gb = [], []
-        for _ in range(3): t_dl.append(_epoch(dl)[1]); t_gb.append(best_of(fetch_only, 1))
-    rows.append(dict(section='7 compress', name='ShelfDataLoaders uint8 train loader over get_batch', cache='warm',
-                     img_s=len(dl) * bs / min(t_dl), loader_over_fetch=min(t_dl) / min(t_gb)))
-    return rows
+        for _ in range(5): t_dl.append(_epoch(dl)[1]); t_gb.append(best_of(fetch_only, 1))
+    return [dict(section='7 compress', name='ShelfDataLoaders uint8 train loader over get_batch', cache='warm',
+                 img_s=len(dl) * bs / min(t_dl), loader_over_fetch=min(t_dl) / min(t_gb))]
 
 # %% ../nbs/08_bench.ipynb #a6e4d834
 def bench_augment(side:int=512, n_fast:int=50, n_slow:int=3) -> list:
@@ -414,6 +548,9 @@ def check_targets(rows, sizes) -> list:
             t = _get(rows, name=other, aug=aug, workers=w, stage=stage)
             if o and t: add(f"ours >= {need}x {other.split(' (')[0]}, {'X-ray recipe' if aug else 'no aug'}, {stage}, {w} workers",
                             f"{o['img_s']/t['img_s']:.1f}x", o['img_s'] / t['img_s'] / need)
+    ours = [r['img_s'] for r in rows if r['name'] == 'ours ShelfDataLoaders' and r['stage'] == 'uint8' and not r['aug']]
+    ff = [r['img_s'] for r in rows if r['name'].startswith('FFCV')]
+    if ours and ff: add("ours >= 3x FFCV's best Loader, no aug, uint8 (best of each)", f'{max(ours)/max(ff):.1f}x', max(ours) / max(ff) / 3)
     fast, slow = _get(rows, name='FastPiecewiseAffine (p=1)'), _get(rows, name='albumentations PiecewiseAffine (p=1)')
     if fast and slow:
         x = slow['ms_per_img'] / fast['ms_per_img']
@@ -430,14 +567,21 @@ def check_targets(rows, sizes) -> list:
         add(f'build peak RSS flat from {min(ours)} to {max(ours)} JPEGs (within 20%)', f"{tot(lo):.0f} -> {tot(hi):.0f} MB",
             1.2 * tot(lo) / tot(hi))
     c = {r['name']: r for r in rows if r['section'] == '7 compress'}
-    if c:
-        for codec, size, speed in (('zstd', 0.5, 0.3), ('lz4', 0.7, 0.5)):
-            r = c[f'{codec} get_batch']
-            add(f'{codec} file <= {size}x raw', f"{r['size_ratio']:.2f}x", size / r['size_ratio'])
-            add(f'{codec} get_batch >= {speed}x raw img/s', f"{r['speed_ratio']:.2f}x ({r['img_s']:.0f} img/s)", r['speed_ratio'] / speed)
-        add('cold cache: a zstd epoch faster than a raw one', f"{c['zstd epoch']['speed_ratio']:.2f}x", c['zstd epoch']['speed_ratio'])
-        r = c['ShelfDataLoaders uint8 train loader over get_batch']
-        add('ShelfDataLoaders uint8 loader within 1.15x of get_batch', f"{r['loader_over_fetch']:.2f}x", 1.15 / r['loader_over_fetch'])
+    # The issue's two targets, against what Kaggle users store instead (resized PNG files): is there a choice as small as
+    # the bound, and is the fastest of those that are fast enough? The line names the choice (the README's rule of thumb).
+    shelves = {k[:-len(' get_batch')]: r for k,r in c.items()
+               if k.endswith(' get_batch') and 'size_ratio' in r and not k.startswith(('raw', 'PNG', 'JPEG'))}
+    for size, vs, speed in ((1.2, 'PNG files', 5), (0.5, 'raw', 15)):
+        if not shelves: break
+        x = lambda r: r['size_vs_png'] if vs == 'PNG files' else r['size_ratio']
+        ok = {k: r for k,r in shelves.items() if x(r) <= size}
+        k = max(ok, key=lambda k: ok[k]['speed_vs_png']) if ok else min(shelves, key=lambda k: x(shelves[k]))
+        r = shelves[k]
+        add(f'a choice within {size}x {vs} bytes at >= {speed}x PNG files img/s (get_batch, same threads), real images',
+            f"{k}: {x(r):.2f}x {vs}, {r['speed_vs_png']:.1f}x PNG ({r['img_s']:.0f} img/s)",
+            r['speed_vs_png'] / speed if ok else size / x(r))
+    r = c.get('ShelfDataLoaders uint8 train loader over get_batch')
+    if r: add('ShelfDataLoaders uint8 loader within 1.15x of get_batch', f"{r['loader_over_fetch']:.2f}x", 1.15 / r['loader_over_fetch'])
     return res
 
 def _chart(rows, targets, fn):
@@ -459,6 +603,7 @@ def format_table(rows, targets, facts) -> str:
     "The benchmark's terminal table: one block per section, then the targets."
     out = [f"fastai_shelve bench, {facts['date']}: {facts['cores']} cores, {facts['ram_gib']} GiB, {facts['cpu']}, "
            f"Python {facts['python']}, dbm backend {facts['dbm_backend']}"]
+    if facts.get('ffcv', 'measured') != 'measured': out.append(f"FFCV not measured (does not import here: {facts['ffcv']})")
     df = pd.DataFrame(rows)
     for sec, g in df.groupby('section', sort=True):
         g = g.dropna(axis=1, how='all').drop(columns='section')
@@ -475,9 +620,15 @@ def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7))
     step = lambda s: print(f'[{time.time()-t0:6.1f}s] {s}', flush=True)
     if 1 in sections: step('1 batch fetch'); rows += bench_fetch(out/'fetch', c['n'], c['side'], c['bs'], c['n_batches'])
     if 5 in sections and 1 in sections: rows += bench_size(out/'fetch', c['n'])
-    if 7 in sections and 1 in sections: step('7 compress'); rows += bench_compress(out/'fetch', c['bs'], c['n_batches'])
+    if 7 in sections:
+        step('7 compress'); rows += bench_compress(out/'compress', c['comp_n'], c['comp_side'], c['bs'], c['n_batches'])
+        if 1 in sections: rows += loader_over_fetch(out/'fetch'/'ours.shelf', c['bs'])
     if 2 in sections: step('2 scale'); rows += bench_scale(out/'scale', c['scale'], c['scale_side'], c['bs'])
-    if 3 in sections: step('3 loaders'); rows += bench_loaders(out/'loaders', c['dl_n'], c['dl_side'], c['bs'], c['seed_aug_imgs'])
+    if 3 in sections:
+        step('3 loaders'); rows += bench_loaders(out/'loaders', c['dl_n'], c['dl_side'], c['bs'], c['seed_aug_imgs'])
+        facts['ffcv'] = ffcv_status() or 'measured'
+        if facts['ffcv'] == 'measured': rows += bench_ffcv(out/'loaders', c['bs'])
+        else: step(f"FFCV not measured: {facts['ffcv']}")
     if 6 in sections: step('6 augment'); rows += bench_augment(c['aug_side'], *c['aug_n'])
     if 4 in sections: step('4 build'); rows += bench_build(out/'build', c['build_sizes'], c['build_side'], c['seed_build_n'])
     targets = check_targets(rows, c)

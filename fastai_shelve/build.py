@@ -499,21 +499,21 @@ class BuildReport:
                 f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)")
 
 # %% ../nbs/02_build.ipynb #88eb2517
-_LABEL_META = ('label_kind', 'vocab', 'label_names', 'n_out')
+_LABEL_META = ('label_kind', 'vocab', 'label_names')
 
 def _check_same_build(path, settings:BuildSettings, label_meta:dict=None):
     "A `check` for `update_meta`: refuse to resume a shelf that was built with other settings or other labels."
     def check(meta):
         if meta.get('build') is None: return
+        old = BuildSettings.from_meta(meta['build'])
+        if old != settings:
+            diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
+            raise ShelfError(f"{path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
         if label_meta is not None:
             was, now = ({k: m.get(k) for k in _LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
             if was != now:
                 diff = {k:(was[k], now[k]) for k in _LABEL_META if was[k] != now[k]}
                 raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
-        old = BuildSettings.from_meta(meta['build'])
-        if old != settings:
-            diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
-            raise ShelfError(f"{path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
     return check
 
 # %% ../nbs/02_build.ipynb #12b6ea20
@@ -565,7 +565,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 commit_every:int=128, # records per commit
                 strict:bool=False, # stop at the first bad input instead of reporting it
                 progress:bool=True, # show a progress bar and print the report
-                compression:str=None, # None, 'zstd' or 'lz4': each image compressed on its own
+                compression:str=None, # None or one of `COMPRESSIONS` ('zstd-delta': small): each image on its own
                 level:int=None, # the compression level (None: the library's default)
                 scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
                 frame:int|str=0, # the frame of a multi-frame DICOM file that becomes the image; 'all': each frame a record
@@ -653,7 +653,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   allow_pickle:bool=False, # required for a stdlib shelve source: its values are pickles
                   chunk:int=256, # records per transaction
                   progress:bool=True, # show a progress bar
-                  compression:str=None, # None, 'zstd' or 'lz4' for the new shelf
+                  compression:str=None, # None or one of `COMPRESSIONS` for the new shelf
                   level:int=None, # the compression level
                  ) -> int:
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."

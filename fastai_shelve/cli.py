@@ -43,7 +43,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           quiet:store_true=False, # no progress bar
           shards:int=0, # build N shard shelves in folder OUT, one Dask task each
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
-          compression:str=None, # zstd or lz4: compress each image (default: raw)
+          compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw)
           level:int=None, # the compression level (default: the library's)
           scale:str='minmax', # 16-bit and float inputs to 8 bits: minmax or percentile (0.5-99.5), per image
           frame:str='0', # the frame of multi-frame DICOM files to keep, or all: each frame a record (id#0000, id#0001, ...)
@@ -114,7 +114,7 @@ def verify(path:str, # the shelf to check
 def convert(src:str, # a stdlib shelve file (e.g. the seed's training_data.db), or a shelf to recompress
             dst:str, # the LMDB shelf to write
             allow_pickle:store_true=False, # required for a stdlib shelve file: its values are pickles
-            compression:str=None, # zstd or lz4 for the new shelf (default: raw)
+            compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta for the new shelf (default: raw)
             level:int=None): # the compression level
     "Copy a shelf to a new safe LMDB shelf, (re)compressed as asked (resumable)."
     n = convert_shelf(src, dst, allow_pickle=allow_pickle, compression=compression, level=level)

@@ -43,24 +43,38 @@ def _jsonable(v) -> bool:
     return False
 
 # %% ../nbs/00_codec.ipynb #60732ee9
-COMPRESSIONS = ('zstd', 'lz4')
+COMPRESSIONS = ('zstd', 'lz4', 'lz4hc', 'zstd-delta', 'lz4hc-delta')
 _MIN_COMPRESS = 256
+_BYTES_LIBS = {'zstd': 'zstandard', 'lz4': 'lz4.block'}  # the others are imagecodecs', which decodes into a given array
+_LEVELS = {'lz4hc': 9, 'zstd-delta': 9, 'lz4hc-delta': 9}  # their defaults: smaller, decoding no slower, building slower
 _local = threading.local()  # zstd contexts are not thread-safe: one per thread
 
 @lru_cache(maxsize=None)  # a failed import raises, and is not cached
 def _codec_lib(name:str):
-    try: return importlib.import_module({'zstd': 'zstandard', 'lz4': 'lz4.block'}[name])
-    except KeyError: raise RecordError(f"unknown compression {name!r}: use one of {COMPRESSIONS} or None") from None
+    if name not in COMPRESSIONS: raise RecordError(f"unknown compression {name!r}: use one of {COMPRESSIONS} or None")
+    try: return importlib.import_module(_BYTES_LIBS.get(name, 'imagecodecs'))
     except ImportError: raise RecordError(f"{name} compression needs its library: pip install 'fastai_shelve[compress]'") from None
 
 def check_compression(codec:str|None):
     "Raise a `RecordError` unless `codec` is None or a compression whose library is installed."
     if codec is not None: _codec_lib(codec)
 
-def compress(raw, codec:str, level:int=None) -> bytes:
-    "`raw` bytes compressed with `codec` ('zstd' or 'lz4') at `level` (the library's default if None)."
+def _unsigned(a:np.ndarray) -> np.ndarray:
+    "`a`'s bytes as unsigned ints of its item size, so that a delta wraps around exactly (bytes for other sizes)."
+    u = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}.get(a.dtype.itemsize)
+    return a.view(u) if u and a.ndim else a.reshape(-1).view(u or np.uint8)
+
+def _axis(u:np.ndarray) -> int: return 1 if u.ndim >= 2 else 0  # along rows: (H,W) left neighbour, (H,W,C) per channel
+
+def compress(a, codec:str, level:int=None) -> bytes:
+    "`a` (an array, or bytes) compressed with `codec`, one of `COMPRESSIONS`, at `level` (None: the codec's default)."
     lib = _codec_lib(codec)
+    a = np.ascontiguousarray(a) if isinstance(a, np.ndarray) else np.frombuffer(a, np.uint8)
+    if codec.endswith('-delta'): u = _unsigned(a); a = lib.delta_encode(u, axis=_axis(u))  # PNG's SUB filter
+    raw, level = a.reshape(-1).view(np.uint8), _LEVELS.get(codec) if level is None else level
     if codec == 'lz4': return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
+    if codec.startswith('lz4'): return lib.lz4_encode(raw, level, hc=True)
+    if codec != 'zstd': return lib.zstd_encode(raw, level)
     c = getattr(_local, 'zc', {}).get(level)
     if c is None: c = lib.ZstdCompressor(level=3 if level is None else level); _local.__dict__.setdefault('zc', {})[level] = c
     return c.compress(raw)
@@ -70,22 +84,34 @@ def _frame_size(lib, data) -> int:
     try: return lib.frame_content_size(data)
     except Exception as e: raise RecordError(f"zstd data does not decompress: {e}") from None
 
-def decompress(data, codec:str, nbytes:int) -> bytes:
-    "The `nbytes` bytes that `compress` packed into `data`; a `RecordError` if they don't come back whole."
+def decompress(data, codec:str, nbytes:int, out:np.ndarray=None):
+    "The `nbytes` bytes `compress` packed into `data`: as bytes, or into `out` (C-contiguous, like the array packed)."
     lib = _codec_lib(codec)
+    if out is not None and (out.nbytes != nbytes or not out.flags.c_contiguous):
+        raise RecordError(f"{nbytes} bytes do not fit a {out.dtype}{list(out.shape)} array")
+    dst = None if out is None else out.reshape(-1).view(np.uint8)
     try:
-        if codec == 'lz4': out = lib.decompress(data, uncompressed_size=nbytes)
-        else:
+        if codec == 'lz4': res = lib.decompress(data, uncompressed_size=nbytes)
+        elif codec == 'zstd':
             # python-zstandard allocates the size a frame states, ignoring max_output_size: check it first
             size = _frame_size(lib, data)
             if size not in (-1, nbytes): raise RecordError(f"zstd frame expands to {size} bytes, not the {nbytes} its header declares")
             d = getattr(_local, 'zd', None)
             if d is None: d = _local.zd = lib.ZstdDecompressor()
-            out = d.decompress(data, max_output_size=nbytes)
+            res = d.decompress(data, max_output_size=nbytes)
+        else:  # straight into `out`: never more than `nbytes`, which the header declared
+            if dst is None: dst = np.empty(nbytes, np.uint8)
+            res = (lib.lz4_decode if codec.startswith('lz4') else lib.zstd_decode)(data, out=dst)
     except RecordError: raise
     except Exception as e: raise RecordError(f"{codec} data does not decompress: {e}") from None
-    if len(out) != nbytes: raise RecordError(f"{codec} data decompressed to {len(out)} bytes, not {nbytes}")
-    return out
+    if len(res) != nbytes: raise RecordError(f"{codec} data decompressed to {len(res)} bytes, not {nbytes}")
+    if codec in _BYTES_LIBS:
+        if dst is None: return res
+        dst[:] = np.frombuffer(res, np.uint8); return out
+    if codec.endswith('-delta'):
+        u = _unsigned(dst if out is None else out)
+        lib.delta_decode(u, axis=_axis(u), out=u)
+    return dst.tobytes() if out is None else out
 
 # %% ../nbs/00_codec.ipynb #f1d410d6
 def encode_record(rec:dict, compression:str=None, level:int=None, key=None) -> bytes:
@@ -103,7 +129,7 @@ def encode_record(rec:dict, compression:str=None, level:int=None, key=None) -> b
             raw = a.reshape(-1).view(np.uint8)
             entry = [k, a.dtype.str, a.shape, off]
             if compression and a.nbytes >= _MIN_COMPRESS:
-                raw = compress(raw, compression, level); entry += [len(raw), compression]
+                raw = compress(a, compression, level); entry += [len(raw), compression]
             arrays.append((entry, raw)); off += _pad(len(raw))
         elif _jsonable(v): values[k] = v
         else: raise RecordError(f"field {k!r}: cannot store a {type(v).__name__} (arrays, numbers, strings, lists, dicts)")
@@ -131,6 +157,7 @@ class Layout:
         self.fields,self.values,self.start,self.head = fields,values,start,head
         self.end = start + max((f.offset+f.stored for f in fields), default=0)  # bytes the record must hold
         self._mutable = any(isinstance(v, (list, dict)) for v in values.values())
+        self._h1, self._h2 = head[:_CRC_AT], head[_prefix.size:]  # what `matches` compares, sliced once
 
     def new_values(self):
         "A fresh copy of the JSON values, so callers may mutate them."
@@ -138,20 +165,24 @@ class Layout:
 
     def matches(self, buf) -> bool:
         "Does `buf` have this very header (so the same fields at the same offsets), without parsing it?"
-        return len(buf) >= self.end and buf[:_CRC_AT] == self.head[:_CRC_AT] and buf[_prefix.size:self.start] == self.head[_prefix.size:]
+        return len(buf) >= self.end and buf[:_CRC_AT] == self._h1 and buf[_prefix.size:self.start] == self._h2
 
     def view(self, buf, f:Field) -> np.ndarray:
         "Field `f` of `buf` as an array: a view for raw bytes, a new array for compressed ones."
         at = self.start + f.offset
         if f.codec is None: return np.frombuffer(buf, f.dtype, f.nbytes // f.dtype.itemsize, at).reshape(f.shape)
-        raw = decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes)
-        return np.frombuffer(raw, f.dtype).reshape(f.shape)
+        if f.codec in _BYTES_LIBS: return np.frombuffer(decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes), f.dtype).reshape(f.shape)
+        return decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes, np.empty(f.shape, f.dtype))
 
     def read_into(self, buf, f:Field, out:np.ndarray, row:int):
         "Copy (or decompress) field `f` of `buf` into `out[row]`, a row of its shape and dtype."
-        out[row] = self.view(buf, f)
+        dst = out[row]
+        # imagecodecs' codecs decode straight into the batch's row: no array of their own, no second copy
+        if f.codec is None or f.codec in _BYTES_LIBS or not dst.flags.c_contiguous: out[row] = self.view(buf, f)
+        else: decompress(memoryview(buf)[self.start+f.offset:self.start+f.offset+f.stored], f.codec, f.nbytes, dst)
 
 def _field(o) -> Field:
+
     try:
         name, dt, shape, off, *comp = o
         dt, shape, off = np.dtype(dt), tuple(int(s) for s in shape), int(off)

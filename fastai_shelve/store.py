@@ -18,12 +18,12 @@ from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION,
 import fastai_shelve
 
 # %% auto #0
-__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'MANIFEST', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
-           'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'read_only_fs', 'prepare_lock',
-           'os_reason', 'ShelfBase', 'key_bytes', 'Shelf', 'check_regular', 'check_lmdb_file', 'check_lmdb_size',
-           'check_structure', 'PixelStats', 'pickle_refusal', 'StdShelf', 'shard_of', 'shard_names', 'read_manifest',
-           'write_manifest', 'claim_shard', 'count_shards', 'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta',
-           'shelf_info']
+__all__ = ['LMDB_MAGIC', 'LOCK_BYTES', 'DECODE_THREADS', 'COPY_THREADS_FROM', 'MANIFEST', 'PickleRefusedError',
+           'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError',
+           'BadKeyError', 'read_only_fs', 'prepare_lock', 'os_reason', 'ShelfBase', 'key_bytes', 'Shelf',
+           'check_regular', 'check_lmdb_file', 'check_lmdb_size', 'check_structure', 'PixelStats', 'pickle_refusal',
+           'StdShelf', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'claim_shard', 'count_shards',
+           'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
@@ -198,6 +198,7 @@ class ShelfBase(MutableMapping):
 
 # %% ../nbs/01_store.ipynb #bc7ca556
 DECODE_THREADS = min(4, os.cpu_count() or 1)
+COPY_THREADS_FROM = 4 << 20  # bytes of raw arrays in a batch from which its copies run on the threads too (memcpy releases the GIL)
 _pools = {}  # pid -> thread pool decoding compressed records (threads don't survive fork)
 
 def _pool() -> ThreadPoolExecutor:
@@ -353,37 +354,51 @@ class Shelf(ShelfBase):
         n = len(keys) if n is None else n
         first, jobs = None, []
         with self.txn() as txn:
+            get, enc = txn.get, self._enc
             for k,row in zip(keys, rows):
-                buf = txn.get(self._enc(k))
+                buf = get(enc(k))
                 if self._bad and k in self._bad: self._refuse_bad(k)
                 if buf is None: raise self._key_error(k)
-                if first is not None and first.matches(buf): lay = first; self._bound(k, buf)
-                else: lay = self._layout(k, buf)
-                if out is None:  # the batch takes the first record's shapes
-                    out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
-                    out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
-                if lay is first: want = first_want
-                else:  # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
-                    want = self._fit(k, lay, out, fields)
-                    if first is None: first, first_want, values = lay, want, [nm for nm in lay.values if nm in out]
-                for f in want:
-                    if f.codec is None: out[f.name][row] = lay.view(buf, f)
-                    else: jobs.append((lay, buf, f, out[f.name], row, k))
+                if first is not None and first.matches(buf): lay, (raw, packed) = first, first_plan; self._bound(k, buf)
+                else:
+                    lay = self._layout(k, buf)
+                    if out is None:  # the batch takes the first record's shapes
+                        out = {f.name: np.empty((n,)+f.shape, f.dtype) for f in lay.fields if fields is None or f.name in fields}
+                        out.update({nm: [None]*n for nm in lay.values if fields is None or nm in fields})
+                    # a header not seen in this batch yet (compressed sizes differ record to record): check it fits
+                    raw, packed = plan = self._plan(lay, self._fit(k, lay, out, fields), out)
+                    if first is None:
+                        first, first_plan, values = lay, plan, [nm for nm in lay.values if nm in out]
+                        threads = DECODE_THREADS > 1 and sum(cnt * dt.itemsize for _, dt, cnt, *_ in raw) * len(keys) >= COPY_THREADS_FROM
+                # Raw fields: one copy each from LMDB's map into the batch, at offsets worked out once per header;
+                # a big batch copies on the threads as well: one core's memcpy is below what memory gives two
+                if threads: jobs.append((None, buf, raw, None, row, k))
+                else:
+                    for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
+                for f, a in packed: jobs.append((lay, buf, f, a, row, k))
                 if values:
                     v = lay.new_values()
                     if lay is not first and not all(nm in v for nm in values):
                         raise ShelfError(f"{self.path}: key {k!r} lacks values {[nm for nm in values if nm not in v]} the batch's first record has: use get_many")
                     for nm in values: out[nm][row] = v[nm]
-            # Compressed fields decode on threads (zstd and lz4 release the GIL), inside the transaction that owns `buf`:
+            # Compressed fields decode on threads (the codecs release the GIL), inside the transaction that owns `buf`:
             # one task per thread, each a run of records (a task per record costs more in the pool than zstd spends).
             if jobs:
                 k = min(len(jobs), DECODE_THREADS)
                 def run(part):
                     for lay, buf, f, arr, row, k in part:
-                        try: lay.read_into(buf, f, arr, row)
-                        except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
+                        if lay is None:
+                            for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
+                        else:
+                            try: lay.read_into(buf, f, arr, row)
+                            except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
                 list(_pool().map(run, [jobs[i::k] for i in range(k)])) if k > 1 else run(jobs)
         return out
+
+    def _plan(self, lay, want, out:dict) -> tuple:
+        "`want`'s raw fields as (batch array, dtype, count, offset, shape), and its compressed ones as (field, batch array)."
+        raw = [(out[f.name], f.dtype, f.nbytes // f.dtype.itemsize, lay.start + f.offset, f.shape) for f in want if f.codec is None]
+        return raw, [(f, out[f.name]) for f in want if f.codec is not None]
 
     def _refuse_bad(self, key):
         raise RecordError(f"{self.path}: key {key!r}: {self._bad[key]} (found by the full check when it was opened)")

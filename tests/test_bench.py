@@ -12,17 +12,22 @@ def test_bench_quick_output_is_well_formed(tmp_path):
     sections = {r['section'] for r in res['rows']}
     assert sections == {'1 fetch', '2 scale', '3 loaders', '4 build', '5 size', '6 augment', '7 compress'}
     comp = {r['name']: r for r in res['rows'] if r['section'] == '7 compress'}
-    for c in ('raw', 'lz4', 'zstd'):
-        assert comp[f'{c} get_batch']['img_s'] > 0 and comp[f'{c} epoch']['s'] > 0
-    assert comp['raw get_batch']['size_ratio'] == 1 and comp['zstd get_batch']['size_ratio'] < 1
+    from fastai_shelve.codec import COMPRESSIONS
+    for c in ('raw', *COMPRESSIONS, 'PNG files', 'JPEG q95 files'):  # every choice beside the files users store instead
+        assert comp[f'{c} get_batch']['img_s'] > 0 and comp[f'{c} epoch']['s'] > 0 and comp[f'{c} get_batch']['bytes_per_image'] > 0
+    assert comp['raw get_batch']['size_ratio'] == 1 and comp['zstd-delta get_batch']['size_ratio'] < comp['zstd get_batch']['size_ratio'] < 1
+    assert comp['PNG files get_batch']['size_vs_png'] == 1 and comp['PNG files get_batch']['speed_vs_png'] == 1
     assert comp['ShelfDataLoaders uint8 train loader over get_batch']['loader_over_fetch'] > 0
     fetch = {r['name']: r for r in res['rows'] if r['section'] == '1 fetch' and r['cache'] == 'warm'}
     assert fetch['memmap fancy index (ceiling)']['ratio_to_memmap'] == 1
     assert all(r['s_per_batch'] > 0 and r['img_s'] > 0 for r in fetch.values())
-    loaders = [r for r in res['rows'] if r['section'] == '3 loaders']
+    loaders = [r for r in res['rows'] if r['section'] == '3 loaders' and not r['name'].startswith('FFCV')]
     assert {(r['aug'], r['workers']) for r in loaders} == {(a, w) for a in (False, True) for w in (0, 2)}
     assert all(r['images'] > 0 and r['img_s'] > 0 for r in loaders)
     assert len(res['targets']) >= 14 and all(isinstance(t['met'], bool) and t['measured'] for t in res['targets'])
+    targets = ' '.join(t['target'] for t in res['targets'])
+    assert 'a choice within 1.2x PNG files bytes' in targets and 'a choice within 0.5x raw bytes' in targets  # MET/MISS per target
+    assert ('FFCV' in targets) == (res['facts']['ffcv'] == 'measured')
     table = (tmp_path/'bench.txt').read_text()
     assert '== targets' in table and table.count('MET') + table.count('MISS') == len(res['targets'])
     assert (tmp_path/'bench.png').read_bytes()[:4] == b'\x89PNG'
