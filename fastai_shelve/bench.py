@@ -14,7 +14,7 @@ from .store import open_shelf, DECODE_THREADS
 from .build import stream_map
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'best_of', 'drop_caches', 'synth_images', 'machine_facts',
+__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'best_of', 'drop_caches', 'synth_images', 'machine_facts',
            'real_bases', 'real_images', 'bench_fetch', 'bench_scale', 'SeedBatchedDataset', 'bench_loaders',
            'ffcv_status', 'bench_ffcv', 'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress',
            'loader_over_fetch', 'bench_augment', 'check_targets', 'format_table', 'run_bench']
@@ -26,6 +26,11 @@ FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), s
 QUICK = dict(n=200, side=256, bs=32, n_batches=8, scale=(500, 2000), scale_side=64,
              dl_n=128, dl_side=256, seed_aug_imgs=16, build_sizes=(30, 90), build_side=1500, seed_build_n=30, aug_side=256, aug_n=(10, 1),
              comp_n=48, comp_side=128)
+
+# %% ../nbs/08_bench.ipynb #b3e1a9c2
+# The test suite's sizes: every section and code path runs, in seconds; figures at this size mean nothing.
+TINY = {**QUICK, **dict(n=48, side=64, bs=8, n_batches=2, scale=(100, 300), scale_side=16, dl_n=32, dl_side=64,
+                        seed_aug_imgs=4, build_sizes=(4, 8), build_side=96, seed_build_n=4, aug_side=64, aug_n=(2, 1))}
 
 # %% ../nbs/08_bench.ipynb #cc17293c
 def best_of(f, repeat:int=3) -> float:

@@ -50,3 +50,8 @@ def kill_when(cmd, shelf, n, extra=0., timeout=120):
     running = p.poll() is None
     p.send_signal(signal.SIGKILL); p.wait()
     return running
+
+@pytest.fixture(scope='session')
+def nbs_ran(tmp_path_factory):
+    "Where the docs build notes each notebook it ran without error (docs/hooks.py's RAN_ENV): the notebook tests skip those."
+    return tmp_path_factory.mktemp('nbs_ran')

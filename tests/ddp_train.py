@@ -1,8 +1,9 @@
 """Train a fastai Learner from one shelf on several ranks: `torchrun --nproc_per_node 2 tests/ddp_train.py SHELF OUT`.
 Each rank writes OUT/rank{N}.json: the record numbers (pixel [0, 0] of each image) it trained on, per epoch, and its losses."""
-import sys, json, torch, torch.distributed as dist
+import os, sys, json, torch, torch.distributed as dist
 from torch import nn
 from fastai.vision.all import Learner, BCEWithLogitsLossFlat, Callback, Flatten, set_seed
+from fastai.distributed import DistributedDL
 from fastai_shelve.data import ShelfDataLoaders
 import contextlib
 from fastai_shelve.fetch import cpu_distributed
@@ -23,8 +24,10 @@ if __name__ == '__main__':
     model = nn.Sequential(nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(), nn.AdaptiveMaxPool2d((4, 1)), Flatten(), nn.Linear(32, 3))
     seen = Seen()
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), cbs=seen)
+    fastais = DistributedDL._broadcast
     with (cpu_distributed() if cpu else contextlib.nullcontext()), learn.distrib_ctx(cpu=cpu): learn.fit(4, 3e-2)
-    json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items)),
+    json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items),
+                   restored=DistributedDL._broadcast is fastais, own_handle=dls.train.shelf._pid == os.getpid()),
               open(f'{out}/rank{dist.get_rank()}.json', 'w'))
     # Tear gloo down while both ranks are alive: left to interpreter exit, a rank can abort ("terminate called ...").
     dist.barrier(); dist.destroy_process_group()

@@ -1,7 +1,7 @@
 "The house rules, read from the source: imports flow one way, no module takes another's private names, the star import shadows nothing of fastai's."
 import ast
 from pathlib import Path
-import pytest
+import numpy as np, pandas as pd, pytest
 
 PKG = Path(__file__).resolve().parents[1]/'fastai_shelve'
 MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
@@ -61,15 +61,59 @@ def test_fixture_modules_are_real():
     assert any(d == 'codec' and 'ShelfError' in ns for d, ns in imports_of('store'))
     assert {d for d, _ in imports_of('cli')} >= {'store', 'build'}
 
+RECS = {f'k{i}': {'image': np.full((4, 5), i, np.uint8), 'labels': np.array([i % 2, 1], np.int8)} for i in range(6)}
+# What each backend writes besides records; the rest of the write side it refuses with a ReadOnlyError saying why.
+WRITES = {'Shelf': {'delete', 'update_meta', 'set_table'}, 'StdShelf': {'delete'}, 'ShardedShelf': {'delete'}}
+
+def _open(cls:str, d, mode:str):
+    "A shelf of backend `cls` in `d`, opened with `open_shelf` as a user would (created empty on the first call)."
+    import shelve
+    from fastai_shelve.store import open_shelf, write_manifest
+    if cls == 'Shelf': return open_shelf(d/'s.shelf', 'c' if mode == 'w' else mode)
+    if cls == 'StdShelf':
+        if not (d/'s.db').exists(): shelve.open(str(d/'s.db'), 'c').close()
+        return open_shelf(d/'s.db', mode, allow_pickle=True)
+    write_manifest(d/'sh', 2)
+    return open_shelf(d/'sh', 'c' if mode == 'w' else mode)
+
+def _writes(s, key:str) -> dict:
+    return dict(delete=lambda: s.delete(key), update_meta=lambda: s.update_meta(note='x'),
+                set_table=lambda: s.set_table(pd.DataFrame({'g': list('abcde')}, index=sorted(RECS)[1:])))
+
 @pytest.mark.parametrize('cls', ['Shelf', 'StdShelf', 'ShardedShelf'])
-def test_backends_implement_the_interface(cls):
-    "Every backend is a concrete `ShelfBase`: all of the read side implemented, the write side implemented or refused."
+def test_backends_implement_the_interface(cls, tmp_path):
+    "Every backend answers the read side alike, and implements each write or refuses it with a ReadOnlyError naming the file."
     import inspect, fastai_shelve.store as S
     c = getattr(S, cls)
     assert issubclass(c, S.ShelfBase) and not inspect.isabstract(c), getattr(c, '__abstractmethods__', None)
-    for m in ('get_many', 'get_batch', 'keys', '__len__', '__contains__', 'meta', 'close', 'verify',
-              'put_many', 'delete', 'update_meta', 'set_table'):
-        assert hasattr(c, m), (cls, m)
+    s = _open(cls, tmp_path, 'w')
+    assert type(s) is c
+    s.put_many(RECS)
+    ks = sorted(RECS)
+    assert s.keys() == ks and list(s) == ks and len(s) == 6
+    assert 'k3' in s and 'nope' not in s and s.missing(['k1', 'nope']) == ['nope']
+    assert [int(r['image'][0, 0]) for r in s.get_many(['k4', 'k1'])] == [4, 1] and int(s['k5']['labels'][0]) == 1
+    assert s.get_many(['k1', 'nope'], default=None)[1] is None
+    with pytest.raises(KeyError, match='nope'): s.get_many(['nope'])
+    b = s.get_batch(['k2', 'k5', 'k0'])
+    np.testing.assert_array_equal(b['image'], np.stack([RECS[k]['image'] for k in ('k2', 'k5', 'k0')]))
+    assert isinstance(s.meta, dict) and s.verify() == []
+    done = set()
+    for name, f in _writes(s, 'k0').items():
+        try: f(); done.add(name)
+        except S.ReadOnlyError as e: assert str(s.path) in str(e), e
+    assert done == WRITES[cls], done
+    assert 'k0' not in s and len(s) == 5  # every backend deletes
+    if 'update_meta' in done: assert s.meta['note'] == 'x'
+    if 'set_table' in done: assert s.table.g.to_dict() == dict(zip(ks[1:], 'abcde'))
+    s.close()
+    with pytest.raises(S.ShelfClosedError): s.get_many(['k1'])
+    with _open(cls, tmp_path, 'r') as ro:  # read-only: every write refused, nothing changed
+        assert len(ro) == 5
+        for name, f in [('put_many', lambda: ro.put_many({'new': RECS['k1']})), *_writes(ro, 'k1').items()]:
+            with pytest.raises(S.ReadOnlyError) as e: f()
+            assert str(ro.path) in str(e.value), (name, e.value)
+        assert len(ro) == 5 and 'new' not in ro and 'k1' in ro
 
 def test_no_patch_on_our_own_classes():
     "Methods of our classes live in their class bodies: fastcore's @patch is for classes we don't own."

@@ -1,6 +1,6 @@
 """Trying to break it: kills during build and convert, concurrent readers and writers, a full disk.
 Quick versions run by default; the full ones are marked `slow` (`pytest -m slow`)."""
-import sys, time, shelve, subprocess, textwrap, random, multiprocessing as mp
+import sys, time, shelve, subprocess, textwrap, random, queue, multiprocessing as mp
 import numpy as np, pytest
 from pathlib import Path
 from fastai_shelve.store import open_shelf
@@ -92,36 +92,46 @@ def test_kill_during_convert_then_resume(tmp_path, i):
 # Concurrency: records whose every element is their generation number, so a torn or mixed read shows.
 def _rec(gen): return {'x': np.full(20000, gen, np.int32), 'gen': gen}
 
-def _writer(path, seconds, q):
-    s = open_shelf(path, 'c'); rng = np.random.default_rng(0); commits = 0; gen = 1; t0 = time.time()
-    while time.time() - t0 < seconds:
-        gen += 1
+def _writer(path, n_commits, reads, done, q):
+    "`n_commits` commits, each waiting for a reader to finish a batch since the last: a blocked reader hangs it."
+    s = open_shelf(path, 'c'); rng = np.random.default_rng(0)
+    for gen in range(2, n_commits + 2):
         upd = {f'k{j:03d}': _rec(gen) for j in rng.choice(200, 10, replace=False)}
         upd[f'new{gen:06d}'] = _rec(gen)
-        s.put_many(upd); commits += 1
-    s.close(); q.put(('writer', commits))
+        before = reads.value
+        s.put_many(upd)
+        while reads.value == before: time.sleep(0.001)
+    s.close(); done.set(); q.put(('writer', n_commits))
 
-def _reader(path, seconds, q, seed):
-    s = open_shelf(path); rng = np.random.default_rng(seed); reads = torn = 0; t0 = time.time()
-    while time.time() - t0 < seconds:
+def _reader(path, reads, done, q, seed):
+    "Batches of 32 records until the writer is done: how many records, and how many torn (mixed generations)."
+    s = open_shelf(path); rng = np.random.default_rng(seed); n = torn = 0
+    while not done.is_set():
         for r in s.get_many([f'k{j:03d}' for j in rng.choice(200, 32)]):
-            reads += 1
+            n += 1
             if not (r['x'].min() == r['x'].max() == r['gen']): torn += 1
-    s.close(); q.put(('reader', reads, torn))
+        with reads.get_lock(): reads.value += 1
+    s.close(); q.put(('reader', n, torn))
 
-@pytest.mark.parametrize('seconds', [3, pytest.param(20, marks=pytest.mark.slow)])
-def test_readers_and_writer_concurrently(tmp_path, seconds):
+@pytest.mark.parametrize('n_commits', [50, pytest.param(1000, marks=pytest.mark.slow)])
+def test_readers_and_writer_concurrently(tmp_path, n_commits):
+    "One writer, four readers at once: no torn record, and neither side starves the other (each waits on the other's progress)."
     path = tmp_path/'c.shelf'
     with open_shelf(path, 'c') as s: s.put_many({f'k{j:03d}': _rec(1) for j in range(200)})
-    ctx = mp.get_context('spawn'); q = ctx.Queue()
-    ps = [ctx.Process(target=_writer, args=(path, seconds, q))] + [ctx.Process(target=_reader, args=(path, seconds, q, i)) for i in range(4)]
+    ctx = mp.get_context('spawn'); q, reads, done = ctx.Queue(), ctx.Value('l', 0), ctx.Event()
+    ps = [ctx.Process(target=_writer, args=(path, n_commits, reads, done, q))]
+    ps += [ctx.Process(target=_reader, args=(path, reads, done, q, i)) for i in range(4)]
     for p in ps: p.start()
-    res = [q.get(timeout=seconds + 60) for _ in ps]
-    for p in ps: p.join(30)
+    try: res = [q.get(timeout=600) for _ in ps]
+    except queue.Empty: res = None
+    for p in ps:
+        if res is None: p.kill()
+        p.join(30)
+    assert res is not None, 'the writer or a reader never finished: one side starved the other'
     commits = sum(r[1] for r in res if r[0] == 'writer')
     reads, torn = sum(r[1] for r in res if r[0] == 'reader'), sum(r[2] for r in res if r[0] == 'reader')
-    print(f'{reads} reads, {torn} torn, {commits} commits in {seconds}s')
-    assert torn == 0 and reads > 1000 and commits > 10  # neither side starved the other
+    print(f'{reads} reads, {torn} torn, {commits} commits')
+    assert torn == 0 and commits == n_commits and reads >= 32 * n_commits  # a batch read after every commit
     with open_shelf(path) as s: assert not s.verify() and len(s) == 200 + commits
 
 def _append(path, prefix, q):

@@ -3,7 +3,8 @@
 A fresh venv that already has fastai, as a Kaggle image does: torch, numpy and the rest come from this environment
 (a `.pth` line, like a system site-packages), and fastai, fastcore and albumentations are installed into the venv at
 the lowest versions `setup.cfg` admits. Our wheel then goes in as on Kaggle, `pip install --no-deps --no-index`, and
-the CLI demo and the fastai and store tests run from that copy.
+the CLI demo and a smoke of the fastai and store tests run from that copy: those that cross fastai's, fastcore's and
+albumentations' APIs (the whole files run in the main environment already).
 """
 import configparser, json, os, re, subprocess, sys, sysconfig
 from pathlib import Path
@@ -40,10 +41,16 @@ def lowest_venv(tmp_path_factory, wheel):
     (site/'base_env.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
     pins = [f'{p}=={v}' for p,v in lowest_versions().items()]
     run([py, '-m', 'pip', 'install', '-q', *pins], timeout=900)
-    run([py, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', wheel], timeout=300)  # as on Kaggle: no index
+    # as on Kaggle: no index; --ignore-installed, or pip would take this environment's editable install for the wheel
+    run([py, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--ignore-installed', wheel], timeout=300)
     return venv
 
-ENV = {**os.environ, 'NO_ALBUMENTATIONS_UPDATE': '1', 'MPLBACKEND': 'Agg'}
+# No PYTHONPATH: a developer's checkout on it would be imported instead of the wheel
+ENV = {**{k: v for k,v in os.environ.items() if k != 'PYTHONPATH'}, 'NO_ALBUMENTATIONS_UPDATE': '1', 'MPLBACKEND': 'Agg'}
+# fastai's DataLoader internals (the whole-batch path against TfmdDL), split-dependent albumentations, FastPiecewiseAffine
+# with workers, show_batch/predict/get_preds; the store's round trip and the stdlib-shelve refusal
+SMOKE = ('batches_equal_per_item_path or augmentation_only_on_training_set or xray_recipe_end_to_end_with_workers '
+         'or show_batch_predict_get_preds or round_trip_dtypes_shapes or seed_shelve_refused_then_read')
 
 def test_wheel_is_pure_python(wheel):
     assert wheel.name.endswith('-py3-none-any.whl')  # one file for every Kaggle image
@@ -57,13 +64,13 @@ def test_lowest_versions_are_what_runs(lowest_venv):
     assert got == lowest_versions()
 
 def test_demo_runs_from_the_wheel(lowest_venv, tmp_path):
-    r = run([lowest_venv/'bin'/'fastai-shelve', 'demo', '--out', tmp_path/'demo', '--n', 48, '--size', 48, '--epochs', 1,
-             '--bs', 8], env=ENV, cwd=tmp_path, timeout=600)
+    r = run([lowest_venv/'bin'/'fastai-shelve', 'demo', '--out', tmp_path/'demo', '--n', 24, '--size', 32, '--epochs', 1,
+             '--bs', 8, '--workers', 0], env=ENV, cwd=tmp_path, timeout=600)  # the smoke runs workers at these versions
     assert re.search(r'accuracy_multi \d\.\d+', r.stdout), r.stdout[-2000:]
     assert (tmp_path/'demo'/'train.shelf').exists()
 
-def test_fastai_and_store_tests_pass_at_lowest_versions(lowest_venv, tmp_path):
+def test_fastai_and_store_smoke_at_lowest_versions(lowest_venv, tmp_path):
     # run from tmp_path: with the checkout as the working directory Python would import its fastai_shelve, not the wheel's
-    r = run([lowest_venv/'bin'/'python', '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow',
+    r = run([lowest_venv/'bin'/'python', '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow', '-k', SMOKE,
              ROOT/'tests'/'test_fastai.py', ROOT/'tests'/'test_store.py'], env=ENV, cwd=tmp_path, timeout=1200)
-    assert ' passed' in r.stdout and 'failed' not in r.stdout
+    assert re.search(r'\b6 passed', r.stdout) and 'failed' not in r.stdout, r.stdout[-2000:]
