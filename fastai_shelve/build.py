@@ -167,7 +167,11 @@ def _decode_failed(fn, ts, e) -> ShelfError:
     msg = ' '.join(str(e).split())  # pydicom lists each plugin's failure on a line of its own
     if isinstance(e, EOFError) or 'less than expected' in msg or 'truncated' in msg.lower():
         return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {msg}"[:500])
-    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded: {type(e).__name__}: {msg}"[:500])
+    from pydicom.pixels import get_decoder
+    try: miss = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in get_decoder(ts).missing_dependencies]
+    except Exception: miss = []
+    hint = f" (plugins that may decode it, not installed: {' | '.join(miss)})" if miss else ''
+    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded{hint}: {type(e).__name__}: {msg}"[:600])
 
 def _decoder(fn, ds, ts, n:int):
     "A function of a frame index decoding that frame of `fn` alone; from the whole dataset for a file that defeats that."

@@ -68,12 +68,14 @@ WRITES = {'Shelf': {'delete', 'update_meta', 'set_table'}, 'StdShelf': {'delete'
 def _open(cls:str, d, mode:str):
     "A shelf of backend `cls` in `d`, opened with `open_shelf` as a user would (created empty on the first call)."
     import shelve
-    from fastai_shelve.store import open_shelf, write_manifest
+    from fastai_shelve.store import open_shelf, write_manifest, claim_shard
     if cls == 'Shelf': return open_shelf(d/'s.shelf', 'c' if mode == 'w' else mode)
     if cls == 'StdShelf':
         if not (d/'s.db').exists(): shelve.open(str(d/'s.db'), 'c').close()
         return open_shelf(d/'s.db', mode, allow_pickle=True)
-    write_manifest(d/'sh', 2)
+    if not (d/'sh').exists():
+        write_manifest(d/'sh', 2)
+        for i in range(2): claim_shard(d/'sh', i)  # each shard carries the id its manifest names, as build_sharded writes it
     return open_shelf(d/'sh', 'c' if mode == 'w' else mode)
 
 def _writes(s, key:str) -> dict:
