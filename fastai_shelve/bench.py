@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from .codec import COMPRESSIONS
-from .store import open_shelf, DECODE_THREADS
+from .lmdb_shelf import DECODE_THREADS
+from .store import open_shelf
 from .build import stream_map
 
 # %% auto #0

@@ -12,7 +12,10 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, FormatVersionError, encode_record
-from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, ReadOnlyError, key_bytes, record_meta
+from .interface import PixelStats, ReadOnlyError, key_bytes
+from .lmdb_shelf import Shelf
+from .sharded_shelf import ShardedShelf
+from .store import open_shelf, shelf_kind, record_meta
 
 # %% auto #0
 __all__ = ['SCALES', 'DICOM_SUFFIXES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'load_image',

@@ -19,7 +19,8 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .store import ShelfBase, open_shelf, record_meta
+from .interface import ShelfBase
+from .store import open_shelf, record_meta
 from .build import BuildSettings, block_kind
 from .fetch import ShelfDL, ShelfReader, needs_pil
 from .augment import XRAY_STATS

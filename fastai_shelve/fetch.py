@@ -12,7 +12,7 @@ from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
-from .store import ShelfBase
+from .interface import ShelfBase
 
 # %% auto #0
 __all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL',

@@ -13,7 +13,7 @@ from .codec import ShelfError
 
 # %% auto #0
 __all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'ShelfBase']
+           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -114,3 +114,19 @@ class ShelfBase(MutableMapping):
     def _check_key(self, key):
         if not isinstance(key, str): raise TypeError(f"shelf keys are str, not {type(key).__name__}: {key!r}")
     def _key_error(self, key): return KeyError(f"{key!r} not in {self.path}")
+
+# %% ../nbs/00a_interface.ipynb #cf8b36df
+class PixelStats:
+    "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
+    def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
+    def add(self, hist):
+        "Add one image's (or one shard's) histogram."
+        self.h = np.asarray(hist, np.int64) if self.h is None else self.h + hist
+        return self
+    def as_meta(self) -> dict:
+        "The histogram with its mean and std (values scaled to 0..1), as the metadata keeps them."
+        if self.h is None: return {}
+        v, n = np.arange(256) / 255, self.h.sum(1)
+        m = (self.h * v).sum(1) / n
+        sd = np.sqrt(np.maximum((self.h * v * v).sum(1) / n - m * m, 0))
+        return dict(hist=self.h.tolist(), mean=m.tolist(), std=sd.tolist())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from .codec import ShelfError
-from .store import shard_of, write_manifest, claim_shard, count_shards
+from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .build import build_shelf, read_source, encode_labels, mp_context, BuildSettings
 
 # %% auto #0

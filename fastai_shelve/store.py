@@ -4,200 +4,23 @@
 
 # %% ../nbs/01_store.ipynb #1907a88d
 from __future__ import annotations
-import os, json, shelve, dbm, stat, uuid
+import dbm
 from pathlib import Path
-from collections import defaultdict
-import zlib, numpy as np, pandas as pd, lmdb
-from .codec import ShelfError, FormatVersionError, FORMAT_VERSION
-from .interface import ShelfBase, RAISE, key_bytes, PickleRefusedError, DamagedStoreError, ShelfNotFoundError, BadKeyError
-from .std_shelf import StdShelf, pickle_refusal
+import numpy as np
+from .codec import ShelfError
+from .interface import ShelfBase, PickleRefusedError, ShelfNotFoundError
 from .lmdb_shelf import Shelf, check_regular, check_lmdb_file
-import fastai_shelve
+from .std_shelf import StdShelf, pickle_refusal
+from .sharded_shelf import ShardedShelf, MANIFEST
 # Names users import from `store` since before the backends had modules of their own.
-from .interface import ShelfClosedError, ReadOnlyError, ShelfAccessError
+from .interface import (RAISE, key_bytes, PixelStats, ShelfClosedError, ReadOnlyError, DamagedStoreError,
+                                     ShelfAccessError, BadKeyError)
 from .lmdb_shelf import (LMDB_MAGIC, LOCK_BYTES, DECODE_THREADS, COPY_THREADS_FROM, read_only_fs, prepare_lock,
                                       os_reason, check_lmdb_size, check_structure)
+from .sharded_shelf import shard_of, shard_names, read_manifest, write_manifest, claim_shard, count_shards
 
 # %% auto #0
-__all__ = ['MANIFEST', 'PixelStats', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'claim_shard', 'count_shards',
-           'ShardedShelf', 'shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
-
-# %% ../nbs/01_store.ipynb #cf8b36df
-class PixelStats:
-    "Pixel histograms summed over a build: the mean and std a `Normalize` needs."
-    def __init__(self, d:dict=None): self.h = np.array(d['hist'], np.int64) if d and 'hist' in d else None
-    def add(self, hist):
-        "Add one image's (or one shard's) histogram."
-        self.h = np.asarray(hist, np.int64) if self.h is None else self.h + hist
-        return self
-    def as_meta(self) -> dict:
-        "The histogram with its mean and std (values scaled to 0..1), as the metadata keeps them."
-        if self.h is None: return {}
-        v, n = np.arange(256) / 255, self.h.sum(1)
-        m = (self.h * v).sum(1) / n
-        sd = np.sqrt(np.maximum((self.h * v * v).sum(1) / n - m * m, 0))
-        return dict(hist=self.h.tolist(), mean=m.tolist(), std=sd.tolist())
-
-# %% ../nbs/01_store.ipynb #63fde84e
-MANIFEST = 'manifest.json'
-
-def shard_of(key:str, n:int) -> int:
-    "The shard of `key` among `n`: crc32 of its UTF-8 bytes, mod `n`."
-    return zlib.crc32(key.encode()) % n
-
-def shard_names(n:int) -> list:
-    "The file names of `n` shards."
-    return [f'shard-{i:03d}.shelf' for i in range(n)]
-
-def read_manifest(path) -> dict:
-    "The manifest of the sharded shelf at folder `path`, checked."
-    f = Path(path)/MANIFEST
-    try: m = json.loads(f.read_text())
-    except (OSError, ValueError) as e: raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
-    if not isinstance(m, dict) or m.get('format') != 'fastai_shelve shards' or not isinstance(m.get('n_shards'), int):
-        raise ShelfError(f"{f} is not a fastai_shelve shard manifest")
-    if m['n_shards'] < 1: raise ShelfError(f"{f}: n_shards is {m['n_shards']}: a sharded shelf has at least one shard")
-    if m.get('format_version', 0) > FORMAT_VERSION:
-        raise FormatVersionError(f"{f} is format {m['format_version']}, newer than this fastai_shelve reads: upgrade it")
-    names = m.get('shards')
-    if not isinstance(names, list) or len(names) != m['n_shards'] or not all(
-            isinstance(s, str) and s and Path(s).name == s and s not in ('.', '..') for s in names) or len(set(names)) != len(names):
-        raise ShelfError(f"{f}: shard names must be {m['n_shards']} distinct plain file names inside the folder, not {names!r}"[:300])
-    ids = m.get('ids')
-    if ids is not None and (not isinstance(ids, list) or len(ids) != len(names) or len(set(map(str, ids))) != len(ids)):
-        raise ShelfError(f"{f}: shard ids must be {len(names)} distinct ids, not {ids!r}"[:300])
-    return m
-
-def write_manifest(path, n:int) -> dict:
-    "Create the folder and its manifest, or check an existing one has `n` shards."
-    path = Path(path)
-    if (path/MANIFEST).exists():
-        m = read_manifest(path)
-        if m['n_shards'] != n: raise ShelfError(f"{path} has {m['n_shards']} shards, not {n}: resume with the same number")
-        return m
-    if not isinstance(n, int) or n < 1: raise ShelfError(f"{path}: a sharded shelf needs at least one shard, not {n!r}")
-    path.mkdir(parents=True, exist_ok=True)
-    # Each shard's identity: the shard writes it into its metadata, so a swapped, repeated or foreign shard is found
-    m = dict(format='fastai_shelve shards', format_version=FORMAT_VERSION, n_shards=n, scheme='crc32', shards=shard_names(n),
-             ids=[uuid.uuid4().hex for _ in range(n)])
-    _save_manifest(path, m)
-    return m
-
-def _save_manifest(path, m:dict):
-    tmp = Path(path)/f'{MANIFEST}.tmp'
-    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
-
-def claim_shard(path, i:int):
-    "Write shard `i`'s identity (from the folder's manifest) into the shard's metadata: done by whoever builds it."
-    m = read_manifest(path)
-    if m.get('ids') is None: return
-    with Shelf(Path(path)/m['shards'][i], 'c') as s:
-        def check(old):
-            have = (old.get('shard') or {}).get('id')
-            if have not in (None, m['ids'][i]): raise ShelfError(f"{s.path} is another folder's shard (id {have}), not shard {i} of {path}")
-        s.update_meta(check=check, shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
-
-def count_shards(path):
-    "Record each shard's key count in the folder's manifest (after a build), for `verify` to check."
-    m = read_manifest(path)
-    counts = []
-    for name in m['shards']:
-        with Shelf(Path(path)/name, 'r') as s: counts.append(len(s))
-    _save_manifest(path, {**m, 'counts': counts})
-
-_SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
-
-class ShardedShelf(ShelfBase):
-    "A folder of shard shelves read (and written, record by record) as one shelf."
-    cannot_write = "a sharded folder's metadata belongs to each shard's build: use build_sharded, or open one shard"
-    def __init__(self, path, mode:str='r', **kwargs):
-        self.path, self.mode = Path(path), mode
-        self.manifest = read_manifest(self.path)
-        self.n = self.manifest['n_shards']
-        self.shards = []
-        try:
-            for name in self.manifest['shards']: self.shards.append(Shelf(self.path/name, mode, **kwargs))
-        except ShelfNotFoundError: self.close(); raise ShelfNotFoundError(f"{self.path}: shard {name} is missing") from None
-        except Exception: self.close(); raise
-        self.meta  # check the shards agree now, not at the first batch
-
-    def _groups(self, keys) -> dict:
-        "shard → positions in `keys`."
-        g = defaultdict(list)
-        for i,k in enumerate(keys): g[self._shard(k)].append(i)
-        return g
-
-    def _shard(self, key) -> int:
-        "The shard of `key`; a `BadKeyError` for a key no shelf can hold."
-        self._check_key(key)
-        if key_bytes(key) is None: raise BadKeyError(f"{key!r}: not a possible key of {self.path} (keys are 1 to 511 bytes of valid UTF-8)")
-        return shard_of(key, self.n)
-
-    def get_many(self, keys, default=RAISE) -> list:
-        "Records for `keys`, in order: one read transaction per shard touched."
-        keys, res = list(keys), [None] * len(keys)
-        for s, pos in self._groups(keys).items():
-            for i, r in zip(pos, self.shards[s].get_many([keys[i] for i in pos], default=default)): res[i] = r
-        return res
-
-    def get_batch(self, keys, fields=None, out:dict=None) -> dict:
-        "Stacked arrays of `keys`' records: each shard copies its records once, straight into their rows of the batch."
-        keys = list(keys)
-        for s, pos in self._groups(keys).items():
-            out = self.shards[s].get_batch([keys[i] for i in pos], fields, out=out, rows=pos, n=len(keys))
-        return out or {}
-
-    def put_many(self, items):
-        "Write records, each to its shard: one transaction per shard touched."
-        items = list(items.items() if isinstance(items, dict) else items)
-        for s, pos in self._groups([k for k,_ in items]).items(): self.shards[s].put_many([items[i] for i in pos])
-    def delete(self, key): self.shards[self._shard(key)].delete(key)
-    def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
-    def __len__(self): return sum(len(s) for s in self.shards)
-    def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
-    def missing(self, keys) -> list:
-        keys = list(keys); miss = {k for k in keys if key_bytes(k) is None}
-        ok = [k for k in keys if k not in miss]
-        for s, pos in self._groups(ok).items(): miss.update(self.shards[s].missing([ok[i] for i in pos]))
-        return [k for k in keys if k in miss]
-
-    @property
-    def meta(self) -> dict:
-        "The shards' metadata merged: what must agree is checked, counts added, pixel statistics pooled."
-        metas = [s.meta for s in self.shards]
-        first = metas[0]
-        for name, m in zip(self.manifest['shards'][1:], metas[1:]):
-            for k in _SAME:
-                if m.get(k) != first.get(k) and None not in (m.get(k), first.get(k)):
-                    raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {m.get(k)!r} vs {first.get(k)!r}")
-        res = {**first, 'n_shards': self.n, 'n_records': sum(m.get('n_records', 0) for m in metas)}
-        hists = [np.array(m['stats']['hist']) for m in metas if 'hist' in m.get('stats', {})]
-        if hists: res['stats'] = PixelStats().add(sum(hists)).as_meta()
-        return res
-
-    @property
-    def table(self):
-        "The shards' per-key tables, concatenated."
-        ts = [t for t in (s.table for s in self.shards) if t is not None]
-        return pd.concat(ts) if ts else None
-
-    def verify(self, progress=None) -> list:
-        "Each shard's bad records; then every key in the shard `shard_of` names, counts and identities as the manifest says."
-        bad, m, self.notes = [b for s in self.shards for b in s.verify()], self.manifest, []
-        self.unbound = sum(s.unbound for s in self.shards)
-        ids, counts, wrong = m.get('ids'), m.get('counts'), []
-        for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
-            have = (s.meta.get('shard') or {}).get('id')
-            if ids is not None and have != ids[i]:
-                wrong.append(f"{name} is not the shard the manifest names (id {have}, manifest {ids[i]}): swapped, repeated or another dataset's")
-            if counts is not None and len(s) != counts[i]: wrong.append(f"{name} holds {len(s)} keys, the manifest says {counts[i]}")
-            strays = [k for k in s.keys() if shard_of(k, self.n) != i]
-            if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
-        if ids is None: self.notes.append(f"{self.path}: its manifest names no shard ids (built before they were kept): shards are checked by their keys only")
-        if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
-        return bad
-    def close(self):
-        for s in getattr(self, 'shards', []): s.close()
+__all__ = ['shelf_kind', 'open_shelf', 'record_meta', 'shelf_info']
 
 # %% ../nbs/01_store.ipynb #980d9b73
 def shelf_kind(path) -> str|None:
