@@ -275,7 +275,8 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
     import logging; logging.getLogger('albumentations').setLevel(logging.ERROR)
     from fastai.vision.all import ImageDataLoaders, MultiCategoryBlock, PILImageBW, Normalize
     from fastai_shelve.data import ShelfDataLoaders
-    from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs, XRAY_STATS
+    from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
+    from fastai_shelve.data import XRAY_STATS
     d.mkdir(parents=True, exist_ok=True)
     keys = _write_stores(d, n, side)
     df = pd.DataFrame({'fn': [f'{k}.png' for k in keys], 'y0': 0, 'y1': 1})

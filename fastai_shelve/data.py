@@ -23,14 +23,15 @@ from .interface import ShelfBase
 from .store import open_shelf, record_meta
 from .build import BuildSettings, block_kind
 from .fetch import ShelfDL, ShelfReader, needs_pil
-from .augment import XRAY_STATS
 
 # %% auto #0
-__all__ = ['TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter',
-           'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
+__all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
+           'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
            'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
+XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
+
 class TensorImageGray(TensorImageBW):
     "A one-channel image shown with the `gray` colormap (bright is white)."
     _show_args = {'cmap': 'gray'}
