@@ -8,7 +8,8 @@ __all__ = []
 # %% ../nbs/99_all.ipynb #2a342906
 from .codec import ShelfError, RecordError, FormatVersionError
 from .interface import PickleRefusedError, ShelfClosedError, ReadOnlyError
-from .store import open_shelf, shelf_info
+from .store import open_shelf
+from .info import shelf_info
 from .build import build_shelf, convert_shelf, BuildSettings
 from .shards import build_sharded
 from .distributed import cpu_distributed

@@ -12,7 +12,8 @@ from fastprogress.fastprogress import progress_bar
 from . import __version__
 from .codec import ShelfError
 from .interface import PickleRefusedError, DamagedStoreError
-from .store import open_shelf, shelf_kind, shelf_info
+from .store import open_shelf, shelf_kind
+from .info import shelf_info
 from .build import build_shelf, convert_shelf
 
 # %% auto #0

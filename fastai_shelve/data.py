@@ -20,8 +20,8 @@ from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
 from .interface import ShelfBase
-from .store import open_shelf, record_meta
-from .build import BuildSettings, block_kind
+from .store import open_shelf
+from .build import BuildSettings, block_kind, record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
 
 # %% auto #0

@@ -3,7 +3,8 @@ import json, random, subprocess, sys, textwrap
 from pathlib import Path
 import numpy as np, pytest
 from fastai_shelve.codec import COMPRESSIONS, RecordError, encode_record, decode_record, record_layout, compress, decompress
-from fastai_shelve.store import open_shelf, shelf_info
+from fastai_shelve.store import open_shelf
+from fastai_shelve.info import shelf_info
 from fastai_shelve.build import build_shelf, convert_shelf
 from conftest import write_bars, kill_when
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pytest
 from fastai_shelve.codec import (encode_record, decode_record, record_layout, RecordError, ShelfError, FORMAT_VERSION,
                                  RecordTooLargeError, bind_key, record_crc)
-from fastai_shelve.store import (open_shelf, shelf_info, DamagedStoreError, BadKeyError, ShelfNotFoundError, MANIFEST,
+from fastai_shelve.info import shelf_info
+from fastai_shelve.store import (open_shelf, DamagedStoreError, BadKeyError, ShelfNotFoundError, MANIFEST,
                                  write_manifest)
 sys.path.insert(0, str(Path(__file__).parent))
 from integrity_sweep import sweep, show, KINDS
@@ -84,7 +85,8 @@ def test_damage_sweep(tmp_path, compression, full):
 
 BOMB = '''
 import sys, resource, numpy as np
-from fastai_shelve.store import open_shelf, shelf_info
+from fastai_shelve.store import open_shelf
+from fastai_shelve.info import shelf_info
 from fastai_shelve.codec import ShelfError
 s, k = open_shelf(sys.argv[1]), sys.argv[2]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -205,7 +207,8 @@ def test_sharded_folder_errors_are_shelf_errors(tmp_path):
 def test_fifo_named_like_a_shelf_is_refused_at_once(tmp_path):
     f = tmp_path/'f.shelf'; os.mkfifo(f)
     code = f"""
-    from fastai_shelve.store import open_shelf, shelf_info
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.info import shelf_info
     from fastai_shelve.codec import ShelfError
     from fastai_shelve.build import build_shelf
     import pandas as pd

@@ -158,7 +158,7 @@ def test_reads_in_worker_processes(tmp_path, method):
 def test_read_only_promise(tmp_path):
     with open_shelf(tmp_path/'s.shelf', 'c') as w: w.put_many({f'k{i}': {'x': np.arange(100)} for i in range(30)})
     before = ((tmp_path/'s.shelf').read_bytes(), os.stat(tmp_path/'s.shelf').st_mtime_ns)
-    from fastai_shelve.store import shelf_info
+    from fastai_shelve.info import shelf_info
     with open_shelf(tmp_path/'s.shelf') as s:
         s.get_many(s.keys()); len(s); s.verify(); s.meta; shelf_info(tmp_path/'s.shelf')
         with pytest.raises(ShelfError, match='read-only'): s['new'] = {'x': np.arange(3)}
