@@ -136,3 +136,11 @@ def test_data_imports_without_albumentations():
     code = "import sys, fastai_shelve.data; print('albumentations' in sys.modules)"
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == 'False', r.stdout
+
+def test_store_keeps_the_names_users_imported_from_it():
+    "The backends moved to modules of their own; `from fastai_shelve.store import Shelf` (and the rest) still works."
+    import fastai_shelve.store as S, fastai_shelve.interface as I, fastai_shelve.lmdb_shelf as L
+    import fastai_shelve.std_shelf as D, fastai_shelve.sharded_shelf as H
+    for mod in (I, L, D, H):
+        missing = [n for n in mod.__all__ if getattr(S, n, None) is not getattr(mod, n)]
+        assert not missing, (mod.__name__, missing)
