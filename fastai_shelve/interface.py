@@ -34,7 +34,7 @@ class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may n
 class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
 
 # %% ../nbs/00a_interface.ipynb #38600106
-RAISE = object()
+RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `KeyError`
 
 class ShelfBase(MutableMapping):
     "The shelf interface: the read side every backend implements; the write side implemented or refused with a `ReadOnlyError`."
