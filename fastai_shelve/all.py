@@ -7,10 +7,12 @@ __all__ = []
 
 # %% ../nbs/99_all.ipynb #2a342906
 from .codec import ShelfError, RecordError, FormatVersionError
-from .store import open_shelf, shelf_info, PickleRefusedError, ShelfClosedError, ReadOnlyError
+from .interface import PickleRefusedError, ShelfClosedError, ReadOnlyError
+from .store import open_shelf
+from .info import shelf_info
 from .build import build_shelf, convert_shelf, BuildSettings
 from .shards import build_sharded
-from .fetch import cpu_distributed
+from .distributed import cpu_distributed
 from .augment import AlbumentationsTransform, FastPiecewiseAffine, xray_augs, xray_valid_augs
 from .data import ShelfDataLoaders, shelf_dblock, GroupSplitter, KeySplitter
 from .demo import RANZCR_LABELS, make_demo_data, run_demo

@@ -15,7 +15,7 @@ from fastai.data.transforms import ItemTransform
 from fastai.torch_core import TensorImage, TensorMask
 
 # %% auto #0
-__all__ = ['XRAY_STATS', 'AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs']
+__all__ = ['AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs']
 
 # %% ../nbs/04_augment.ipynb #0733ecd2
 def _to_np(t) -> np.ndarray:
@@ -105,8 +105,6 @@ class FastPiecewiseAffine(BaseDistortion):
     def get_transform_init_args_names(self): return ('scale', 'nb_rows', 'nb_cols', 'interpolation', 'mask_interpolation', 'border_mode')
 
 # %% ../nbs/04_augment.ipynb #6e6cb34c
-XRAY_STATS = ([0.4827506], [0.22004028])
-
 def xray_augs(size:int=512, fast_piecewise:bool=True) -> A.Compose:
     "The seed notebook's training augmentation for gray chest X-rays, cropping to `size`."
     borders = (cv2.BORDER_CONSTANT, cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)

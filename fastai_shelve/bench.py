@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from .codec import COMPRESSIONS
-from .store import open_shelf, DECODE_THREADS
+from .lmdb_shelf import DECODE_THREADS
+from .store import open_shelf
 from .build import stream_map
 
 # %% auto #0
@@ -274,7 +275,8 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
     import logging; logging.getLogger('albumentations').setLevel(logging.ERROR)
     from fastai.vision.all import ImageDataLoaders, MultiCategoryBlock, PILImageBW, Normalize
     from fastai_shelve.data import ShelfDataLoaders
-    from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs, XRAY_STATS
+    from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
+    from fastai_shelve.data import XRAY_STATS
     d.mkdir(parents=True, exist_ok=True)
     keys = _write_stores(d, n, side)
     df = pd.DataFrame({'fn': [f'{k}.png' for k in keys], 'y0': 0, 'y1': 1})

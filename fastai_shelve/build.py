@@ -12,12 +12,16 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, FormatVersionError, encode_record
-from .store import open_shelf, shelf_kind, Shelf, ShardedShelf, PixelStats, ReadOnlyError, key_bytes, record_meta
+from .interface import PixelStats, ReadOnlyError, key_bytes
+from .lmdb_shelf import Shelf
+from .sharded_shelf import ShardedShelf
+from .store import open_shelf, shelf_kind
 
 # %% auto #0
 __all__ = ['SCALES', 'DICOM_SUFFIXES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'load_image',
            'load_frames', 'frame_key', 'load_mask', 'BuildSettings', 'read_source', 'block_kind', 'encode_labels',
-           'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'convert_shelf']
+           'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'record_meta',
+           'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #aa774269
 def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
@@ -650,6 +654,16 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     report = BuildReport(dest, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
     if progress: print(report)
     return report
+
+# %% ../nbs/02_build.ipynb #175d2112
+def record_meta(rec:dict) -> dict:
+    "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
+    img, lab, meta = rec.get('image'), rec.get('labels'), {}
+    if isinstance(img, np.ndarray):
+        meta.update(build=dict(schema=1, size=list(img.shape[:2]), shortest_side=None, max_side=None, gray=img.ndim == 2),
+                    image_mode='L' if img.ndim == 2 else 'RGB')
+    if isinstance(lab, np.ndarray): meta.update(label_kind='multi', label_names=[str(i) for i in range(lab.size)])
+    return meta
 
 # %% ../nbs/02_build.ipynb #3eddcfb7
 def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours

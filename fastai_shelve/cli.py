@@ -11,7 +11,9 @@ from fastcore.script import anno_parser, store_true
 from fastprogress.fastprogress import progress_bar
 from . import __version__
 from .codec import ShelfError
-from .store import open_shelf, shelf_kind, shelf_info, PickleRefusedError, DamagedStoreError
+from .interface import PickleRefusedError, DamagedStoreError
+from .store import open_shelf, shelf_kind
+from .info import shelf_info
 from .build import build_shelf, convert_shelf
 
 # %% auto #0

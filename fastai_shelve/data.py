@@ -19,17 +19,19 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .store import ShelfBase, open_shelf, record_meta
-from .build import BuildSettings, block_kind
+from .interface import ShelfBase
+from .store import open_shelf
+from .build import BuildSettings, block_kind, record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
-from .augment import XRAY_STATS
 
 # %% auto #0
-__all__ = ['TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock', 'ShelfGetter',
-           'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
+__all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
+           'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
            'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
+XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
+
 class TensorImageGray(TensorImageBW):
     "A one-channel image shown with the `gray` colormap (bright is white)."
     _show_args = {'cmap': 'gray'}

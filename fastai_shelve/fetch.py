@@ -5,18 +5,17 @@
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
 import os, weakref
-from contextlib import contextmanager
 import numpy as np
 from fastcore.basics import ifnone, merge, store_attr, noop
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
-from .store import ShelfBase
+from .interface import ShelfBase
+from .distributed import cpu_distributed  # where users found it before it had a module
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL',
-           'cpu_distributed']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -152,18 +151,3 @@ class ShelfDL(TfmdDL):
     def __getstate__(self):  # batch arrays kept for reuse never travel (a spawned worker, an exported Learner)
         return {k:v for k,v in self.__dict__.items() if k != '_pool'}
     def __setstate__(self, d): self.__dict__.update(d)
-
-# %% ../nbs/03_fetch.ipynb #98da2995
-def _broadcast_cpu(self, t, rank):
-    import torch, torch.distributed as dist
-    t = torch.LongTensor(t); dist.broadcast(t, rank)
-    return t.tolist()
-
-@contextmanager
-def cpu_distributed():
-    "Within this block fastai's `DistributedDL` runs on CPU ranks (gloo): each epoch's order is broadcast with CPU tensors."
-    from fastai.distributed import DistributedDL
-    old = DistributedDL._broadcast
-    DistributedDL._broadcast = _broadcast_cpu
-    try: yield
-    finally: DistributedDL._broadcast = old

@@ -6,7 +6,7 @@ from fastai.vision.all import Learner, BCEWithLogitsLossFlat, Callback, Flatten,
 from fastai.distributed import DistributedDL
 from fastai_shelve.data import ShelfDataLoaders
 import contextlib
-from fastai_shelve.fetch import cpu_distributed
+from fastai_shelve.distributed import cpu_distributed
 
 class Seen(Callback):
     "Which records each training batch held, per epoch."

@@ -6,7 +6,8 @@ import numpy as np, pandas as pd, pytest
 PKG = Path(__file__).resolve().parents[1]/'fastai_shelve'
 MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 # The layers, bottom up: a module may import only from layers below its own (and `all`/`cli` sit on top).
-LAYERS = [['codec'], ['store'], ['build', 'augment'], ['shards', 'fetch'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
+LAYERS = [['codec'], ['interface'], ['lmdb_shelf', 'std_shelf'], ['sharded_shelf'], ['store'],
+          ['build', 'augment', 'distributed', 'info'], ['shards', 'fetch'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 
 def imports_of(mod:str) -> list:
@@ -121,3 +122,27 @@ def test_no_patch_on_our_own_classes():
     "Methods of our classes live in their class bodies: fastcore's @patch is for classes we don't own."
     offenders = [m for m in MODULES if '@patch' in (PKG/f'{m}.py').read_text()]
     assert not offenders, offenders
+
+# Modules still over the limit, with the size they may not grow past: each is left to split (issue 22).
+OVER = {'build': 700, 'lmdb_shelf': 560}
+
+def test_modules_hold_one_idea():
+    "No module but the benchmark over ~400 lines; those still over may only shrink."
+    sizes = {m: len((PKG/f'{m}.py').read_text().splitlines()) for m in MODULES}
+    big = {m: n for m, n in sizes.items() if n > OVER.get(m, 400) and m != 'bench'}
+    assert not big, big
+
+def test_data_imports_without_albumentations():
+    "`data` needs no augmentation library: importing it must not load albumentations (and its online version check)."
+    import subprocess, sys
+    code = "import sys, fastai_shelve.data; print('albumentations' in sys.modules)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == 'False', r.stdout
+
+def test_store_keeps_the_names_users_imported_from_it():
+    "The backends moved to modules of their own; `from fastai_shelve.store import Shelf` (and the rest) still works."
+    import fastai_shelve.store as S, fastai_shelve.interface as I, fastai_shelve.lmdb_shelf as L
+    import fastai_shelve.std_shelf as D, fastai_shelve.sharded_shelf as H
+    for mod in (I, L, D, H):
+        missing = [n for n in mod.__all__ if getattr(S, n, None) is not getattr(mod, n)]
+        assert not missing, (mod.__name__, missing)

@@ -5,7 +5,8 @@ import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import albumentations as A
 from fastai.vision.all import Learner, BCEWithLogitsLossFlat, TfmdDL, accuracy_multi, Flatten, set_seed
-from fastai_shelve.store import Shelf, open_shelf
+from fastai_shelve.lmdb_shelf import Shelf
+from fastai_shelve.store import open_shelf
 from fastai_shelve.data import ShelfDataLoaders, shelf_dblock
 from fastai_shelve.fetch import ShelfDL
 from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs

@@ -6,7 +6,8 @@ from PIL import Image
 from fastai.vision.all import (ImageDataLoaders, RegressionBlock, CategoryBlock, MultiCategoryBlock, PILImageBW, PILImage,
                                TfmdDL, Normalize, vision_learner, resnet18, model_meta, imagenet_stats, set_seed)
 from fastai_shelve.codec import ShelfError
-from fastai_shelve.store import open_shelf, shelf_info
+from fastai_shelve.store import open_shelf
+from fastai_shelve.info import shelf_info
 from fastai_shelve.build import build_shelf
 from fastai.learner import load_learner
 from fastai_shelve.data import ShelfDataLoaders, shelf_dblock

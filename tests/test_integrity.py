@@ -4,8 +4,10 @@ from pathlib import Path
 import numpy as np, pytest
 from fastai_shelve.codec import (encode_record, decode_record, record_layout, RecordError, ShelfError, FORMAT_VERSION,
                                  RecordTooLargeError, bind_key, record_crc)
-from fastai_shelve.store import (open_shelf, shelf_info, DamagedStoreError, BadKeyError, ShelfNotFoundError, MANIFEST,
-                                 write_manifest)
+from fastai_shelve.info import shelf_info
+from fastai_shelve.interface import DamagedStoreError, BadKeyError, ShelfNotFoundError
+from fastai_shelve.sharded_shelf import MANIFEST, write_manifest
+from fastai_shelve.store import open_shelf
 sys.path.insert(0, str(Path(__file__).parent))
 from integrity_sweep import sweep, show, KINDS
 
@@ -84,7 +86,8 @@ def test_damage_sweep(tmp_path, compression, full):
 
 BOMB = '''
 import sys, resource, numpy as np
-from fastai_shelve.store import open_shelf, shelf_info
+from fastai_shelve.store import open_shelf
+from fastai_shelve.info import shelf_info
 from fastai_shelve.codec import ShelfError
 s, k = open_shelf(sys.argv[1]), sys.argv[2]
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -205,7 +208,8 @@ def test_sharded_folder_errors_are_shelf_errors(tmp_path):
 def test_fifo_named_like_a_shelf_is_refused_at_once(tmp_path):
     f = tmp_path/'f.shelf'; os.mkfifo(f)
     code = f"""
-    from fastai_shelve.store import open_shelf, shelf_info
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.info import shelf_info
     from fastai_shelve.codec import ShelfError
     from fastai_shelve.build import build_shelf
     import pandas as pd
@@ -271,7 +275,7 @@ def test_verify_on_a_full_disk_without_a_lock_file(tmp_path):
 # 2. Shards carry an identity
 
 def _sharded(path, n_shards=2, n=40, prefix='k'):
-    from fastai_shelve.store import claim_shard, count_shards, shard_of
+    from fastai_shelve.sharded_shelf import claim_shard, count_shards, shard_of
     write_manifest(path, n_shards)
     for i in range(n_shards): claim_shard(path, i)
     with open_shelf(path, 'w') as s: s.put_many({f'{prefix}{i}': {'image': _img(i, 8)} for i in range(n)})
@@ -288,7 +292,7 @@ def _cli(capsys, *args):
 
 def test_sharded_folder_edits_are_found(tmp_path, capsys):
     import shutil
-    from fastai_shelve.store import shard_of
+    from fastai_shelve.sharded_shelf import shard_of
     base = _sharded(tmp_path/'base')
     rc, out, err = _cli(capsys, 'verify', str(base))
     assert rc == 0 and '40 of 40 records ok' in out, (out, err)
@@ -342,7 +346,7 @@ def test_a_build_that_wrote_nothing_leaves_no_settings(tmp_path):
     with open_shelf(tmp_path/'o.shelf') as s: assert s['a1']['image'].shape == (24, 24) and s.meta['build']['size'] == 24
 
 def test_new_shelf_on_a_read_only_file_system_is_a_shelf_error(tmp_path):
-    from fastai_shelve.store import ReadOnlyError
+    from fastai_shelve.interface import ReadOnlyError
     src, ro = tmp_path/'src', tmp_path/'ro'
     src.mkdir(); ro.mkdir(); _shelf(src/'s.shelf', n=2)
     if subprocess.run(['mount', '--bind', str(src), str(ro)], capture_output=True).returncode: pytest.skip('cannot bind-mount here')

@@ -335,14 +335,14 @@ def test_kill_9_of_a_build_leaves_no_workers(kill_corpus, tmp_path):
 
 GROW = textwrap.dedent('''
     import sys, numpy as np
-    from fastai_shelve.store import Shelf
+    from fastai_shelve.lmdb_shelf import Shelf
     with Shelf(sys.argv[1], 'w', map_size=1 << 20) as s:
         s.put_many({f'big{i}': {'x': np.full(400_000, i, np.uint8)} for i in range(20)})  # 8 MB through a 1 MB map
 ''')
 
 def test_a_long_lived_reader_survives_a_writer_growing_the_map(tmp_path):
     "MDB_MAP_RESIZED: another process grew the file past this reader's map; the reader adopts the new size and carries on."
-    from fastai_shelve.store import Shelf
+    from fastai_shelve.lmdb_shelf import Shelf
     with Shelf(tmp_path/'s.shelf', 'c', map_size=1 << 20) as s: s['a'] = {'x': np.arange(10)}
     reader = Shelf(tmp_path/'s.shelf', map_size=1 << 20)
     assert len(reader) == 1
@@ -354,7 +354,7 @@ def test_a_long_lived_reader_survives_a_writer_growing_the_map(tmp_path):
 def test_small_things(tmp_path):
     "Empty and over-long keys, a manifest pointing outside its folder, creating a shelf where nothing can be written."
     import json, os
-    from fastai_shelve.store import ReadOnlyError
+    from fastai_shelve.interface import ReadOnlyError
     df = write_bars(tmp_path, 6)
     df.loc[2, 'StudyInstanceUID'] = 'x' * 600
     r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], size=32, n_workers=0, progress=False)

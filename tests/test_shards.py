@@ -4,7 +4,7 @@ import numpy as np, pytest
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
 from fastai_shelve.shards import build_sharded
-from fastai_shelve.store import ShardedShelf, shard_of
+from fastai_shelve.sharded_shelf import ShardedShelf, shard_of
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.data import ShelfDataLoaders
 from conftest import write_bars, kill_when

@@ -4,7 +4,10 @@ import numpy as np, pytest, lmdb
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
 from fastai_shelve.codec import encode_record, decode_record, RecordError, FormatVersionError, ShelfError, FORMAT_VERSION
-from fastai_shelve.store import open_shelf, Shelf, StdShelf, PickleRefusedError, ShelfClosedError
+from fastai_shelve.interface import PickleRefusedError, ShelfClosedError
+from fastai_shelve.lmdb_shelf import Shelf
+from fastai_shelve.std_shelf import StdShelf
+from fastai_shelve.store import open_shelf
 
 DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32, np.float64, np.bool_, np.complex64]
 
@@ -158,7 +161,7 @@ def test_reads_in_worker_processes(tmp_path, method):
 def test_read_only_promise(tmp_path):
     with open_shelf(tmp_path/'s.shelf', 'c') as w: w.put_many({f'k{i}': {'x': np.arange(100)} for i in range(30)})
     before = ((tmp_path/'s.shelf').read_bytes(), os.stat(tmp_path/'s.shelf').st_mtime_ns)
-    from fastai_shelve.store import shelf_info
+    from fastai_shelve.info import shelf_info
     with open_shelf(tmp_path/'s.shelf') as s:
         s.get_many(s.keys()); len(s); s.verify(); s.meta; shelf_info(tmp_path/'s.shelf')
         with pytest.raises(ShelfError, match='read-only'): s['new'] = {'x': np.arange(3)}
@@ -275,7 +278,7 @@ def test_a_version_byte_flipped_upwards_is_damage_not_newer(tmp_path):
 
 def test_write_side_refused_clearly(tmp_path):
     "Every backend implements the write side or refuses it with a ReadOnlyError that says why: never an AttributeError."
-    from fastai_shelve.store import ReadOnlyError
+    from fastai_shelve.interface import ReadOnlyError
     _seed_shelve(tmp_path/'old.db')
     with open_shelf(tmp_path/'old.db', 'w', allow_pickle=True) as s:
         with pytest.raises(ReadOnlyError, match='convert it'): s.update_meta(x=1)
