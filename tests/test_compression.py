@@ -121,7 +121,7 @@ def test_cli_convert_and_info_with_a_delta_choice(bars_shelf, tmp_path):
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf
-    build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], img_path=sys.argv[3], suffix='.png', label_cols=['a', 'b', 'c'],
+    build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                 size=96, gray=sys.argv[5] == 'gray', n_workers=int(sys.argv[4]), commit_every=7, progress=False, compression='zstd-delta')
 ''')
 
@@ -130,7 +130,7 @@ def test_kill_during_delta_build_then_resume(tmp_path, i):
     "SIGKILL a zstd-delta build part-way: whole records with a clean build's pixels; resuming completes it, compressed."
     df = write_bars(tmp_path, 150, ext='.png'); df.to_csv(tmp_path/'train.csv', index=False)
     (tmp_path/'build.py').write_text(BUILD)
-    kw = dict(img_path=tmp_path, suffix='.png', label_cols=['a', 'b', 'c'], size=96, progress=False, n_workers=0)
+    kw = dict(path=tmp_path, suff='.png', label_col=['a', 'b', 'c'], size=96, progress=False, n_workers=0)
     mode = ['gray', 'rgb'][i % 2]
     build_shelf(df, tmp_path/'clean.shelf', gray=mode == 'gray', **kw)
     rng = random.Random(200 + i)
