@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
 from traitlets.config import Config
-from fastcore.nbio import read_nb, nb2str, does_cell_eval
+from fastcore.nbio import read_nb, write_nb, nb2str, does_cell_eval
 from fastcore.xtras import working_directory
 from execnb.shell import CaptureShell
 from nbdev.config import get_config
@@ -49,9 +49,9 @@ def _skip(cell, flags:set) -> bool:
     "nbdev_test's rule: not code, flagged, or not evaluated (`eval: false`, nbclient's `skip-execution` tag)."
     return cell.cell_type != 'code' or bool(flags & (cell.directives_ or {}).keys()) or not does_cell_eval(cell, True)
 
-def run_notebook(fn:Path):
+def run_notebook(fn:Path, show_docs:bool=True):
     "Run `fn` with nbdev's `show_doc` cells added; the executed notebook, or `PluginError` naming the failing cell."
-    nb = NBProcessor(fn, procs=[add_show_docs], rm_directives=False, process=True).nb
+    nb = NBProcessor(fn, procs=[add_show_docs] if show_docs else [], rm_directives=False, process=True).nb
     k = CaptureShell(fn, mpl_format='png')
     k.run_cell('from nbdev.showdoc import show_doc')
     os.environ['IN_TEST'] = '1'
@@ -123,3 +123,21 @@ def on_files(files, config):
         for name, data in outs.items(): files.append(File.generated(config, name, content=data))
         log.info(f'{fn.name}: ran in {time.time()-t0:.1f}s, {len(outs)} figure(s)')
     return files
+
+def save_outputs(fn:Path):
+    "Run `fn` as the build does and keep the outputs in the notebook itself, so GitHub shows them too."
+    flags = skip_flags(fn)
+    nb = run_notebook(fn, show_docs=False)
+    for c in nb.cells:  # cells the build leaves out (slow ones) keep the outputs they were saved with
+        if c.cell_type != 'code' or _skip(c, flags): continue
+        c.outputs = [o for o in c.outputs if o.get('name') != 'stderr']  # warnings: the tests show them
+        for o in c.outputs:
+            if o.get('name') == 'stdout': o.text = _terminal_view(''.join(o.text))
+        c.outputs = [o for o in c.outputs if o.get('name') != 'stdout' or o.text.strip()]
+        for o in c.outputs: o.pop('execution_count', None) if o.get('output_type') != 'execute_result' else o.update(execution_count=None)
+        c.metadata.pop('execution', None); c.execution_count = None
+    write_nb(nb, fn)
+
+if __name__ == '__main__':  # python docs/hooks.py nbs/03_fetch.ipynb ...: refresh the outputs notebooks are saved with
+    import sys
+    for f in sys.argv[1:]: save_outputs(Path(f)); print(f'{f}: outputs saved')
