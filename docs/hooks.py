@@ -134,7 +134,8 @@ def save_outputs(fn:Path):
         for o in c.outputs:
             if o.get('name') == 'stdout': o.text = _terminal_view(''.join(o.text))
         c.outputs = [o for o in c.outputs if o.get('name') != 'stdout' or o.text.strip()]
-        for o in c.outputs: o.pop('execution_count', None) if o.get('output_type') != 'execute_result' else o.update(execution_count=None)
+        for o in c.outputs:
+            if o.get('output_type') == 'execute_result': o['execution_count'] = None  # as nbdev_clean leaves them
         c.metadata.pop('execution', None); c.execution_count = None
     write_nb(nb, fn)
 
