@@ -72,14 +72,18 @@ def _terminal_view(text:str) -> str:
     lines = [next((seg for seg in reversed(l.split('\r')) if seg.strip()), '') for l in text.split('\n')]
     return '\n'.join(l for l in lines if not _BAR.match(l)) + '\n'
 
-def _for_display(cell, flags:set):
-    "show_doc cells show only their output; skipped cells are marked so; warnings (stderr) are left out."
-    if cell.cell_type != 'code': return
+def _tidy(cell):
+    "Outputs as a terminal shows them, warnings (stderr) left out: the tests show those."
     cell.outputs = [o for o in cell.outputs if o.get('name') != 'stderr']
     for o in cell.outputs:
         if o.get('name') == 'stdout': o.text = _terminal_view(''.join(o.text))
     cell.outputs = [o for o in cell.outputs if o.get('name') != 'stdout' or o.text.strip()]
     cell.metadata.pop('execution', None)  # execnb's timings, which nbformat's schema refuses
+
+def _for_display(cell, flags:set):
+    "show_doc cells show only their output; skipped cells are marked so; warnings (stderr) are left out."
+    if cell.cell_type != 'code': return
+    _tidy(cell)
     if cell.pop('has_sd', False) or cell.source.startswith('show_doc('): cell.metadata['tags'] = ['remove_input']
     elif _skip(cell, flags): cell.source = f'# not run when the docs are built (flagged {", ".join(flags & cell.directives_.keys())})\n' + cell.source
 
@@ -130,13 +134,10 @@ def save_outputs(fn:Path):
     nb = run_notebook(fn, show_docs=False)
     for c in nb.cells:  # cells the build leaves out (slow ones) keep the outputs they were saved with
         if c.cell_type != 'code' or _skip(c, flags): continue
-        c.outputs = [o for o in c.outputs if o.get('name') != 'stderr']  # warnings: the tests show them
-        for o in c.outputs:
-            if o.get('name') == 'stdout': o.text = _terminal_view(''.join(o.text))
-        c.outputs = [o for o in c.outputs if o.get('name') != 'stdout' or o.text.strip()]
+        _tidy(c)
         for o in c.outputs:
             if o.get('output_type') == 'execute_result': o['execution_count'] = None  # as nbdev_clean leaves them
-        c.metadata.pop('execution', None); c.execution_count = None
+        c.execution_count = None
     write_nb(nb, fn)
 
 if __name__ == '__main__':  # python docs/hooks.py nbs/03_fetch.ipynb ...: refresh the outputs notebooks are saved with
