@@ -33,7 +33,7 @@ __all__ = ['IN_FLIGHT', 'COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key
            'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
 
 # %% ../nbs/02_build.ipynb #24e46e08
-IN_FLIGHT = 2  # tasks a worker has in flight: one decoding, the next queued, so no worker waits on the writer's turn
+IN_FLIGHT = 2  # tasks a worker has in flight: one decoding, the next queued, so it starts that while the writer is busy
 
 def frame_key(key:str, i:int) -> str:
     "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
@@ -111,7 +111,7 @@ COMMIT_BYTES = 32 << 20  # commit at this many bytes too: `commit_every` big ima
 
 class _Writer:
     "The build's one writer: records go to `shelf` as they come, a commit every `every` records or `COMMIT_BYTES`."
-    def __init__(self, shelf, every:int=128):
+    def __init__(self, shelf, every:int):
         store_attr()
         self.stats, self.pending, self.nbytes, self.written = PixelStats(shelf.meta.get('stats')), [], 0, 0
 
