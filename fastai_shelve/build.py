@@ -4,437 +4,56 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, sys, json, time, signal, ctypes, itertools, multiprocessing as mp
+import os, sys, json, time, signal, ctypes, itertools, warnings, multiprocessing as mp
 from pathlib import Path
 from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
+from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
-from .codec import ShelfError, FormatVersionError, encode_record
+from .codec import ShelfError, encode_record
 from .interface import PixelStats, ReadOnlyError, key_bytes
 from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
+from .images import BuildSettings, is_dicom, load_mask
+from .labels import read_source, encode_labels
+# Names users import from `build` since before `images` and `labels` had modules of their own.
+from .images import SCALES, DICOM_SUFFIXES, to_uint8, read_dicom, dicom_frames
+from .images import load_image, load_frames, target_size
+from .labels import block_kind
+_all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
+         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
 
 # %% auto #0
-__all__ = ['SCALES', 'DICOM_SUFFIXES', 'target_size', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'load_image',
-           'load_frames', 'frame_key', 'load_mask', 'BuildSettings', 'read_source', 'block_kind', 'encode_labels',
-           'pixel_hist', 'mp_context', 'die_with_parent', 'stream_map', 'BuildReport', 'build_shelf', 'record_meta',
-           'convert_shelf']
+__all__ = ['IN_FLIGHT', 'COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'mp_context', 'die_with_parent',
+           'stream_map', 'BuildReport', 'build_shelf', 'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES',
+           'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image', 'load_frames',
+           'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
 
-# %% ../nbs/02_build.ipynb #aa774269
-def target_size(w:int, h:int, size=None, shortest_side:int=None, max_side:int=None) -> tuple:
-    "Output (width, height) for a `w`x`h` input under the chosen resize mode."
-    if size is not None:
-        sh,sw = (size,size) if isinstance(size, int) else size
-        return sw, sh
-    if shortest_side: r = shortest_side / min(w, h)
-    elif max_side: r = min(1., max_side / max(w, h))
-    else: return w, h
-    return max(1, round(w*r)), max(1, round(h*r))
-
-SCALES = ('minmax', 'percentile', 'legacy')
-
-def to_uint8(a:np.ndarray, scale:str='minmax') -> np.ndarray:
-    "Scale a 16-bit or float image to uint8 keeping its range: per-image min-max, or the 0.5-99.5 percentile window."
-    src, a = a, np.asarray(a, np.float32)
-    if scale == 'legacy':  # what format-1 builds did (a fixed divide): kept so their shelves predict as they were built
-        return (a * (255 / (65535. if a.max() > 255 else 255.))).round().clip(0, 255).astype(np.uint8)
-    if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
-    lo, hi = (a.min(), a.max()) if scale == 'minmax' else np.percentile(a, (0.5, 99.5))
-    # In place on our own float copy: one copy of the image at a time (a frame of a long series costs a frame)
-    a = a - lo if np.may_share_memory(a, src) else np.subtract(a, lo, out=a)
-    a *= 255 / max(float(hi - lo), 1e-6)
-    return np.clip(np.rint(a, out=a), 0, 255, out=a).astype(np.uint8)
-
-def _gray(a:np.ndarray) -> np.ndarray:
-    "An (H,W,3) array as one luminance channel (ITU-R 601, as PIL's 'L')."
-    return a[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-
-def _to_mode(im, gray:bool, scale:str='minmax') -> np.ndarray:
-    "`im` (a PIL image, or an array of any depth) as 8 bits, (H,W) or (H,W,3); deeper input scaled by `scale`, alpha dropped."
-    if isinstance(im, np.ndarray):
-        a = im[..., 0] if im.ndim == 3 and im.shape[2] <= 2 else im[..., :3] if im.ndim == 3 else im
-        # Deeper colour: one scale for the three channels (their balance kept); gray: its luminance at full depth, scaled
-        if a.ndim == 3 and a.dtype != np.uint8: return to_uint8(_gray(a), scale) if gray else to_uint8(a, scale)
-        im = Image.fromarray(a)
-    if im.mode in ('I', 'F') or im.mode.startswith('I;16'):
-        a = to_uint8(np.asarray(im), scale)
-        return a if gray else np.repeat(a[..., None], 3, axis=2)
-    want = 'L' if gray else 'RGB'
-    return np.asarray(im if im.mode == want else im.convert(want))
-
-def _deep_colour(im:Image.Image) -> bool:
-    "Is `im` colour with more than 8 bits a sample (a 16-bit RGB PNG or TIFF), which PIL would cut to 8 by shifting?"
-    if im.mode not in ('RGB', 'RGBA', 'LA'): return False
-    raw = [t[3] if isinstance(t[3], str) else t[3][0] if isinstance(t[3], tuple) and t[3] else '' for t in im.tile]
-    return any(';16' in r for r in raw) or (im.format == 'TIFF' and max(listify(im.tag_v2.get(258, 8))) > 8)
-
-def _read_deep(fn) -> np.ndarray:
-    "A 16-bit colour file at full depth, (H,W,3) RGB, read by OpenCV (PIL cannot hold it)."
-    a = cv2.imdecode(np.fromfile(fn, np.uint8), cv2.IMREAD_UNCHANGED)
-    if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
-    return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
-
-DICOM_SUFFIXES = ('.dcm', '.dicom')
-
-def is_dicom(fn) -> bool:
-    "Is `fn` DICOM: the 'DICM' marker after the 128-byte preamble, a .dcm/.dicom name, or a preamble-less dataset's start?"
-    with open(fn, 'rb') as f: head = f.read(132)
-    if head[128:] == b'DICM' or Path(fn).suffix.lower() in DICOM_SUFFIXES: return True
-    # Written without preamble (as old scanners did): a group 0002 or 0008 tag, then an explicit VR or a short length
-    return head[:2] in (b'\x02\x00', b'\x08\x00', b'\x00\x02', b'\x00\x08') and (
-        head[4:6].isupper() or 0 < int.from_bytes(head[4:8], 'little') < 1024)
-
-_PIXEL_TAGS = ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')
-
-def _dicom_header(fn) -> tuple:
-    "(dataset, transfer syntax, frames) of DICOM file `fn`, its pixels left in the file; a ShelfError says why they can't be read."
-    try: import pydicom
-    except ImportError: raise ShelfError(f"{fn} is DICOM: pip install 'fastai_shelve[dicom]' (pydicom 3) to read it") from None
-    from pydicom.errors import InvalidDicomError
-    from pydicom.uid import UID, ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian
-    try:
-        try: ds = pydicom.dcmread(fn, defer_size=4096)  # values over 4 KB (the pixels) stay in the file until asked for
-        except InvalidDicomError: ds = pydicom.dcmread(fn, defer_size=4096, force=True)  # no preamble: as old scanners wrote
-    except (FileNotFoundError, IsADirectoryError): raise
-    except Exception as e: raise ShelfError(f"{fn}: truncated or damaged DICOM header: {type(e).__name__}: {e}"[:400]) from None
-    if not len(ds): raise ShelfError(f"{fn}: no DICOM data elements: an empty or truncated file")
-    ts = getattr(ds, 'file_meta', None) and ds.file_meta.get('TransferSyntaxUID')
-    if not ts:  # no file meta (no preamble): the encoding pydicom found
-        ts = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
-              (False, False): ExplicitVRBigEndian}.get(ds.original_encoding, ExplicitVRLittleEndian)
-    ts = UID(ts)
-    if ts.is_deflated: ds = pydicom.dcmread(fn, force=True)  # positions are in the inflated stream: read it whole
-    else: _check_whole(fn, ds)
-    if not any(t in ds for t in _PIXEL_TAGS):
-        what = UID(ds.SOPClassUID).name if 'SOPClassUID' in ds else 'DICOM file'
-        hint = f": it describes a {ds.Columns}x{ds.Rows} image, a truncated file?" if 'Rows' in ds and 'Columns' in ds else ''
-        raise ShelfError(f"{fn}: no pixel data: a {what} without an image (no Pixel Data element){hint}")
-    _check_decoder(fn, ts)
-    try: n = int(ds.get('NumberOfFrames') or 1)
-    except (TypeError, ValueError) as e: raise ShelfError(f"{fn}: damaged DICOM header: Number of Frames: {e}") from None
-    return ds, ts, n
-
-def _check_whole(fn, ds):
-    "Raise a ShelfError if the file ends inside the last element pydicom read (it stops there without a word)."
-    el = ds.get_item(list(ds.keys())[-1], keep_deferred=True)
-    if not getattr(el, 'is_raw', False) or el.length in (0, 0xFFFFFFFF): return
-    size = os.path.getsize(fn)
-    short = el.value_tell + el.length - size if el.value is None else el.length - len(el.value)  # deferred: still in the file
-    if short > 0: raise ShelfError(f"{fn}: truncated file: its {el.tag} element needs {el.length} bytes, the file ends {short} bytes short")
-
-def _check_decoder(fn, ts):
-    "Raise a ShelfError naming what to install when no installed plugin decodes transfer syntax `ts`."
-    from pydicom.pixels import get_decoder
-    try: dec = get_decoder(ts)
-    except NotImplementedError:
-        raise ShelfError(f"{fn}: transfer syntax {ts.name} ({ts}): pydicom has no decoder for it: "
-                         f"convert the file to one it reads (e.g. with dcmtk or gdcmconv)") from None
-    if not dec.is_available:  # a decoder exists, its plugins are not installed: name them
-        needs = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in dec.missing_dependencies]
-        extra = " (pip install 'fastai_shelve[dicom]' installs pylibjpeg's)" if any('pylibjpeg' in n for n in needs) else ''
-        raise ShelfError(f"{fn}: {ts.name} needs a decoder plugin and none is installed: pip install one of: {' | '.join(needs)}{extra}")
-
-def _frame_view(ds, i:int):
-    "The attributes that window frame `i`: an enhanced file's functional groups (rescale, window) over the file's own."
-    shared, per = ds.get('SharedFunctionalGroupsSequence'), ds.get('PerFrameFunctionalGroupsSequence')
-    if not shared and not per: return ds
-    from pydicom.dataset import Dataset
-    v = Dataset()
-    for k in ('PhotometricInterpretation', 'BitsStored', 'PixelRepresentation', 'RescaleSlope', 'RescaleIntercept',
-              'ModalityLUTSequence', 'WindowCenter', 'WindowWidth', 'VOILUTFunction', 'VOILUTSequence'):
-        if k in ds: v[k] = ds[k]
-    for g in (shared[0] if shared else None, per[i] if per and i < len(per) else None):  # per-frame over shared
-        for seq in ('PixelValueTransformationSequence', 'FrameVOILUTSequence'):
-            if g is not None and g.get(seq):
-                for e in g[seq][0]: v[e.tag] = e
-    return v
-
-def _window(a:np.ndarray, ds, i:int, gray:bool, scale:str) -> np.ndarray:
-    "Decoded frame `i` of `ds` as uint8: palette, modality LUT, VOI LUT or window, MONOCHROME1 inverted."
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_color_lut
-    pi = str(ds.get('PhotometricInterpretation', 'MONOCHROME2'))
-    if pi == 'PALETTE COLOR': a = apply_color_lut(a, ds)
-    if a.ndim == 3:  # colour (pydicom gives YBR as RGB)
-        a = to_uint8(a, 'minmax') if a.dtype != np.uint8 else a
-        return _gray(a).round().astype(np.uint8) if gray else a
-    v = _frame_view(ds, i)
-    a = apply_voi_lut(apply_modality_lut(a, v), v)
-    a = to_uint8(a, scale if scale != 'legacy' else 'minmax')
-    if pi == 'MONOCHROME1': a = 255 - a  # bright is dense bone, as MONOCHROME2 shows it
-    return a if gray else np.repeat(a[..., None], 3, axis=2)
-
-def _decode_failed(fn, ts, e) -> ShelfError:
-    "Why decoding failed, in one line: a truncated file, or the decoders' own words."
-    msg = ' '.join(str(e).split())  # pydicom lists each plugin's failure on a line of its own
-    if isinstance(e, EOFError) or 'less than expected' in msg or 'truncated' in msg.lower():
-        return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {msg}"[:500])
-    from pydicom.pixels import get_decoder
-    try: miss = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in get_decoder(ts).missing_dependencies]
-    except Exception: miss = []
-    hint = f" (plugins that may decode it, not installed: {' | '.join(miss)})" if miss else ''
-    return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded{hint}: {type(e).__name__}: {msg}"[:600])
-
-def _decoder(fn, ds, ts, n:int):
-    "A function of a frame index decoding that frame of `fn` alone; from the whole dataset for a file that defeats that."
-    import pydicom
-    from pydicom.pixels import pixel_array
-    whole = [ds] if ts.is_deflated else []  # deflated: positions are in the inflated stream, which _dicom_header read whole
-    def frame(i):
-        if not whole:
-            try: return pixel_array(fn, index=i, transfer_syntax_uid=ts)  # reads this frame's bytes only
-            except Exception as e:
-                try: whole.append(pydicom.dcmread(fn, force=True))  # a layout the frame reader refuses: read it all
-                except Exception: raise _decode_failed(fn, ts, e) from None
-        try: return pixel_array(whole[0], index=i)
-        except Exception as e: raise _decode_failed(fn, ts, e) from None
-    return frame
-
-def read_dicom(fn, gray:bool=True, frame:int=0, scale:str='minmax') -> np.ndarray:
-    "Frame `frame` of a DICOM file as uint8, as radiology viewers show it; only that frame is decoded."
-    ds, ts, n = _dicom_header(fn)
-    if n > 1 and not -n <= frame < n: raise ShelfError(f"{fn} has {n} frames: frame={frame} is not one of them")
-    i = frame % n if n > 1 else 0
-    return _window(_decoder(fn, ds, ts, n)(i), ds, i, gray, scale)
-
-def dicom_frames(fn, gray:bool=True, scale:str='minmax'):
-    "Every frame of a DICOM file as uint8, read, decoded and windowed one at a time."
-    ds, ts, n = _dicom_header(fn)
-    frame = _decoder(fn, ds, ts, n)
-    for i in range(n): yield _window(frame(i), ds, i, gray, scale)
-
-def load_image(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int=0) -> np.ndarray:
-    "Decode image file `fn` (any PIL format, or DICOM) and resize it: uint8 (H,W) if `gray` else (H,W,3)."
-    if is_dicom(fn):
-        a = read_dicom(fn, gray, frame, scale)
-        return _resize(a, target_size(a.shape[1], a.shape[0], size=size, shortest_side=shortest_side, max_side=max_side))
-    with Image.open(fn) as im:
-        out = target_size(*im.size, size=size, shortest_side=shortest_side, max_side=max_side)
-        if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), gray, scale), out)
-        if im.format == 'JPEG': im.draft('L' if gray else 'RGB', out)
-        im.load()
-        a = _to_mode(im, gray, scale)
-    return _resize(a, out)
-
-def load_frames(fn, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax'):
-    "Every frame of image file `fn` (a multi-frame DICOM's, one at a time), resized as `load_image` does."
-    if not is_dicom(fn): yield load_image(fn, size, shortest_side, max_side, gray, scale); return
-    for a in dicom_frames(fn, gray, scale):
-        yield _resize(a, target_size(a.shape[1], a.shape[0], size=size, shortest_side=shortest_side, max_side=max_side))
+# %% ../nbs/02_build.ipynb #24e46e08
+IN_FLIGHT = 2  # tasks a worker has in flight: one decoding, the next queued, so it starts that while the writer is busy
 
 def frame_key(key:str, i:int) -> str:
     "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
     return f"{key}#{i:04d}"
 
-def load_mask(fn, out) -> np.ndarray:
-    "A segmentation mask file as uint8 class indices, resized to `out` (w, h) with nearest neighbour (no new classes)."
-    with Image.open(fn) as im:
-        a = np.asarray(im if im.mode in ('L', 'P', '1') else im.convert('L')).astype(np.uint8)
-    return a.copy() if a.shape[1::-1] == tuple(out) else cv2.resize(a, tuple(out), interpolation=cv2.INTER_NEAREST)
-
-def _resize(a:np.ndarray, out) -> np.ndarray:
-    "`a` resized to `out` (w, h): a new, writable array."
-    if a.shape[1::-1] == out: return a.copy()  # writable, so torch can wrap it without a warning
-    # Area averaging where shrinking by 2x or more; below that (draft already did the big step) linear aliases no more.
-    shrink = min(a.shape[1] / out[0], a.shape[0] / out[1])
-    return cv2.resize(a, out, interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
-
-class BuildSettings:
-    "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
-    schema = 2  # this record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257)
-    def __init__(self, size=None, shortest_side:int=None, max_side:int=None, gray:bool=True, scale:str='minmax', frame:int|str=0):
-        size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
-        if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
-        store_attr()
-        self.check()
-
-    max_side_px = 16384  # no output side may be larger: 16384x16384x3 is 768 MB a record
-
-    def check(self):
-        "Refuse settings no image can be built with, before a build writes anything: sizes 1..16384, one resize mode."
-        def ok(v): return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 < v <= self.max_side_px
-        sizes = self.size if isinstance(self.size, list) else [self.size]
-        if self.size is not None and not (len(sizes) in (1, 2) and all(ok(v) for v in sizes)):
-            raise ShelfError(f"size must be a side (or (height, width)) from 1 to {self.max_side_px}, not {self.size!r}")
-        for name in ('shortest_side', 'max_side'):
-            v = getattr(self, name)
-            if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
-        modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
-        if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
-
-    @classmethod
-    def from_meta(cls, d:dict|None) -> BuildSettings:
-        "The settings a shelf's metadata `d` holds (its 'build' entry); a newer schema is refused."
-        d = dict(d or {})
-        v = d.pop('schema', 1)
-        if not isinstance(v, int) or v > cls.schema:
-            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): upgrade fastai_shelve")
-        if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
-        unknown = set(d) - {'size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame'}
-        if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
-        try: return cls(**d)
-        except ShelfError:  # kept by an older build that did not check them (two resize modes): read as they were built
-            if d.get('scale', 'minmax') not in SCALES: raise
-            s = cls(); s.__dict__.update(d); s.size = list(s.size) if isinstance(s.size, (tuple, list)) else s.size
-            return s
-
-    def as_meta(self) -> dict:
-        "The JSON a shelf's metadata keeps under 'build'."
-        return dict(schema=self.schema, size=self.size, shortest_side=self.shortest_side, max_side=self.max_side,
-                    gray=self.gray, scale=self.scale, frame=self.frame)
-
-    def load(self, fn) -> np.ndarray:
-        "Decode and resize file `fn` exactly as the build did."
-        if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
-        return load_image(fn, self.size, self.shortest_side, self.max_side, self.gray, self.scale, self.frame)
-
-    def frames(self, fn) -> list:
-        "Every frame of file `fn` as the build stored them with `frame='all'` (one image for a single-frame file)."
-        return list(load_frames(fn, self.size, self.shortest_side, self.max_side, self.gray, self.scale))
-
-    def out_size(self, w:int, h:int) -> tuple:
-        "The (w, h) a `w`x`h` input becomes."
-        return target_size(w, h, self.size, self.shortest_side, self.max_side)
-
-    def prepare(self, im) -> np.ndarray:
-        "An image already in memory (a PIL image or an array, any size) as the build would have stored it."
-        a = _to_mode(im if isinstance(im, Image.Image) else np.asarray(im), self.gray, self.scale)
-        return _resize(a, self.out_size(a.shape[1], a.shape[0]))
-
-    def __eq__(self, other): return isinstance(other, BuildSettings) and self.as_meta() == other.as_meta()
-    def __repr__(self): return f"BuildSettings({', '.join(f'{k}={v!r}' for k,v in self.as_meta().items() if k != 'schema')})"
-
-# %% ../nbs/02_build.ipynb #4bd13905
-def read_source(source, fn_col=0) -> tuple:
-    "(table, keys, id column) from a DataFrame, a CSV file (ids read as text) or a list of image files; ids checked unique."
-    if isinstance(source, (str, Path)) and Path(source).suffix.lower() in ('.csv', '.gz', '.zip'):
-        if not Path(source).exists(): raise FileNotFoundError(f"no CSV at {source}")
-        cols = pd.read_csv(source, nrows=0).columns
-        col = fn_col if isinstance(fn_col, str) else cols[fn_col] if fn_col < len(cols) else None
-        source = pd.read_csv(source, dtype={col: str} if col in cols else None)  # ids as text: '007' stays '007'
-    if isinstance(source, pd.DataFrame):
-        df = source.reset_index(drop=True)
-        col = fn_col if isinstance(fn_col, str) else df.columns[fn_col]
-        if col not in df.columns: raise ShelfError(f"no column {col!r} in the table (it has {list(df.columns)})")
-        empty = df[col].isna() | (df[col].astype(str) == '')
-        if empty.any(): raise ShelfError(f"column {col!r} has {empty.sum()} empty ids (rows {list(np.where(empty)[0][:5])})")
-        keys, col = df[col].map(str).tolist(), col
-    else:
-        files = [Path(o) for o in listify(source)]
-        df, keys, col = pd.DataFrame({'file': [str(f) for f in files]}), [f.stem for f in files], None
-    dups = pd.Series(keys)[pd.Series(keys).duplicated()].unique()
-    if len(dups): raise ShelfError(f"{len(dups)} ids occur more than once, e.g. {list(dups[:5])}: ids must be unique")
-    return df, keys, col
-
-# %% ../nbs/02_build.ipynb #a54707ee
-import warnings
-def _native(v):
-    "A numpy scalar as the Python value JSON can keep (int, float, bool, str)."
-    return v.item() if isinstance(v, np.generic) else v
-
-def block_kind(y_block) -> tuple:
-    "(kind, n_out, vocab) of fastai's `y_block`: 'regression', 'category', 'multi' or None; a name ('regression', 'RegressionBlock') too."
-    if y_block is None: return None, None, None
-    if isinstance(y_block, str):
-        kind = dict(regression='regression', category='category', multicategory='multi', multi='multi').get(
-            y_block.lower().removesuffix('block'))
-        if kind is None: raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
-        return kind, None, None
-    from fastai.data.transforms import RegressionSetup, Categorize, MultiCategorize, EncodedMultiCategorize
-    blk = y_block() if callable(y_block) and not hasattr(y_block, 'type_tfms') else y_block  # `RegressionBlock` or `RegressionBlock(2)`
-    for t in listify(getattr(blk, 'type_tfms', None)):
-        vocab = getattr(t, 'vocab', None)
-        vocab = None if vocab is None else list(vocab)
-        if isinstance(t, RegressionSetup): return 'regression', t.c, None
-        if isinstance(t, (MultiCategorize, EncodedMultiCategorize)): return 'multi', None, vocab
-        if isinstance(t, Categorize): return 'category', None, vocab
-    raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
-
-def _nan_refusal(df, cols, keys):
-    "A `ShelfError` naming the first label column with empty (NaN) values and some of their ids, or None."
-    for c in cols:
-        nan = df[c].isna().to_numpy()
-        if nan.any(): return ShelfError(f"label column {c!r} has empty labels (NaN) for {nan.sum()} ids, e.g. "
-                                        f"{[keys[i] for i in np.where(nan)[0][:5]]}: fill or drop those rows")
-
-def _sorted(vals) -> list:
-    "Sorted as fastai's `CategoryMap` sorts: ints as ints (0, 1, 2, ..., 10), mixed types as text."
-    try: return sorted(vals)
-    except TypeError: return sorted(vals, key=str)
-
-def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
-    "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
-    kind, n_out, bvocab = block_kind(y_block)
-    vocab = vocab if vocab is not None else bvocab
-    cols = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
-    if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]  # deprecated: a function of the row
-    elif cols:
-        miss = [c for c in cols if c not in df.columns]
-        if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
-        # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
-        err = _nan_refusal(df, cols, keys) if label_delim is None else None
-        if err: raise err
-        if kind is None: kind = 'multi' if len(cols) > 1 or label_delim is not None else 'category'  # as `from_df` picks
-        if kind == 'regression': return _regression(df[cols], keys, cols, n_out)
-        if kind == 'multi' and label_delim is not None: return _tags(df[cols[0]] if len(cols) == 1 else None, keys, cols, label_delim, vocab)
-        if kind == 'multi':
-            if len(cols) == 1: raise ShelfError(f"one column {cols[0]!r} as multi-label: give label_delim (tags in one column) or several 0/1 columns")
-            return _multi(df[cols].to_numpy(), keys, cols if vocab is None else vocab)
-        if len(cols) > 1: raise ShelfError(f"{len(cols)} label columns are multi-label (or y_block=RegressionBlock), not one category")
-        vals = df[cols[0]].tolist()
-        if df[cols[0]].dtype.kind == 'f' and (df[cols[0]] % 1 != 0).any():
-            warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
-                          f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target", stacklevel=3)
-    else: return [None]*len(keys), dict(label_kind='none')
-    if all(np.ndim(v) == 1 for v in vals):
-        widths = {len(v) for v in vals}
-        if len(widths) > 1:
-            w0 = len(vals[0]); bad = [k for k,v in zip(keys, vals) if len(v) != w0]
-            raise ShelfError(f"labels have different widths {sorted(widths)}: e.g. ids {bad[:5]} differ from {keys[0]!r} ({w0})")
-        return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
-    vals = [_native(v) for v in vals]
-    found = _sorted(set(vals))
-    vocab = _sorted([_native(v) for v in vocab]) if vocab is not None else found  # fastai's `CategoryMap` sorts a given vocab too
-    idx = {v:i for i,v in enumerate(vocab)}
-    unknown = [v for v in found if v not in idx]
-    if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
-    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab)
-
-def _multi(a, keys, names) -> tuple:
-    bad = ~np.isin(a, (0, 1))
-    if bad.any():
-        r,c = np.argwhere(bad)[0]
-        raise ShelfError(f"multi-label values must be 0 or 1: id {keys[r]!r} has {a[r,c]!r} in {names[c]!r}")
-    if len(names) != a.shape[1]: raise ShelfError(f"vocab has {len(names)} names for {a.shape[1]} label columns")
-    return list(a.astype(np.int8)), dict(label_kind='multi', label_names=[str(o) for o in names])
-
-def _tags(col, keys, cols, delim, vocab) -> tuple:
-    "Tags in one column split by `delim` (fastai's `ColReader(label_delim=)`), as 0/1 vectors over the sorted tags."
-    if col is None: raise ShelfError(f"label_delim splits one column, not {cols}")
-    tags = [[] if pd.isna(o) or len(str(o)) == 0 else str(o).split(delim) for o in col]  # fastai's `ColReader(label_delim=)`
-    found = sorted(set().union(*tags))
-    names = found if vocab is None else [str(o) for o in vocab]
-    unknown = sorted(set(found) - set(names))
-    if unknown: raise ShelfError(f"tags {unknown[:5]} of column {col.name!r} are not in the vocab given")
-    idx = {t:i for i,t in enumerate(names)}
-    a = np.zeros((len(tags), len(names)), np.int8)
-    for r,ts in enumerate(tags): a[r, [idx[t] for t in ts]] = 1
-    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim)
-
-def _regression(df, keys, cols, n_out) -> tuple:
-    "Float targets (fastai's `RegressionBlock`): one float32 per column, in order."
-    if n_out is not None and n_out != len(cols): raise ShelfError(f"RegressionBlock(n_out={n_out}) but {len(cols)} label columns {cols}")
-    for c in cols:
-        if df[c].dtype.kind not in 'biuf': raise ShelfError(f"label column {c!r} is not numeric ({df[c].dtype}): a RegressionBlock target is floats")
-    return list(df.to_numpy(np.float32)), dict(label_kind='regression', label_names=[str(c) for c in cols])
-
-# %% ../nbs/02_build.ipynb #24e46e08
 def pixel_hist(img:np.ndarray) -> np.ndarray:
     "Counts of each uint8 value, one row per channel: exact, cheap, and summable across a build and its resumptions."
     chans = [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])] if img.ndim == 3 else [img]
     return np.stack([cv2.calcHist([c], [0], None, [256], [0, 256]).reshape(-1) for c in chans]).astype(np.int64)
+
+def _record(img, lab=None, mask=None) -> dict:
+    "A shelf record: the image, with its labels and mask where it has them."
+    return {'image': img} | ({} if lab is None else {'labels': lab}) | ({} if mask is None else {'mask': mask})
+
+def _mask_mismatch(fn, mask_fn) -> str|None:
+    "Why mask file `mask_fn` cannot be image `fn`'s (their sizes differ), or None. A DICOM's size is not compared."
+    with Image.open(mask_fn) as m: msize = m.size
+    if is_dicom(fn): return None
+    with Image.open(fn) as im: isize = im.size
+    if msize != isize: return f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
 
 def _decode_task(task):
     "Worker: (key, [(record key, encoded record)], pixel histogram, None) or (key, None, None, reason)."
@@ -442,28 +61,21 @@ def _decode_task(task):
     if settings.frame == 'all': return _frames_task(task)
     try:
         img = settings.load(fn)
-        if mask_fn is not None:
-            with Image.open(mask_fn) as m: msize = m.size
-            isize = None
-            if not is_dicom(fn):
-                with Image.open(fn) as im: isize = im.size
-            if isize is not None and msize != isize:
-                return key, None, None, f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
-            mask = load_mask(mask_fn, img.shape[1::-1])  # nearest neighbour to the image's output size: same geometry
+        why = None if mask_fn is None else _mask_mismatch(fn, mask_fn)
+        if why: return key, None, None, why
+        mask = None if mask_fn is None else load_mask(mask_fn, img.shape[1::-1])  # nearest neighbour to the image's size
     except FileNotFoundError as e: return key, None, None, 'missing file' if e.filename in (None, str(fn)) else f'missing mask {mask_fn}'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
     # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
-    rec = {'image': img} if lab is None else {'image': img, 'labels': lab}
-    if mask_fn is not None: rec['mask'] = mask
-    return key, [(key, encode_record(rec, *compression))], pixel_hist(img), None
+    return key, [(key, encode_record(_record(img, lab, mask), *compression))], pixel_hist(img), None
 
 def _frames_task(task):
     "Worker, `frame='all'`: every frame of the file a record of its own, `frame_key(key, i)`."
     key, fn, lab, _, settings, compression = task
     recs, hist = [], 0
     try:
-        for i, img in enumerate(load_frames(fn, settings.size, settings.shortest_side, settings.max_side, settings.gray, settings.scale)):
-            recs.append((frame_key(key, i), encode_record({'image': img} | ({} if lab is None else {'labels': lab}), *compression)))
+        for i, img in enumerate(settings.iter_frames(fn)):
+            recs.append((frame_key(key, i), encode_record(_record(img, lab), *compression)))
             hist = hist + pixel_hist(img)
     except FileNotFoundError: return key, None, None, 'missing file'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
@@ -482,17 +94,42 @@ def die_with_parent():
     if os.getppid() != parent: os._exit(1)  # the parent died before the request took effect
 
 def stream_map(f, tasks, n_workers:int=0):
-    "Yield `f(t)` for `tasks` as they finish, at most two per worker in flight (in order when `n_workers=0`)."
+    "Yield `f(t)` for `tasks` as they finish, at most `IN_FLIGHT` per worker in flight (in order when `n_workers=0`)."
     if not n_workers: yield from map(f, tasks); return
     it = iter(tasks)
     with ProcessPoolExecutor(n_workers, mp_context=mp_context(), initializer=die_with_parent) as ex:
-        running = {ex.submit(f, t) for t in itertools.islice(it, 2*n_workers)}
+        running = {ex.submit(f, t) for t in itertools.islice(it, IN_FLIGHT*n_workers)}
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 yield fut.result()
                 t = next(it, None)
                 if t is not None: running.add(ex.submit(f, t))
+
+# %% ../nbs/02_build.ipynb #43e00781
+COMMIT_BYTES = 32 << 20  # commit at this many bytes too: `commit_every` big images would wait in the writer's memory, and die with a kill
+
+class _Writer:
+    "The build's one writer: records go to `shelf` as they come, a commit every `every` records or `COMMIT_BYTES`."
+    def __init__(self, shelf, every:int):
+        store_attr()
+        self.stats, self.pending, self.nbytes, self.written = PixelStats(shelf.meta.get('stats')), [], 0, 0
+
+    def add(self, recs:list, hist):
+        "Queue encoded records `recs` [(key, bytes)] and their pixel histogram `hist`; commit when enough are queued."
+        self.pending += recs; self.nbytes += sum(len(d) for _,d in recs); self.stats.add(hist)
+        if len(self.pending) >= self.every or self.nbytes >= COMMIT_BYTES: self.commit()
+
+    def commit(self):
+        "Write what is queued in one transaction, with the pixel statistics it adds up to."
+        if not self.pending: return
+        self.shelf.put_many(self.pending, meta=dict(stats=self.stats.as_meta()))
+        self.written += len(self.pending); self.pending, self.nbytes = [], 0
+
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        self.commit()  # an error or interrupt never loses what was decoded
+        if not len(self.shelf): self.shelf.update_meta(build=None)  # no record: no settings left to refuse a corrected rerun
 
 # %% ../nbs/02_build.ipynb #f3c335e8
 class BuildReport:
@@ -525,24 +162,59 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None):
     return check
 
 # %% ../nbs/02_build.ipynb #12b6ea20
+MAX_WORKERS = 8  # decode processes by default, at most: every record goes through the one writer, so more would mostly wait
+LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
+
+def _deprecated(old:str, new:str):
+    warnings.warn(f"build_shelf({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=4)
+
+def _old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func) -> tuple:
+    "(dest, path, suff, label_col) from the arguments, the deprecated spellings (each with its warning) among them."
+    if dest is None:  # the old spelling: the second argument was the shelf
+        _deprecated('source, path=<the shelf>', "build_shelf(source, dest, path=<image root>, ...)"); dest, path = path, '.'
+    if img_path is not None:
+        _deprecated('img_path=', "path= (and folder=), as fastai's from_df")
+        if path != '.' or folder is not None: raise ShelfError("give path= (and folder=), not img_path= as well")
+        path = img_path
+    if suffix is not None: _deprecated('suffix=', 'suff='); suff = suffix
+    if label_cols is not None: _deprecated('label_cols=', 'label_col= (one or a list)'); label_col = label_cols
+    if label_func is not None: _deprecated('label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
+    return dest, path, suff, label_col
+
+def _image_cls_gray(img_cls) -> bool:
+    "Is fastai's `img_cls` gray (`PILImageBW` and its subclasses: one channel) or not (`PILImage`: RGB)?"
+    name = img_cls if isinstance(img_cls, str) else img_cls.__name__
+    bw = name.endswith(('BW', 'Gray')) or any(c.__name__ == 'PILImageBW' for c in getattr(img_cls, '__mro__', ()))
+    if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
+    return bw
+
+def _check_request(dest, df, valid_col, settings:BuildSettings, mask_path):
+    "Refuse, before anything is written, what no build does: a missing `valid_col`, masks with `frame='all'`, a sharded `dest`."
+    if valid_col is not None and valid_col not in df.columns: raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
+    if settings.frame == 'all' and mask_path is not None: raise ShelfError("masks are one per file: frame='all' makes several images of one")
+    if shelf_kind(dest) == 'sharded': raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
+
+def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> tuple:
+    "(files, masks, pref): each id's image file and mask file (or None), and the folder the table's ids name files in."
+    pref = str(Path(path) if folder is None else Path(path)/folder)
+    if col is not None and not Path(pref).is_dir(): raise ShelfError(f"no folder {pref}: the images named in the table are looked for there")
+    files = df['file'].tolist() if col is None else [str(Path(pref)/f'{k}{suff}') for k in keys]
+    masks = ([None] * len(keys) if mask_path is None else
+             [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
+    return files, masks, pref
+
+def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
+    "The table's columns that are neither ids nor labels (a patient id, a fold, `valid_col`), by key: what splitters read."
+    used = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)] + [col, 'file']
+    return df[[c for c in df.columns if c not in used]].set_axis(keys)
+
 def _frames_table(rec_keys, table):
     "The table of a `frame='all'` shelf: a row per frame, its file's columns and 'file', the id (the group for `GroupSplitter`)."
     fk = [k for k in rec_keys if k.rpartition('#')[0] in table.index]
     files = [k.rpartition('#')[0] for k in fk]
     return table.reindex(files).set_axis(fk).assign(file=files)
 
-def _deprecated(old:str, new:str):
-    warnings.warn(f"build_shelf({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=3)
-
-def _image_cls_gray(img_cls, gray):
-    "`gray` as fastai's `img_cls` says it (`PILImageBW` and its subclasses: one channel; `PILImage`: RGB)."
-    if img_cls is None: return gray
-    name = img_cls if isinstance(img_cls, str) else img_cls.__name__
-    bw = name.endswith(('BW', 'Gray')) or any(c.__name__ == 'PILImageBW' for c in getattr(img_cls, '__mro__', ()))
-    if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
-    return bw
-
-def _check_stored_labels(shelf, want:dict, chunk:int=1024):
+def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
     "Refuse a resume whose table gives records already in `shelf` other labels than they hold (`want`: key → labels)."
     keys, diff = [k for k,v in want.items() if v is not None], []
     for i in range(0, len(keys), chunk):
@@ -552,6 +224,32 @@ def _check_stored_labels(shelf, want:dict, chunk:int=1024):
     if diff: raise ShelfError(f"{shelf.path}: the table gives {len(diff)} records already there other labels, e.g. {diff[:3]}: "
                               f"build to a new path to change labels")
 
+def _todo(shelf, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
+    "(decode tasks for the ids not in `shelf` yet, how many are there): a resume, refused if the table changed their labels."
+    valid = [k for k in keys if key_bytes(k) is not None]
+    # A file's frames commit in one transaction: its first frame there means all of them are
+    probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
+    todo = {probe[p] for p in shelf.missing(list(probe))}
+    lab_of = dict(zip(keys, labels))  # a resume must not leave records with labels the table no longer gives
+    _check_stored_labels(shelf, {p: lab_of[k] for p,k in probe.items() if k not in todo})
+    tasks = [(k, f, l, m, settings, compression) for k,f,l,m in zip(keys, files, labels, masks) if k in todo]
+    return tasks, len(valid) - len(tasks)
+
+def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool, progress:bool, bad:list) -> int:
+    "Decode `tasks` in `n_workers` processes, writing records as they come and adding unusable inputs to `bad`: how many written."
+    fn_of, t0 = {t[0]: t[1] for t in tasks}, time.time()
+    results = stream_map(_decode_task, tasks, n_workers)
+    pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else None
+    with _Writer(shelf, commit_every) as w:
+        for key, recs, hist, reason in (results if pb is None else pb):
+            if recs is not None: w.add(recs, hist)
+            elif strict: raise ShelfError(f"{fn_of[key]} (id {key!r}): {reason}")
+            else: bad.append((key, fn_of[key], reason))
+            if pb is not None: pb.comment = f'{(w.written+len(w.pending))/(time.time()-t0):.1f} img/s'
+    return w.written
+
+# %% ../nbs/02_build.ipynb #e25177b3
+@delegates(BuildSettings)
 def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
                 dest=None, # the shelf to write (a build into an existing one resumes it)
                 path='.', # as fastai's `from_df`: the image root, files are `path/folder/{fn}{suff}`
@@ -565,93 +263,44 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 vocab=None, # the category values (or tags, or label names) and their order
                 valid_col:str=None, # a bool column marking the validation set: kept in the table, `from_shelf` splits on it
                 img_cls=None, # `PILImageBW`: gray, `PILImage`: RGB (else `gray` decides)
-                size=None, # square (or (h, w)) output size: stretches, as the seed did
-                shortest_side:int=None, # keep aspect; the shorter side becomes this
-                max_side:int=None, # keep aspect; shrink so the longer side is at most this
-                gray:bool=True, # one gray channel (else RGB)
-                n_workers:int=None, # decode processes (default: cores, at most 8)
+                n_workers:int=None, # decode processes (default: cores, at most `MAX_WORKERS`)
                 commit_every:int=128, # records per commit
                 strict:bool=False, # stop at the first bad input instead of reporting it
                 progress:bool=True, # show a progress bar and print the report
                 compression:str=None, # None or one of `COMPRESSIONS` ('zstd-delta': small): each image on its own
                 level:int=None, # the compression level (None: the library's default)
-                scale:str='minmax', # 16-bit and float inputs to uint8: 'minmax' or 'percentile' (0.5-99.5) per image
-                frame:int|str=0, # the frame of a multi-frame DICOM file that becomes the image; 'all': each frame a record
                 mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
                 img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
+                **kwargs, # the `BuildSettings`: size, shortest_side, max_side, gray, scale, frame
                ) -> BuildReport:
     "Decode and resize the images of `source` once, in worker processes, into the shelf `dest`; resumable."
     t0 = time.time()
-    if dest is None:  # today's spelling: the second argument was the shelf
-        _deprecated('source, path=<the shelf>', "build_shelf(source, dest, path=<image root>, ...)"); dest, path = path, '.'
-    if img_path is not None:
-        _deprecated('img_path=', "path= (and folder=), as fastai's from_df")
-        if path != '.' or folder is not None: raise ShelfError("give path= (and folder=), not img_path= as well")
-        path = img_path
-    if suffix is not None: _deprecated('suffix=', 'suff='); suff = suffix
-    if label_cols is not None: _deprecated('label_cols=', 'label_col= (one or a list)'); label_col = label_cols
-    if label_func is not None: _deprecated('label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
-    gray = _image_cls_gray(img_cls, gray)
+    dest, path, suff, label_col = _old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func)
+    settings = BuildSettings(**(kwargs if img_cls is None else {**kwargs, 'gray': _image_cls_gray(img_cls)}))
     if isinstance(source, (str, Path)) and not Path(source).exists() and (Path(path)/source).is_file(): source = Path(path)/source  # as `from_csv`
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab, label_func)
-    if valid_col is not None and valid_col not in df.columns: raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
-    pref = str(Path(path) if folder is None else Path(path)/folder)
-    files = df['file'].tolist() if col is None else [str(Path(pref)/f'{k}{suff}') for k in keys]
-    if col is not None and not Path(pref).is_dir(): raise ShelfError(f"no folder {pref}: the images named in the table are looked for there")
-    if frame == 'all' and mask_path is not None: raise ShelfError("masks are one per file: frame='all' makes several images of one")
-    settings = BuildSettings(size, shortest_side, max_side, gray, scale, frame)
-    masks = ([None] * len(keys) if mask_path is None else
-             [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
-    n_workers = ifnone(n_workers, min(os.cpu_count() or 1, 8))
+    _check_request(dest, df, valid_col, settings, mask_path)
+    files, masks, pref = _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
+    table = _other_columns(df, keys, col, label_col)
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
-    if shelf_kind(dest) == 'sharded': raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta), build=settings.as_meta(),
-                          image_mode='L' if gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
+                          image_mode='L' if settings.gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
-        label_names = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
-        extra = [c for c in df.columns if c not in label_names + [col, 'file']]
-        if extra and frame != 'all': shelf.set_table(df[extra].set_axis(keys))
-        valid = [k for k in keys if key_bytes(k) is not None]
-        # A file's frames commit in one transaction: its first frame there means all of them are
-        probe = {frame_key(k, 0) if frame == 'all' else k: k for k in valid}
-        todo = {probe[p] for p in shelf.missing(list(probe))}
-        lab_of = dict(zip(keys, labels))  # a resume must not leave records with labels the table no longer gives
-        _check_stored_labels(shelf, {p: lab_of[k] for p,k in probe.items() if k not in todo})
-        by_key = {k:(f, l, m) for k,f,l,m in zip(keys, files, labels, masks) if k in todo}
-        tasks = [(k, *by_key[k], settings, (compression, level)) for k in keys if k in todo]
-        stats = PixelStats(shelf.meta.get('stats'))
-        pending, nbytes, written = [], 0, 0
-        def commit():
-            nonlocal pending, nbytes, written
-            if pending:
-                shelf.put_many(pending, meta=dict(stats=stats.as_meta()))  # the histograms commit with their records
-                written += len(pending); pending, nbytes = [], 0
-        results = stream_map(_decode_task, tasks, n_workers)
-        pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else results
-        try:
-            for key, recs, hist, reason in pb:
-                if recs is None:
-                    fn = by_key[key][0]
-                    bad.append((key, fn, reason))
-                    if strict: raise ShelfError(f"{fn} (id {key!r}): {reason}")
-                    continue
-                pending += recs; nbytes += sum(len(d) for _,d in recs); stats.add(hist)
-                if len(pending) >= commit_every or nbytes >= 32<<20: commit()
-                if pb is not results: pb.comment = f'{(written+len(pending))/(time.time()-t0):.1f} img/s'
-        finally:
-            commit()  # an error or interrupt never loses what was decoded
-            if not len(shelf): shelf.update_meta(build=None)  # no record: no settings left to refuse a corrected rerun
-        if frame == 'all': shelf.set_table(_frames_table(shelf.keys(), df[extra].set_axis(keys)))
+        if len(table.columns) and settings.frame != 'all': shelf.set_table(table)
+        tasks, existing = _todo(shelf, keys, files, labels, masks, settings, (compression, level))
+        n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
+        written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
+        if settings.frame == 'all': shelf.set_table(_frames_table(shelf.keys(), table))
         shelf.update_meta(n_records=len(shelf))
-    report = BuildReport(dest, len(keys), written, len(valid)-len(tasks), bad, time.time()-t0)
+    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0)
     if progress: print(report)
     return report
 
@@ -659,8 +308,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
 def record_meta(rec:dict) -> dict:
     "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
     img, lab, meta = rec.get('image'), rec.get('labels'), {}
-    if isinstance(img, np.ndarray):
-        meta.update(build=dict(schema=1, size=list(img.shape[:2]), shortest_side=None, max_side=None, gray=img.ndim == 2),
+    if isinstance(img, np.ndarray):  # a shelf from elsewhere scaled 16-bit input as schema-1 builds did: 'legacy'
+        meta.update(build=BuildSettings(size=list(img.shape[:2]), gray=img.ndim == 2, scale='legacy').as_meta(),
                     image_mode='L' if img.ndim == 2 else 'RGB')
     if isinstance(lab, np.ndarray): meta.update(label_kind='multi', label_names=[str(i) for i in range(lab.size)])
     return meta

@@ -14,6 +14,7 @@ from .codec import ShelfError
 from .interface import PickleRefusedError, DamagedStoreError
 from .store import open_shelf, shelf_kind
 from .info import shelf_info
+from .images import BuildSettings
 from .build import build_shelf, convert_shelf
 
 # %% auto #0
@@ -36,7 +37,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           y_block:str=None, # regression, category or multi (fastai's RegressionBlock, CategoryBlock, MultiCategoryBlock)
           vocab:str='', # comma-separated category values (or tags), in their order
           valid_col:str=None, # a bool column marking the validation set (kept; from_shelf splits on it)
-          size:int=None, # square output size (stretches, as the seed did)
+          size:int=None, # square output size (stretches the image)
           shortest_side:int=None, # keep aspect; the shorter side becomes this
           max_side:int=None, # keep aspect; shrink so the longer side is at most this
           rgb:store_true=False, # keep colour (default: one gray channel)
@@ -47,8 +48,8 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
           compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw)
           level:int=None, # the compression level (default: the library's)
-          scale:str='minmax', # 16-bit and float inputs to 8 bits: minmax or percentile (0.5-99.5), per image
-          frame:str='0', # the frame of multi-frame DICOM files to keep, or all: each frame a record (id#0000, id#0001, ...)
+          scale:str=None, # 16-bit and float inputs to 8 bits, per image: minmax (the default) or percentile (0.5-99.5)
+          frame:str=None, # the frame of multi-frame DICOM files to keep (the first by default), or all: each frame a record (id#0000, ...)
           mask_path:str=None, # folder of segmentation masks, one per image, stored as 'mask'
           mask_suffix:str='.png', # appended to ids to name mask files
           codes:str='', # comma-separated class names of the masks
@@ -56,13 +57,16 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           suffix:str=None, # deprecated: --suff
           label_cols:str=None): # deprecated: --label-col
     "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
+    # The build settings given, under `BuildSettings`' own names: those not given keep its defaults
+    settings = {k: v for k,v in locals().items() if k in BuildSettings.fields and v is not None}
+    if rgb: settings['gray'] = False
+    if settings.get('frame', '').lstrip('-').isdigit(): settings['frame'] = int(settings['frame'])
     for old, new, v in (('img-path', 'path', img_path), ('suffix', 'suff', suffix), ('label-cols', 'label-col', label_cols)):
         if v is not None: print(f"fastai-shelve build: --{old} is deprecated and goes in the next release: use --{new}", file=sys.stderr)
     path, suff, label_col = img_path or path, suffix if suffix is not None else suff, label_cols if label_cols is not None else label_col
     kw = dict(folder=folder, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suff=suff, label_col=_items(label_col),
-              label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, size=size,
-              shortest_side=shortest_side, max_side=max_side, gray=not rgb, strict=strict, compression=compression,
-              level=level, scale=scale, frame=int(frame) if frame.lstrip('-').isdigit() else frame, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes))
+              label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, strict=strict,
+              compression=compression, level=level, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes), **settings)
     if kw['label_col'] and len(kw['label_col']) == 1: kw['label_col'] = kw['label_col'][0]
     if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
     if shards:

@@ -21,7 +21,9 @@ from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
 from .interface import ShelfBase
 from .store import open_shelf
-from .build import BuildSettings, block_kind, record_meta
+from .images import BuildSettings
+from .labels import block_kind
+from .build import record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
 
 # %% auto #0

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 from .codec import ShelfError
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
-from .build import build_shelf, read_source, encode_labels, mp_context, BuildSettings
+from .images import BuildSettings
+from .labels import read_source, encode_labels
+from .build import build_shelf, mp_context
 
 # %% auto #0
 __all__ = ['build_sharded']
@@ -35,7 +37,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     lab = {k: kwargs.get(k) for k in ('label_col', 'label_delim', 'y_block', 'vocab', 'label_func')}
     if lab['label_col'] is None: lab['label_col'] = kwargs.get('label_cols')  # today's spelling (`build_shelf` warns)
     _, label_meta = encode_labels(df, keys, **lab)
-    BuildSettings(**{k: kwargs[k] for k in ('size', 'shortest_side', 'max_side', 'gray', 'scale', 'frame') if k in kwargs})  # checked before anything is written
+    BuildSettings(**{k: v for k,v in kwargs.items() if k in BuildSettings.fields})  # checked before anything is written
     m = write_manifest(path, n_shards)
     for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])

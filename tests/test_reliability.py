@@ -298,8 +298,8 @@ def test_two_builds_with_other_settings_started_together(kill_corpus, tmp_path, 
 KILL_WORKERS = textwrap.dedent('''
     import sys, time, pandas as pd
     import fastai_shelve.build as b
-    _load = b.load_image
-    b.load_image = lambda *a, **k: (time.sleep(0.2), _load(*a, **k))[1]  # slow decodes: the kill finds the workers busy
+    _load = b.BuildSettings.load
+    b.BuildSettings.load = lambda self, fn: (time.sleep(0.2), _load(self, fn))[1]  # slow decodes: the kill finds the workers busy
     b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                   size=32, n_workers=2, progress=False)
 ''')

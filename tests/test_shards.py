@@ -36,8 +36,8 @@ KILLED_SHARD = """
 import sys, time, pandas as pd
 import fastai_shelve.build as b
 from fastai_shelve.shards import _build_part
-_load = b.load_image
-b.load_image = lambda *a, **k: (time.sleep(0.05), _load(*a, **k))[1]  # a slower decode, so the kill lands mid-shard
+_load = b.BuildSettings.load
+b.BuildSettings.load = lambda self, fn: (time.sleep(0.05), _load(self, fn))[1]  # a slower decode, so the kill lands mid-shard
 part = pd.read_csv(sys.argv[1])
 _build_part(part, sys.argv[2], path=sys.argv[3], fn_col='StudyInstanceUID', suff='.jpg', label_col=['a', 'b', 'c'],
             size=48, commit_every=2)
