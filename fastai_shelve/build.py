@@ -611,15 +611,17 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
-        # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
+        # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
+        label_names = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta), build=settings.as_meta(),
                           image_mode='L' if gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
-                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
+                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=label_names,
+                                                              label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
-        label_names = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
         extra = [c for c in df.columns if c not in label_names + [col, 'file']]
         if extra and frame != 'all': shelf.set_table(df[extra].set_axis(keys))
         valid = [k for k in keys if key_bytes(k) is not None]
+        shelf.keep_order(valid, frames=frame == 'all')  # `from_shelf` takes items in the table's row order, as `from_df`
         # A file's frames commit in one transaction: its first frame there means all of them are
         probe = {frame_key(k, 0) if frame == 'all' else k: k for k in valid}
         todo = {probe[p] for p in shelf.missing(list(probe))}
@@ -690,4 +692,5 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
         out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression})
         if src.table is not None: out.set_table(src.table)
+        if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
     return len(keys)
