@@ -128,3 +128,11 @@ def test_sharded_items_in_table_order(table):
     ref = ImageDataLoaders.from_df(df, path, img_cls=PILImageBW, valid_pct=0.25, seed=2, bs=4, num_workers=0, **KW)
     assert list(ours.valid_ds.items) == ref.valid_ds.items.fn.tolist()
     _same_batches(ours.valid, ref.valid)
+
+def test_test_dl_with_labels_from_0_1_columns(bars_shelf):
+    "0/1 label columns: test_dl(df, with_labels=True) gives each row's columns as the multi-label target."
+    path, df = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=4, seed=0)
+    rows = df.iloc[[5, 0, 9, 2]]
+    x, y = dls.test_dl(rows, with_labels=True).one_batch()
+    assert x.shape == (4, 1, 64, 64) and torch.equal(y.cpu(), torch.tensor(rows[['a', 'b', 'c']].to_numpy(), dtype=torch.float32))
