@@ -256,7 +256,7 @@ def _named(split, shelf, how:str):
     return _inner
 
 def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
-    how = (f"valid_keys ({len(valid_keys)})" if valid_keys is not None else f"valid_col={valid_col!r}" if valid_col is not None
+    how = ("valid_keys" if valid_keys is not None else f"valid_col={valid_col!r}" if valid_col is not None
            else f"group_col={group_col!r}, valid_pct={valid_pct}" if group_col is not None else f"valid_pct={valid_pct}")
     return _named(_split(shelf, valid_pct, seed, valid_keys, valid_col, group_col), shelf, how)
 
