@@ -52,12 +52,13 @@ def test_items_targets_images_in_from_df_order(table, split, nw):
     _same_batches(ours.valid, ref.valid)
     _same_batches(ours.train.new(shuffle=False, drop_last=False), ref.train.new(shuffle=False, drop_last=False))
 
-def test_get_preds_rows_line_up_with_the_table(table):
+@pytest.mark.parametrize('nw', [0, 2])
+def test_get_preds_rows_line_up_with_the_table(table, nw):
     "get_preds(ds_idx=1)'s targets are the valid rows of the table in order, as a Learner on from_df gives them."
     path, df = table
     shelf = _build(path, df, valid_col='is_valid')
-    ours = ShelfDataLoaders.from_shelf(shelf, bs=4, normalize=False)
-    ref = ImageDataLoaders.from_df(df, path, img_cls=PILImageBW, valid_col='is_valid', bs=4, num_workers=0, **KW)
+    ours = ShelfDataLoaders.from_shelf(shelf, bs=4, normalize=False, num_workers=nw)
+    ref = ImageDataLoaders.from_df(df, path, img_cls=PILImageBW, valid_col='is_valid', bs=4, num_workers=nw, **KW)
     _, t_ours = vision_learner(ours, resnet18, n_in=1, pretrained=False).get_preds(ds_idx=1)
     _, t_ref = vision_learner(ref, resnet18, n_in=1, pretrained=False).get_preds(ds_idx=1)
     want = [ref.vocab.o2i[v] for v in df.y[df.is_valid]]
