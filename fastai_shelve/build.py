@@ -203,9 +203,13 @@ def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> t
              [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
     return files, masks, pref
 
+def _label_columns(df, label_col) -> list:
+    "The names of `df`'s label columns (`label_col` may give them by position)."
+    return [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+
 def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
     "The table's columns that are neither ids nor labels (a patient id, a fold, `valid_col`), by key: what splitters read."
-    used = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)] + [col, 'file']
+    used = _label_columns(df, label_col) + [col, 'file']
     return df[[c for c in df.columns if c not in used]].set_axis(keys)
 
 def _frames_table(rec_keys, table):
@@ -289,12 +293,14 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
-        # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
+        # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta), build=settings.as_meta(),
                           image_mode='L' if settings.gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
-                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
+                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=_label_columns(df, label_col),
+                                                              label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         if len(table.columns) and settings.frame != 'all': shelf.set_table(table)
+        shelf.keep_order([k for k in keys if key_bytes(k) is not None], frames=settings.frame == 'all')  # `from_shelf`'s item order, as `from_df`'s rows
         tasks, existing = _todo(shelf, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
@@ -339,4 +345,5 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
         out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression})
         if src.table is not None: out.set_table(src.table)
+        if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
     return len(keys)

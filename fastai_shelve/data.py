@@ -29,7 +29,7 @@ from .fetch import ShelfDL, ShelfReader, needs_pil
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
            'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
-           'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_dblock', 'ShelfDataLoaders']
+           'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_items', 'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -78,7 +78,21 @@ class ShelfGetter(ShelfReader):
     input_types = (str, Path, pd.Series, Image.Image, np.ndarray, torch.Tensor)  # fastai's `test_dl` keeps this transform for all
     def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False, settings:BuildSettings=None, files:dict=None):
         super().__init__(shelf, field); store_attr('new_items,settings,files')
-    def encodes(self, o): return self.post(self.read(o))
+    def encodes(self, o):
+        # A DataFrame row at a target getter (`test_dl(df, with_labels=True)`): its label columns, as fastai's `ColReader`
+        if isinstance(o, pd.Series) and not self.new_items: return self.from_row(o)
+        return self.post(self.read(o))
+    def from_row(self, row):
+        "The target of DataFrame row `row`, from its columns as the build read them."
+        raise ShelfError(f"{self.shelf.path}: a DataFrame row's {self.field!r} is not in its columns: test_dl(df) without labels")
+    def label_cols(self, row) -> pd.Series:
+        "`row`'s values in the build's label columns."
+        cols = (self.files or {}).get('label_col')
+        if not cols: raise ShelfError(f"{self.shelf.path} keeps no label columns (built from files, or before they were kept): "
+                                      f"rebuild it from a table for test_dl(df, with_labels=True)")
+        miss = [c for c in cols if c not in row.index]
+        if miss: raise ShelfError(f"the rows have no column {miss[0]!r}, a label column of {self.shelf.path}")
+        return row[cols]
     def read(self, o):
         if not self.new_items:
             if isinstance(o, str): return self.shelf[o][self.field]
@@ -111,25 +125,41 @@ class ShelfGetter(ShelfReader):
 
 class MultiLabels(ShelfGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
+    def __init__(self, shelf, field='labels', names=None, files=None): super().__init__(shelf, field, files=files); self.names = names
     def post(self, x): return np.asarray(x).reshape(-1)
+    def from_row(self, row):
+        v, delim = self.label_cols(row), self.files.get('label_delim')
+        if delim is None: return v.to_numpy().astype(np.int8)  # 0/1 columns
+        v = v.iloc[0]
+        tags = [] if pd.isna(v) or str(v) == '' else str(v).split(delim)  # as the build split them
+        unknown = sorted(set(tags) - set(self.names))
+        if unknown: raise ShelfError(f"tags {unknown[:5]} are not among {self.shelf.path}'s: {self.names[:10]}")
+        return np.isin(self.names, tags).astype(np.int8)
     def encodes_batch(self, o): return o.reshape(len(o), -1)
 
 class CategoryLabel(ShelfGetter):
     "A record's category index, as its value from the shelf's vocab."
     # `names`, not `vocab`: fastai gathers every `vocab` in a pipeline, and `Categorize` owns that one.
-    def __init__(self, shelf, names, field='labels'): super().__init__(shelf, field); self.names = list(names)
+    def __init__(self, shelf, names, field='labels', files=None): super().__init__(shelf, field, files=files); self.names = list(names)
     def post(self, x): return self.names[int(x)]
+    def from_row(self, row):
+        v = self.label_cols(row).iloc[0]
+        return v.item() if isinstance(v, np.generic) else v  # the value itself, as `ColReader` gives `Categorize`
     def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).tolist()]
 
 class RegressionLabel(ShelfGetter):
     "A record's float targets: a float for one column (as fastai's `ColReader` gives it), else a vector."
     # `values`: a category shelf's numeric vocab, read as numbers; 0/1 multi-labels are floats as they are.
-    def __init__(self, shelf, n:int, values=None, field='labels'): super().__init__(shelf, field); self.n, self.values = n, values
+    def __init__(self, shelf, n:int, values=None, field='labels', files=None):
+        super().__init__(shelf, field, files=files); self.n, self.values = n, values
     def floats(self, x):
         x = np.asarray(x)
         return np.asarray(self.values, np.float32)[x.astype(np.int64)] if self.values is not None else x.astype(np.float32)
     def post(self, x):
         x = self.floats(x).reshape(-1)
+        return x[0] if self.n == 1 else x
+    def from_row(self, row):
+        x = self.label_cols(row).to_numpy(np.float32)  # the numbers themselves (a numeric category's too)
         return x[0] if self.n == 1 else x
     def encodes_batch(self, o):
         o = self.floats(o).reshape(len(o), -1)
@@ -160,7 +190,11 @@ def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
         rng = np.random.default_rng(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
         order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
         cum = sizes[order].cumsum().to_numpy()
-        valid = set(order[:int(np.searchsorted(cum, valid_pct*len(keys))) + 1]) if valid_pct > 0 else set()
+        n = int(np.searchsorted(cum, valid_pct*len(keys))) + 1 if valid_pct > 0 else 0
+        if 0 < valid_pct < 1:  # as fastai's `RandomSplitter`, a share under 1 leaves items to train on
+            if len(order) < 2: raise ShelfError(f"all {len(keys)} items are one group ({order[0]!r}): a group split needs two or more")
+            n = min(n, len(order) - 1)
+        valid = set(order[:n])
         is_valid = g.isin(valid).to_numpy()
         return L(np.where(~is_valid)[0].tolist()), L(np.where(is_valid)[0].tolist())
     return _inner
@@ -188,7 +222,7 @@ def _regression(shelf, meta:dict, n_out=None):
     elif kind in ('regression', 'multi'): n, values = len(names), None
     else: raise ShelfError(f"{shelf.path} has no labels for a RegressionBlock")
     if n_out is not None and n_out != n: raise ShelfError(f"RegressionBlock(n_out={n_out}), but {shelf.path} holds {n} targets per record")
-    return TransformBlock(type_tfms=ShelfRegressionSetup(c=n)), RegressionLabel(shelf, n, values)
+    return TransformBlock(type_tfms=ShelfRegressionSetup(c=n)), RegressionLabel(shelf, n, values, files=meta.get('files'))
 
 def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, vocab=None, pil:bool=False):
     "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), as its metadata and `y_block` say; (None, None) for none."
@@ -205,15 +239,30 @@ def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, voca
         vocab = meta['vocab'] if vocab is None else list(vocab)
         missing = [v for v in meta['vocab'] if v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
-        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), CategoryLabel(shelf, meta['vocab'])
+        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), CategoryLabel(shelf, meta['vocab'], files=meta.get('files'))
     if kind != 'multi': return None, None
-    names = meta.get('label_names')
+    stored = names = meta.get('label_names')
     if vocab is not None:
         if len(vocab) != len(names): raise ShelfError(f"vocab has {len(vocab)} names, and {shelf.path}'s labels {len(names)}")
         names = vocab
-    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels')
+    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.get('files'))
+
+def _named(split, shelf, how:str):
+    "`split`, with its refusals, and a split that leaves nothing to train on, a `ShelfError` naming the shelf and the split."
+    def _inner(items):
+        try: train, valid = split(items)
+        except ShelfError as e: raise ShelfError(f"{shelf.path}: {how}: {e}") from None
+        if len(items) and not len(train):  # fastai fails later, with an IndexError in its setup
+            raise ShelfError(f"{shelf.path}: {how} leaves no training items: all {len(items)} are validation")
+        return train, valid
+    return _inner
 
 def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
+    how = ("valid_keys" if valid_keys is not None else f"valid_col={valid_col!r}" if valid_col is not None
+           else f"group_col={group_col!r}, valid_pct={valid_pct}" if group_col is not None else f"valid_pct={valid_pct}")
+    return _named(_split(shelf, valid_pct, seed, valid_keys, valid_col, group_col), shelf, how)
+
+def _split(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
     if valid_keys is not None: return KeySplitter(valid_keys)
     table = shelf.table
     def col(c):
@@ -225,6 +274,15 @@ def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
         return KeySplitter(valid.index[valid.astype(bool)])
     if group_col is not None: return GroupSplitter(col(group_col), valid_pct, seed)
     return RandomSplitter(valid_pct, seed)
+
+def shelf_items(shelf:ShelfBase) -> list:
+    "The shelf's keys in its build table's row order (a file's frames in frame order), as `from_df` takes rows."
+    keys, order = shelf.keys(), shelf.order
+    if order is None: return keys  # built before the order was kept (or not by `build_shelf`): key order
+    pos = order.to_dict()
+    frames = ((shelf.meta.get('build') or {}).get('frame')) == 'all'
+    end = len(pos) and int(order.max()) + 1  # keys the build table did not give (written since): last, in key order
+    return sorted(keys, key=lambda k: pos.get(k.rpartition('#')[0] if frames else k, end))  # stable: frames stay in order
 
 def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."
@@ -271,7 +329,7 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
                    get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=meta.get('files')), get_y=get_y,
                    splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
                    item_tfms=item_tfms, batch_tfms=batch_tfms)
-    db.shelf = shelf  # the handle its DataLoaders read, and whose keys they take
+    db.shelf = shelf  # the handle its DataLoaders read, and whose keys they take (`shelf_items`: in the build table's order)
     return db
 
 class ShelfDataLoaders(DataLoaders):
@@ -290,7 +348,7 @@ class ShelfDataLoaders(DataLoaders):
         if num_workers is None: num_workers = None if item_tfms else 0
         db = shelf_dblock(shelf, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
                           normalize, allow_pickle, lock, label_names)
-        dls = cls.from_dblock(db, db.shelf.keys(), num_workers=num_workers, **kwargs)
+        dls = cls.from_dblock(db, shelf_items(db.shelf), num_workers=num_workers, **kwargs)
         return cls(*dls.loaders, path=dls.path, device=dls.device)
 
     def test_dl(self, test_items, **kwargs):

@@ -8,7 +8,7 @@ import os
 from abc import abstractmethod
 from contextlib import contextmanager
 from collections.abc import MutableMapping
-import numpy as np
+import numpy as np, pandas as pd
 from .codec import ShelfError
 
 # %% auto #0
@@ -38,7 +38,7 @@ RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `KeyEr
 
 class ShelfBase(MutableMapping):
     "The shelf interface: the read side every backend implements; the write side implemented or refused with a `ReadOnlyError`."
-    _batch, table = None, None
+    _batch, table, order = None, None, None  # `order`: the build table's row of each key (a Series), None if not kept
     cannot_write = "it is open read-only: open_shelf(path, mode='c') to write"  # why the write side is refused
 
     @abstractmethod
@@ -85,6 +85,19 @@ class ShelfBase(MutableMapping):
     def delete(self, key): self._refuse('delete records')
     def update_meta(self, **kwargs): self._refuse('store metadata')
     def set_table(self, df): self._refuse('store a table')
+    def set_order(self, keys, rows=None): self._refuse('store a row order')
+
+    def keep_order(self, ids, rows=None, frames:bool=False):
+        "Add the build table's `ids` (at row numbers `rows`) to the row order, after the rows it holds: `from_shelf`'s items."
+        old = self.order
+        if old is None:  # records of a build that kept no order: first, in key order (as they were read before)
+            have = list(dict.fromkeys(k.rpartition('#')[0] if frames else k for k in self.keys()))
+            old = pd.Series(np.arange(len(have)), index=have, dtype=np.int64)
+        known = set(old.index)
+        new = [i for i,k in enumerate(ids) if k not in known]
+        if not new: return
+        rows = np.arange(len(ids)) + (int(old.max()) + 1 if len(old) else 0) if rows is None else np.asarray(rows, np.int64)
+        self.set_order(list(old.index) + [ids[i] for i in new], np.concatenate([old.to_numpy(), rows[new]]))
     def _refuse(self, what): raise ReadOnlyError(f"{self.path}: cannot {what}: {self.cannot_write}")
 
     def __getitem__(self, key):

@@ -405,6 +405,18 @@ class Shelf(ShelfBase):
         d = self._get_meta(b'table')
         return None if d is None else pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
 
+    def set_order(self, keys, rows=None):
+        "Store the build table's row order: `keys` (ids) in it, at row numbers `rows` (default 0, 1, ...; a shard's: the whole table's)."
+        d = {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]})
+        self._commit([(b'order', json.dumps(d).encode())], db=self._metadb)
+
+    @property
+    def order(self):
+        "The build table's row number of each id (a Series indexed by id, in row order), or None if its build kept none."
+        d = self._get_meta(b'order')
+        if d is None: return None
+        return pd.Series(d.get('rows', range(len(d['keys']))), index=pd.Index(d['keys'], name='key'), dtype=np.int64)
+
     def verify(self, progress=None) -> list:
         "(key, reason) for every record that fails to decode, to match its checksum and key, or to be found under its key."
         check_structure(self.path, self._locked)

@@ -159,6 +159,12 @@ class ShardedShelf(ShelfBase):
         ts = [t for t in (s.table for s in self.shards) if t is not None]
         return pd.concat(ts) if ts else None
 
+    @property
+    def order(self):
+        "The shards' row orders merged by the whole table's row numbers (`build_sharded` gives each shard those)."
+        parts = [o for o in (s.order for s in self.shards) if o is not None]
+        return pd.concat(parts).sort_values(kind='stable') if parts else None
+
     def verify(self, progress=None) -> list:
         "Each shard's bad records; then every key in the shard `shard_of` names, counts and identities as the manifest says."
         bad, m, self.notes = [b for s in self.shards for b in s.verify()], self.manifest, []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from .codec import ShelfError
+from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
@@ -20,6 +21,19 @@ def _build_part(part, dest, **kwargs):
     "One Dask task: one shard, built (or resumed) by one process."
     r = build_shelf(part, dest, n_workers=0, progress=False, **kwargs)
     return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds)
+
+def _keep_orders(path, names, keys, shard):
+    "Each shard's row order at the whole table's row numbers, after the rows the shards hold: `from_shelf` merges them."
+    shelves = [Shelf(Path(path)/n, 'c') for n in names]
+    try:
+        olds = [s.order for s in shelves]
+        start = max([len(s) for s in shelves] + [int(o.max()) + 1 for o in olds if o is not None and len(o)])
+        rows = np.arange(len(keys)) + start
+        for i, s in enumerate(shelves):
+            pos = np.flatnonzero(shard == i)
+            s.keep_order([keys[j] for j in pos], rows[pos])
+    finally:
+        for s in shelves: s.close()
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   path, # the folder of shards to write (a rerun resumes each shard)
@@ -41,6 +55,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     m = write_manifest(path, n_shards)
     for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
+    _keep_orders(path, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(img_path), 'fn_col': col if col is not None else 0,
           'vocab': label_meta.get('vocab', label_meta.get('label_names'))}

@@ -119,7 +119,7 @@ def test_label_delim_as_fastai_from_df(tmp_path):
     assert list(dls.vocab) == list(ref.vocab) == ['clear', 'cloudy', 'haze', 'primary', 'water']
     for ours, theirs in ((dls.train, ref.train), (dls.valid, ref.valid)):
         keys = list(theirs.items.image_name)
-        assert sorted(ours.items) == sorted(keys)
+        assert list(ours.items) == keys  # the table's row order ('train_10' after 'train_9'), as from_df's
         a, b = _by_key(ours, ours.items), _by_key(theirs, keys)
         for k in keys:
             assert torch.equal(a[k][1], b[k][1]) and type(a[k][1]) == type(b[k][1]), k  # one-hot TensorMultiCategory
@@ -127,6 +127,8 @@ def test_label_delim_as_fastai_from_df(tmp_path):
     # a test DataFrame's rows name files as fastai's ColReader does
     test = dls.test_dl(df.iloc[:3])
     assert torch.equal(test.one_batch()[0], ref.test_dl(df.iloc[:3]).one_batch()[0])
+    (x, y), (u, v) = (d.test_dl(df.iloc[8:14], with_labels=True).one_batch() for d in (dls, ref))  # tags read from the rows
+    assert torch.equal(x, u) and torch.equal(y, v) and type(y) == type(v)
 
 def test_deprecated_spellings_warn_and_work(bars, capsys):
     path, df = bars
