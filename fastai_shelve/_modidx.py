@@ -488,8 +488,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf._BatchFill.start': ( 'lmdb_shelf.html#_batchfill.start',
                                                                                          'fastai_shelve/lmdb_shelf.py'),
-                                          'fastai_shelve.lmdb_shelf._copy_raw': ( 'lmdb_shelf.html#_copy_raw',
-                                                                                  'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf._declared': ( 'lmdb_shelf.html#_declared',
                                                                                   'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf._pool': ('lmdb_shelf.html#_pool', 'fastai_shelve/lmdb_shelf.py')},

@@ -175,8 +175,9 @@ class Shelf(ShelfBase):
         keys = list(keys)
         if not keys: return out or {}
         fill = _BatchFill(self, out, fields, ifnone(n, len(keys)), len(keys))
+        read, add = self._read, fill.add
         with self.txn() as txn:
-            for k, row in zip(keys, ifnone(rows, range(len(keys)))): fill.add(k, self._read(txn, k), row)
+            for k, row in zip(keys, ifnone(rows, range(len(keys)))): add(k, read(txn, k), row)
             fill.finish()  # in the transaction: LMDB's buffers are valid only inside it
         return fill.out
 
@@ -324,12 +325,9 @@ def _pool() -> ThreadPoolExecutor:
     if p is None: p = _pools[os.getpid()] = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix='fastai_shelve')
     return p
 
-def _copy_raw(buf, raw, row):
-    "Copy `buf`'s raw fields into `row`, as planned: one `memcpy` each."
-    for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
-
 class _BatchFill:
     "One `get_batch`: records copied into rows of batch arrays, in steps."
+    __slots__ = 'shelf', 'out', 'fields', 'n', 'nkeys', 'first', 'first_plan', 'values', 'threads', 'jobs'  # read per record
     def __init__(self, shelf, out, fields, n:int, nkeys:int):
         self.shelf, self.out, self.fields, self.n, self.nkeys = shelf, out, fields, n, nkeys
         self.first, self.jobs = None, []
@@ -337,15 +335,19 @@ class _BatchFill:
     def add(self, k, buf, row:int):
         "Copy record `buf` into `row`; its compressed fields queued."
         if buf is None: raise self.shelf._key_error(k)
-        lay, raw, packed = self.plan(k, buf)
+        if self.first is not None and self.first.matches(buf):  # the batch's own header: planned already
+            lay, raw, packed = self.first_plan
+            try: check_key(buf, k)
+            except ShelfError as e: raise type(e)(f"{self.shelf.path}: key {k!r}: {e}") from None
+        else: lay, raw, packed = self.plan(k, buf)
         if self.threads: self.jobs.append((None, buf, raw, None, row, k))
-        else: _copy_raw(buf, raw, row)
+        else:
+            for a, dt, cnt, at, shape in raw: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
         for f, a in packed: self.jobs.append((lay, buf, f, a, row, k))
         if self.values: self.add_values(k, lay, row)
 
     def plan(self, k, buf) -> tuple:
-        "(layout, raw, packed) for `buf`: the first record's if it matches."
-        if self.first is not None and self.first.matches(buf): self.shelf._checked(k, lambda: check_key(buf, k)); return self.first_plan
+        "(layout, raw, packed) for a header new to the batch, checked to fit."
         lay = self.shelf._layout(k, buf)
         if self.out is None: self.out = self.alloc(lay)
         want = self.fit(k, lay)
@@ -392,7 +394,8 @@ class _BatchFill:
     def run(self, jobs):
         "Do `jobs`: raw copies of a record, or one compressed field."
         for lay, buf, f, arr, row, k in jobs:
-            if lay is None: _copy_raw(buf, f, row)
+            if lay is None:
+                for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
             else:
                 try: lay.read_into(buf, f, arr, row)
                 except ShelfError as e: raise type(e)(f"{self.shelf.path}: key {k!r}: {e}") from None
