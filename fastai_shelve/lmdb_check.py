@@ -53,7 +53,9 @@ env = lmdb.open(sys.argv[1], subdir=False, readonly=True, lock=sys.argv[2] == '1
 need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(sys.argv[1])
 if have < need: sys.exit(f"truncated: {have} bytes, but its last commit needs {need}")
 n = 0
-with env.begin(buffers=True) as txn:
+try: txn = env.begin(buffers=True)
+except lmdb.MapResizedError: env.set_mapsize(0); txn = env.begin(buffers=True)  # a writer grew the file since the open
+with txn:
     names = [bytes(k) for k in txn.cursor().iternext(values=False)]
     for name in names:
         db = env.open_db(name, txn=txn, create=False)
@@ -83,7 +85,7 @@ def _walk_mark(k) -> Path:
     return cache/hashlib.sha1(repr(k).encode()).hexdigest()
 
 def _remembered(k) -> tuple:
-    "(walked, bad): whether a walk found version `k` sound; its bad keys if full."
+    "(walked, bad) for version `k`: found sound? its bad keys, if full."
     if k not in _walked:
         try: _walked[k] = json.loads(_walk_mark(k).read_text())['bad']
         except (OSError, ValueError, KeyError, TypeError): return False, None
@@ -108,7 +110,7 @@ def _walk(path:Path, lock:bool, timeout:float, full:bool):
     return json.loads(r.stdout.strip().splitlines()[-1]) if full else None
 
 def check_structure(path, lock:bool=True, timeout:float=None, full:bool=False) -> dict:
-    "Walk every page of `path` in a child process; {key: why} of bad records."
+    "Walk `path`'s pages in a child process; {key: why} of bad records."
     path = Path(path)
     k = _version(path)
     walked, bad = _remembered(k)

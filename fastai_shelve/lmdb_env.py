@@ -39,7 +39,7 @@ def needs_lock(path:Path, readonly:bool, lock:bool=None) -> bool:
     return True
 
 def prepare_lock(path:Path):
-    "Give `path`'s lock file its blocks: a full disk errs here, not in SIGBUS."
+    "Give `path`'s lock file its blocks: a full disk errs here, not later."
     lockf = lock_path(path)
     try:
         fd = os.open(lockf, os.O_RDWR | os.O_CREAT, 0o664)

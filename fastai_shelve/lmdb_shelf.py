@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, json, time
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
@@ -27,7 +27,7 @@ _KEYED_FROM = 3      # the first format whose crc covers the key
 _COUNTED_FROM = 3    # the first format whose metadata keeps the count of records, with every commit
 
 def _declared(buf) -> int:
-    "Bytes record `buf`'s arrays decode to: what `max_record_bytes` follows."
+    "Bytes `buf`'s arrays decode to: what `max_record_bytes` follows."
     try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, _ANY_SIZE).fields)
     except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
 
@@ -81,8 +81,7 @@ class Shelf(ShelfBase):
     def _drop_fd(self):
         fd, self._fd = getattr(self, '_fd', None), None
         if fd is not None:
-            try: os.close(fd)
-            except OSError: pass
+            with suppress(OSError): os.close(fd)
 
     def _check_size(self, env):
         "Refuse to read a file shorter than its last commit: not a SIGBUS."
@@ -200,7 +199,7 @@ class Shelf(ShelfBase):
 
     # Writing
     def _commit(self, ops=(), meta:dict=None, check=None, db=None):
-        "One write transaction: `ops` [(key, bytes or None)], then `meta` merged."
+        "One write transaction: `ops` [(key, bytes or None)], `meta` merged."
         if self.readonly: self._refuse('write')
         recs = bool(ops) and db is None
         if recs and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
@@ -312,8 +311,7 @@ class Shelf(ShelfBase):
         return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch', '_fd')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._env = self._fd = None
     def __del__(self):
-        try: self.close()
-        except Exception: pass
+        with suppress(Exception): self.close()
 
 # %% ../nbs/00d_lmdb_shelf.ipynb #3f0a0009
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # a few: a DataLoader's workers take the other cores
