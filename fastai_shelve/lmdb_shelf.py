@@ -75,8 +75,7 @@ class Shelf(ShelfBase):
 
     def _drop(self):
         "Let go of the environment and the file."
-        release_env(self.path); self._env = None
-        self._drop_fd()
+        release_env(self.path); self._env = None; self._drop_fd()
 
     def _drop_fd(self):
         fd, self._fd = getattr(self, '_fd', None), None
@@ -306,12 +305,12 @@ class Shelf(ShelfBase):
         if not self._closed and self._env is not None and self._pid == os.getpid(): self._drop()
         self._closed, self._env = True, None
 
-    def __getstate__(self):
-        # A handle never travels: a spawned worker gets the path and opens its own.
+    def __getstate__(self):  # a handle never travels: a spawned worker gets the path and opens its own
         return {k:v for k,v in self.__dict__.items() if k not in ('_env', '_recs', '_metadb', '_batch', '_fd')} | {'_pid': None}
     def __setstate__(self, d): self.__dict__.update(d); self._env = self._fd = None
-    def __del__(self):
-        with suppress(Exception): self.close()
+    def __del__(self):  # at exit, module globals may be gone: nothing but builtins here
+        try: self.close()
+        except Exception: pass
 
 # %% ../nbs/00d_lmdb_shelf.ipynb #3f0a0009
 DECODE_THREADS = min(4, os.cpu_count() or 1)  # a few: a DataLoader's workers take the other cores
