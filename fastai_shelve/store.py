@@ -17,7 +17,7 @@ from .interface import (RAISE, key_bytes, PixelStats, ShelfClosedError, ReadOnly
                                      ShelfAccessError, BadKeyError)
 from .lmdb_env import LOCK_BYTES, read_only_fs, prepare_lock, os_reason
 from .lmdb_check import LMDB_MAGIC, check_lmdb_size, check_structure
-from .lmdb_shelf import DECODE_THREADS, COPY_THREADS_FROM
+from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM
 from .sharded_shelf import shard_of, shard_names, read_manifest, write_manifest, claim_shard, count_shards
 
 # %% auto #0
