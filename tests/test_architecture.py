@@ -124,13 +124,10 @@ def test_no_patch_on_our_own_classes():
     offenders = [m for m in MODULES if '@patch' in (PKG/f'{m}.py').read_text()]
     assert not offenders, offenders
 
-# Modules still over the limit, with the size they may not grow past: each is left to split (issue 22).
-OVER = {}
-
 def test_modules_hold_one_idea():
-    "No module but the benchmark over ~400 lines; those still over may only shrink."
+    "No module but the benchmark over ~400 lines."
     sizes = {m: len((PKG/f'{m}.py').read_text().splitlines()) for m in MODULES}
-    big = {m: n for m, n in sizes.items() if n > OVER.get(m, 400) and m != 'bench'}
+    big = {m: n for m, n in sizes.items() if n > 400 and m != 'bench'}
     assert not big, big
 
 def test_data_imports_without_albumentations():
