@@ -326,6 +326,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastai_shelve/interface.py'),
                                          'fastai_shelve.interface.DamagedStoreError': ( 'interface.html#damagedstoreerror',
                                                                                         'fastai_shelve/interface.py'),
+                                         'fastai_shelve.interface.MissingKeyError': ( 'interface.html#missingkeyerror',
+                                                                                      'fastai_shelve/interface.py'),
                                          'fastai_shelve.interface.PickleRefusedError': ( 'interface.html#picklerefusederror',
                                                                                          'fastai_shelve/interface.py'),
                                          'fastai_shelve.interface.PixelStats': ('interface.html#pixelstats', 'fastai_shelve/interface.py'),

@@ -267,7 +267,7 @@ def _split(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
     table = shelf.table
     def col(c):
         if table is None or c not in table.columns:
-            raise KeyError(f"{shelf.path} has no column {c!r} in its table (it has {[] if table is None else list(table.columns)})")
+            raise ShelfError(f"{shelf.path} has no column {c!r} in its table (it has {[] if table is None else list(table.columns)})")
         return table[c]
     if valid_col is not None:
         valid = col(valid_col)

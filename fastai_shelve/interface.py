@@ -13,7 +13,7 @@ from .codec import ShelfError
 
 # %% auto #0
 __all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'ShelfBase', 'PixelStats']
+           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'MissingKeyError', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -32,9 +32,10 @@ class DamagedStoreError(ShelfError): "A shelf file whose structure LMDB cannot w
 class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
 class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
 class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
+class MissingKeyError(ShelfError, KeyError): "A key the shelf does not hold (a `KeyError`, as a mapping's)."
 
 # %% ../nbs/00a_interface.ipynb #38600106
-RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `KeyError`
+RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `MissingKeyError` (a `KeyError`)
 
 class ShelfBase(MutableMapping):
     "The shelf interface: the read side every backend implements; the write side implemented or refused with a `ReadOnlyError`."
@@ -42,7 +43,7 @@ class ShelfBase(MutableMapping):
     cannot_write = "it is open read-only: open_shelf(path, mode='c') to write"  # why the write side is refused
 
     @abstractmethod
-    def get_many(self, keys, default=RAISE) -> list: "Records for `keys`, in order; a missing key raises `KeyError` unless `default` is given."
+    def get_many(self, keys, default=RAISE) -> list: "Records for `keys`, in order; a missing key raises `MissingKeyError` (a `KeyError`) unless `default` is given."
     @abstractmethod
     def keys(self) -> list: "All keys, sorted."
     @abstractmethod
@@ -126,7 +127,7 @@ class ShelfBase(MutableMapping):
         if self._pid != os.getpid(): self._open()
     def _check_key(self, key):
         if not isinstance(key, str): raise TypeError(f"shelf keys are str, not {type(key).__name__}: {key!r}")
-    def _key_error(self, key): return KeyError(f"{key!r} not in {self.path}")
+    def _key_error(self, key): return MissingKeyError(f"{key!r} not in {self.path}")
 
 # %% ../nbs/00a_interface.ipynb #cf8b36df
 class PixelStats:

@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from .codec import ShelfError, check_key
+from .interface import MissingKeyError
 
 # %% auto #0
 __all__ = ['DECODE_THREADS', 'COPY_THREADS_FROM', 'BatchFill']
@@ -36,7 +37,7 @@ class BatchFill:
 
     def add(self, k, buf, row:int):
         "Copy record `buf` into `row`; its compressed fields queued."
-        if buf is None: raise KeyError(f"{k!r} not in {self.path}")
+        if buf is None: raise MissingKeyError(f"{k!r} not in {self.path}")
         if self.first is not None and self.first.matches(buf):  # the batch's own header: planned already
             lay, raw, packed = self.first_plan
             try: check_key(buf, k)

@@ -35,7 +35,7 @@ def _declared(buf) -> int:
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file, read a batch at a time."
     def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
-        if mode not in ('r', 'w', 'c', 'n'): raise ValueError(f"mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
+        if mode not in ('r', 'w', 'c', 'n'): raise ShelfError(f"{path}: mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression)
         path = Path(path)
         if mode == 'n':

@@ -30,7 +30,8 @@ def test_sharded_equals_single(sharded):
     assert sh.meta['label_names'] == ['a', 'b', 'c'] and sh.meta['n_records'] == 40
     assert sh.meta['stats']['mean'] == pytest.approx(one.meta['stats']['mean'])
     assert sh.table.loc['id0007', 'PatientID'] == 'p2' and not sh.verify()
-    with pytest.raises(KeyError, match='nope'): sh.get_many(['id0001', 'nope'])
+    with pytest.raises(KeyError, match='nope') as e: sh.get_many(['id0001', 'nope'])
+    assert isinstance(e.value, ShelfError)
 
 KILLED_SHARD = """
 import sys, time, pandas as pd

@@ -93,8 +93,12 @@ def test_get_many_order_and_missing(tmp_path):
         s.put_many({f'k{i}': {'x': np.array([i])} for i in range(20)})
         keys = ['k7', 'k3', 'k19', 'k3']
         assert [int(r['x'][0]) for r in s.get_many(keys)] == [7, 3, 19, 3]
-        with pytest.raises(KeyError, match="'nope' not in"): s.get_many(['k1', 'nope'])
-        with pytest.raises(KeyError, match='nope'): s['nope']
+        # a mapping's KeyError, and a ShelfError naming the file, as every error of the package
+        for get in (lambda: s.get_many(['k1', 'nope']), lambda: s['nope'], lambda: s.get_batch(['k1', 'nope'])):
+            with pytest.raises(KeyError, match=f"'nope' not in .*s.shelf") as e: get()
+            assert isinstance(e.value, ShelfError)
+    with pytest.raises(ShelfError, match="s.shelf: mode must be"): open_shelf(tmp_path/'s.shelf', 'x')
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
         assert 'k1' in s and 'nope' not in s and 5 not in s and '' not in s and 'x' * 600 not in s
         assert s.missing(['k1', '', 'x' * 600]) == ['', 'x' * 600]
         with pytest.raises(KeyError, match='1 to 511 bytes'): s.put_many({'x' * 600: {'x': np.array([1])}})
