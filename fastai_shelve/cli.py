@@ -71,7 +71,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
     if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
     if shards:
         from fastai_shelve.shards import build_sharded
-        reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, img_path=path, **kw)
+        reports = build_sharded(csv, out, shards, path, scheduler=scheduler, n_workers=workers, **kw)
         for r in reports: print(f"{r['path']}: {r['written']} written, {r['existing']} already there, {len(r['bad'])} bad, of {r['total']}")
         bad = [b for r in reports for b in r['bad']]
     else:
