@@ -167,7 +167,7 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
                 raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
         # Records in another codec would read back, but the shelf would no longer be what its metadata says
         if codec is None: return
-        was = (meta.get('compression'), meta.get('compression_level', codec[1]))  # older shelves recorded no level
+        was = (meta.get('compression'), meta.get('compression_level'))  # recorded when given: None is the library's default
         if was[0] != codec[0] or (codec[0] is not None and was[1] != codec[1]):
             raise ShelfError(f"{path} was built with compression={was[0]!r}, level={was[1]!r}, not compression={codec[0]!r}, "
                              f"level={codec[1]!r}: resume with compression=None (the shelf's), or recompress it: "
@@ -309,7 +309,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # `files`: how `test_dl` finds a DataFrame row's file, as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
                           image_mode='L' if settings.gray else 'RGB', compression=compression,
-                          compression_level=level, **label_meta, valid_col=valid_col,
+                          **({} if level is None else dict(compression_level=level)), **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         if len(table.columns) and settings.frame != 'all': shelf.set_table(table)
@@ -356,6 +356,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                                                              'n_records', 'n_shards', 'compression', 'compression_level',
                                                              'converted_from')}
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression, 'compression_level': level})
+        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression},
+                        **({} if level is None else dict(compression_level=level)))
         if src.table is not None: out.set_table(src.table)
     return len(keys)

@@ -46,7 +46,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           quiet:store_true=False, # no progress bar
           shards:int=0, # build N shard shelves in folder OUT, one Dask task each
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
-          compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw)
+          compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw; on a resume, the shelf's)
           level:int=None, # the compression level (default: the library's)
           scale:str=None, # 16-bit and float inputs to 8 bits, per image: minmax (the default) or percentile (0.5-99.5)
           frame:str=None, # the frame of multi-frame DICOM files to keep (the first by default), or all: each frame a record (id#0000, ...)

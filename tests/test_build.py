@@ -108,6 +108,10 @@ def test_resume_keeps_the_shelfs_compression(tmp_path):
     with open_shelf(tmp_path/'z.shelf') as z, open_shelf(tmp_path/'raw.shelf') as raw:
         assert (len(z), len(raw), raw.meta['compression']) == (4, 2, None)
     assert codecs(tmp_path/'raw.shelf') == {None}
+    build_shelf(df.iloc[:2], tmp_path/'l.shelf', compression='zstd', level=5, **kw)
+    assert build_shelf(df.iloc[:3], tmp_path/'l.shelf', **kw).written == 1  # None, None: the shelf's zstd at level 5
+    with pytest.raises(ShelfError, match=r"level=5, not compression='zstd', level=3"): build_shelf(df, tmp_path/'l.shelf', level=3, **kw)
+    with open_shelf(tmp_path/'l.shelf') as s: assert (len(s), s.meta['compression'], s.meta['compression_level']) == (3, 'zstd', 5)
 
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
