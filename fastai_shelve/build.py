@@ -28,9 +28,9 @@ _all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dico
 
 # %% auto #0
 __all__ = ['IN_FLIGHT', 'COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'mp_context', 'die_with_parent',
-           'stream_map', 'BuildReport', 'build_shelf', 'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES',
-           'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image', 'load_frames',
-           'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
+           'stream_map', 'BuildReport', 'old_spellings', 'build_shelf', 'record_meta', 'convert_shelf', 'SCALES',
+           'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
+           'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 IN_FLIGHT = 2  # tasks a worker has in flight: one decoding, the next queued, so it starts that while the writer is busy
@@ -146,8 +146,14 @@ class BuildReport:
 # %% ../nbs/02_build.ipynb #88eb2517
 _LABEL_META = ('label_kind', 'vocab', 'label_names')
 
-def _check_same_build(path, settings:BuildSettings, label_meta:dict=None):
-    "A `check` for `update_meta`: refuse to resume a shelf that was built with other settings or other labels."
+def _resume_codec(meta:dict, compression:str, level:int) -> tuple:
+    "(compression, level) a build into the shelf with `meta` writes: on a resume, None keeps the shelf's."
+    if meta.get('build') is None: return compression, level
+    return (meta.get('compression') if compression is None else compression,
+            meta.get('compression_level') if level is None else level)
+
+def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:tuple=None):
+    "A `check` for `update_meta`: refuse to resume a shelf built with other settings, labels or `codec` (compression, level)."
     def check(meta):
         if meta.get('build') is None: return
         old = BuildSettings.from_meta(meta['build'])
@@ -159,26 +165,36 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None):
             if was != now:
                 diff = {k:(was[k], now[k]) for k in _LABEL_META if was[k] != now[k]}
                 raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
+        # Records in another codec would read back, but the shelf would no longer be what its metadata says
+        if codec is None: return
+        was = (meta.get('compression'), meta.get('compression_level'))  # recorded when given: None is the library's default
+        if was[0] != codec[0] or (codec[0] is not None and was[1] != codec[1]):
+            raise ShelfError(f"{path} was built with compression={was[0]!r}, level={was[1]!r}, not compression={codec[0]!r}, "
+                             f"level={codec[1]!r}: resume with compression=None (the shelf's), or recompress it: "
+                             f"fastai-shelve convert {path} NEW --compression ...")
     return check
 
 # %% ../nbs/02_build.ipynb #12b6ea20
 MAX_WORKERS = 8  # decode processes by default, at most: every record goes through the one writer, so more would mostly wait
 LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
 
-def _deprecated(old:str, new:str):
-    warnings.warn(f"build_shelf({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=4)
+def _deprecated(fn:str, old:str, new:str):
+    warnings.warn(f"{fn}({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=4)
 
-def _old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func) -> tuple:
-    "(dest, path, suff, label_col) from the arguments, the deprecated spellings (each with its warning) among them."
+def old_spellings(dest, path, folder, suff, label_col, # as `fn` was given them, under today's names
+                  img_path=None, suffix:str=None, label_cols=None, label_func=None, # the deprecated spellings
+                  fn:str='build_shelf', # the function called, which its warnings name
+                 ) -> tuple:
+    "(dest, path, suff, label_col), each deprecated spelling warned of."
     if dest is None:  # the old spelling: the second argument was the shelf
-        _deprecated('source, path=<the shelf>', "build_shelf(source, dest, path=<image root>, ...)"); dest, path = path, '.'
+        _deprecated(fn, 'source, path=<the shelf>', f"{fn}(source, dest, path=<image root>, ...)"); dest, path = path, '.'
     if img_path is not None:
-        _deprecated('img_path=', "path= (and folder=), as fastai's from_df")
+        _deprecated(fn, 'img_path=', "path= (and folder=), as fastai's from_df")
         if path != '.' or folder is not None: raise ShelfError("give path= (and folder=), not img_path= as well")
         path = img_path
-    if suffix is not None: _deprecated('suffix=', 'suff='); suff = suffix
-    if label_cols is not None: _deprecated('label_cols=', 'label_col= (one or a list)'); label_col = label_cols
-    if label_func is not None: _deprecated('label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
+    if suffix is not None: _deprecated(fn, 'suffix=', 'suff='); suff = suffix
+    if label_cols is not None: _deprecated(fn, 'label_cols=', 'label_col= (one or a list)'); label_col = label_cols
+    if label_func is not None: _deprecated(fn, 'label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
     return dest, path, suff, label_col
 
 def _image_cls_gray(img_cls) -> bool:
@@ -271,8 +287,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 commit_every:int=128, # records per commit
                 strict:bool=False, # stop at the first bad input instead of reporting it
                 progress:bool=True, # show a progress bar and print the report
-                compression:str=None, # None or one of `COMPRESSIONS` ('zstd-delta': small): each image on its own
-                level:int=None, # the compression level (None: the library's default)
+                compression:str=None, # None or one of `COMPRESSIONS` ('zstd-delta': small), per image; on a resume None: the shelf's
+                level:int=None, # the compression level (None: the library's default; on a resume, the shelf's)
                 mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
@@ -281,7 +297,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                ) -> BuildReport:
     "Decode and resize the images of `source` once, in worker processes, into the shelf `dest`; resumable."
     t0 = time.time()
-    dest, path, suff, label_col = _old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func)
+    dest, path, suff, label_col = old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func)
     settings = BuildSettings(**(kwargs if img_cls is None else {**kwargs, 'gray': _image_cls_gray(img_cls)}))
     if isinstance(source, (str, Path)) and not Path(source).exists() and (Path(path)/source).is_file(): source = Path(path)/source  # as `from_csv`
     df, keys, col = read_source(source, fn_col)
@@ -292,10 +308,12 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
+        compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
-        shelf.update_meta(check=_check_same_build(dest, settings, label_meta), build=settings.as_meta(),
-                          image_mode='L' if settings.gray else 'RGB', compression=compression, **label_meta, valid_col=valid_col,
+        shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
+                          image_mode='L' if settings.gray else 'RGB', compression=compression,
+                          **({} if level is None else dict(compression_level=level)), **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=_label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
@@ -341,9 +359,11 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                 if not isinstance(r, dict): raise ShelfError(f"{src.path}: key {k!r} holds a {type(r).__name__}, not a record dict")
             out.put_many(zip(ks, recs))
         ours = {k:v for k,v in src.meta.items() if k not in ('format', 'format_version', 'created', 'package_version', 'backend',
-                                                             'n_records', 'n_shards', 'compression', 'converted_from')}
+                                                             'n_records', 'n_shards', 'compression', 'compression_level',
+                                                             'converted_from')}
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression})
+        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression},
+                        **({} if level is None else dict(compression_level=level)))
         if src.table is not None: out.set_table(src.table)
         if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
     return len(keys)

@@ -46,7 +46,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           quiet:store_true=False, # no progress bar
           shards:int=0, # build N shard shelves in folder OUT, one Dask task each
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
-          compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw)
+          compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta: compress each image (default: raw; on a resume, the shelf's)
           level:int=None, # the compression level (default: the library's)
           scale:str=None, # 16-bit and float inputs to 8 bits, per image: minmax (the default) or percentile (0.5-99.5)
           frame:str=None, # the frame of multi-frame DICOM files to keep (the first by default), or all: each frame a record (id#0000, ...)
@@ -71,7 +71,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
     if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
     if shards:
         from fastai_shelve.shards import build_sharded
-        reports = build_sharded(csv, out, shards, scheduler=scheduler, n_workers=workers, img_path=path, **kw)
+        reports = build_sharded(csv, out, shards, path, scheduler=scheduler, n_workers=workers, **kw)
         for r in reports: print(f"{r['path']}: {r['written']} written, {r['existing']} already there, {len(r['bad'])} bad, of {r['total']}")
         bad = [b for r in reports for b in r['bad']]
     else:

@@ -11,7 +11,7 @@ from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
-from .build import build_shelf, mp_context
+from .build import build_shelf, mp_context, old_spellings
 
 # %% auto #0
 __all__ = ['build_sharded']
@@ -36,30 +36,37 @@ def _keep_orders(path, names, keys, shard):
         for s in shelves: s.close()
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
-                  path, # the folder of shards to write (a rerun resumes each shard)
+                  dest, # the folder of shards to write (a rerun resumes each shard)
                   n_shards:int, # how many shard shelves
+                  path='.', # as `build_shelf`'s: the image root, the same path on every worker
+                  *,
+                  folder=None, # the images' folder under `path`
+                  suff:str='', # appended to ids to name files, e.g. '.jpg'
+                  fn_col=0, # id column
+                  label_col=None, # label column, or a list of them, as for `build_shelf`
                   scheduler:str=None, # a dask.distributed scheduler address; None: local processes
                   n_workers:int=None, # local processes (default: cores)
-                  img_path='.', # the image root (`build_shelf`'s `path`), the same path on every worker
-                  fn_col=0, # id column
-                  **kwargs) -> list: # `build_shelf`'s: folder, suff, label_col, label_delim, y_block, vocab, size, ...
-    "Build `source` into `n_shards` shard shelves in folder `path`, one Dask task each; a report per shard."
+                  img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
+                  **kwargs) -> list: # `build_shelf`'s: label_delim, y_block, vocab, size, compression, ...
+    "Build `source` into `n_shards` shard shelves in folder `dest`, one Dask task each; a report per shard."
     import dask
+    # Here, not in the tasks: a warning in a Dask worker reaches no one
+    dest, path, suff, label_col = old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func,
+                                                fn='build_sharded')
     # Records go to shards by their own key: a file's frames would scatter, away from the shard its id names
     if kwargs.get('frame') == 'all': raise ShelfError("frame='all' is for build_shelf: shards place records by key, not by file")
     df, keys, col = read_source(source, fn_col)
-    lab = {k: kwargs.get(k) for k in ('label_col', 'label_delim', 'y_block', 'vocab', 'label_func')}
-    if lab['label_col'] is None: lab['label_col'] = kwargs.get('label_cols')  # today's spelling (`build_shelf` warns)
+    lab = dict(label_col=label_col, label_func=label_func, **{k: kwargs.get(k) for k in ('label_delim', 'y_block', 'vocab')})
     _, label_meta = encode_labels(df, keys, **lab)
     BuildSettings(**{k: v for k,v in kwargs.items() if k in BuildSettings.fields})  # checked before anything is written
-    m = write_manifest(path, n_shards)
-    for i in range(n_shards): claim_shard(path, i)  # each shard carries the id the manifest names for it
+    m = write_manifest(dest, n_shards)
+    for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
     _keep_orders(path, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
-    kw = {**kwargs, 'path': str(img_path), 'fn_col': col if col is not None else 0,
-          'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
-    tasks = [dask.delayed(_build_part)(df[shard == i], Path(path)/m['shards'][i], **kw) for i in range(n_shards)]
+    kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col, 'label_func': label_func,
+          'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
+    tasks = [dask.delayed(_build_part)(df[shard == i], Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client
         with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))
@@ -67,5 +74,5 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
         # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
         with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
             res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
-    count_shards(path)  # the manifest keeps each shard's key count: `verify` checks them
+    count_shards(dest)  # the manifest keeps each shard's key count: `verify` checks them
     return res

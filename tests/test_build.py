@@ -86,6 +86,33 @@ def test_parallel_equals_serial(tmp_path):
         imgs = np.stack([r['image'] for r in p.get_many(p.keys())]) / 255
         assert p.meta['stats']['mean'][0] == pytest.approx(imgs.mean()) and p.meta['stats']['std'][0] == pytest.approx(imgs.std())
 
+def codecs(shelf) -> set:
+    "The codecs the records of `shelf` hold their images in."
+    from fastai_shelve.codec import record_layout
+    with open_shelf(shelf) as s, s.txn() as txn: return {record_layout(buf).fields[0].codec for _,buf in txn.cursor()}
+
+def test_resume_keeps_the_shelfs_compression(tmp_path):
+    "A resume writes the codec the shelf was built with: compression=None keeps it; another one is refused, nothing written."
+    df = write_bars(tmp_path, 6)
+    kw = dict(path=tmp_path, suff='.jpg', size=32, n_workers=0, progress=False)
+    build_shelf(df.iloc[:2], tmp_path/'z.shelf', compression='zstd', **kw)
+    r = build_shelf(df.iloc[:4], tmp_path/'z.shelf', **kw)  # None: as the shelf was built
+    assert (r.existing, r.written) == (2, 2) and codecs(tmp_path/'z.shelf') == {'zstd'}
+    with open_shelf(tmp_path/'z.shelf') as s: assert s.meta['compression'] == 'zstd'
+    with pytest.raises(ShelfError, match=r"z\.shelf was built with compression='zstd'.*not compression='lz4'.*fastai-shelve convert"):
+        build_shelf(df, tmp_path/'z.shelf', compression='lz4', **kw)
+    with pytest.raises(ShelfError, match=r"level=None.*not .*level=19"): build_shelf(df, tmp_path/'z.shelf', compression='zstd', level=19, **kw)
+    build_shelf(df.iloc[:2], tmp_path/'raw.shelf', **kw)
+    with pytest.raises(ShelfError, match=r"raw\.shelf was built with compression=None.*not compression='zstd'"):
+        build_shelf(df, tmp_path/'raw.shelf', compression='zstd', **kw)
+    with open_shelf(tmp_path/'z.shelf') as z, open_shelf(tmp_path/'raw.shelf') as raw:
+        assert (len(z), len(raw), raw.meta['compression']) == (4, 2, None)
+    assert codecs(tmp_path/'raw.shelf') == {None}
+    build_shelf(df.iloc[:2], tmp_path/'l.shelf', compression='zstd', level=5, **kw)
+    assert build_shelf(df.iloc[:3], tmp_path/'l.shelf', **kw).written == 1  # None, None: the shelf's zstd at level 5
+    with pytest.raises(ShelfError, match=r"level=5, not compression='zstd', level=3"): build_shelf(df, tmp_path/'l.shelf', level=3, **kw)
+    with open_shelf(tmp_path/'l.shelf') as s: assert (len(s), s.meta['compression'], s.meta['compression_level']) == (3, 'zstd', 5)
+
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf

@@ -159,7 +159,7 @@ def test_frame_all_refused_where_it_cannot_hold(tmp_path):
     pytest.importorskip('dask')
     from fastai_shelve.shards import build_sharded
     with pytest.raises(ShelfError, match='shards place records by key'):
-        build_sharded(df, tmp_path/'sh', 2, img_path=tmp_path, suff='.dcm', frame='all')
+        build_sharded(df, tmp_path/'sh', 2, tmp_path, suff='.dcm', frame='all')
 
 # Reasons that say what is wrong
 

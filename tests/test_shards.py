@@ -14,7 +14,7 @@ KW = dict(suff='.jpg', label_col=['a', 'b', 'c'], size=48)
 @pytest.fixture
 def sharded(tmp_path):
     df = write_bars(tmp_path, 40)
-    reports = build_sharded(df, tmp_path/'sh', 3, n_workers=2, img_path=tmp_path, **KW)
+    reports = build_sharded(df, tmp_path/'sh', 3, tmp_path, n_workers=2, **KW)
     build_shelf(df, tmp_path/'one.shelf', path=tmp_path, n_workers=0, progress=False, **KW)
     return tmp_path, df, reports
 
@@ -53,7 +53,7 @@ def test_kill_one_shards_task_then_rerun_finishes_only_it(sharded):
     part.to_csv(d/'part1.csv', index=False); (d/'task.py').write_text(KILLED_SHARD)
     assert kill_when([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)], shard1, 3)
     with open_shelf(shard1) as s: n = len(s); assert 0 < n < len(part) and not s.verify()
-    reports = build_sharded(df, d/'sh', 3, n_workers=2, img_path=d, **KW)
+    reports = build_sharded(df, d/'sh', 3, d, n_workers=2, **KW)
     assert [r['written'] for r in reports] == [0, len(part) - n, 0]
     with open_shelf(d/'sh') as sh: assert len(sh) == 40 and not sh.verify()
 
@@ -61,7 +61,7 @@ def test_shards_must_agree(sharded):
     d, df, _ = sharded
     with open_shelf(d/'sh'/'shard-002.shelf', 'w') as s: s.update_meta(build={**s.meta['build'], 'size': 64})
     with pytest.raises(ShelfError, match='shard-002.shelf disagrees'): open_shelf(d/'sh')
-    with pytest.raises(ShelfError, match='has 3 shards, not 4'): build_sharded(df, d/'sh', 4, img_path=d, **KW)
+    with pytest.raises(ShelfError, match='has 3 shards, not 4'): build_sharded(df, d/'sh', 4, d, **KW)
 
 def test_dataloaders_and_cli_on_shards(sharded):
     d, df, _ = sharded
@@ -78,3 +78,21 @@ def test_dataloaders_and_cli_on_shards(sharded):
                         '--label-col', 'a,b,c', '--shards', '2', '--workers', '2'], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     with open_shelf(d/'sh2') as s: assert len(s) == 40 and s.n == 2
+
+def test_build_sharded_names_as_build_shelf(tmp_path):
+    "As `build_shelf`: `dest` the shards folder, `path` the image root; the old `img_path=` warns and still works."
+    df = write_bars(tmp_path, 12)
+    new = build_sharded(df, tmp_path/'new', 2, tmp_path, n_workers=1, **KW)  # positional: dest, n_shards, path
+    with pytest.warns(DeprecationWarning, match=r'build_sharded\(img_path=') as w:
+        old = build_sharded(df, tmp_path/'old', 2, img_path=tmp_path, n_workers=1, **KW)
+    assert w[0].filename == __file__  # the warning names the caller's line
+    assert [r['written'] for r in new] == [r['written'] for r in old] and sum(r['written'] for r in new) == 12
+    with open_shelf(tmp_path/'new') as a, open_shelf(tmp_path/'old') as b:
+        assert a.keys() == b.keys() and len(a) == 12
+        np.testing.assert_array_equal(a.get_batch(a.keys())['image'], b.get_batch(b.keys())['image'])
+    with pytest.raises(ShelfError, match='not img_path= as well'), pytest.warns(DeprecationWarning):
+        build_sharded(df, tmp_path/'x', 2, path=tmp_path, img_path=tmp_path, **KW)
+    # Old label spellings warn here, in the caller's process, not in a Dask worker where no one sees it
+    with pytest.warns(DeprecationWarning, match=r'build_sharded\(label_cols='):
+        again = build_sharded(df, tmp_path/'new', 2, tmp_path, n_workers=1, **{**KW, 'label_col': None, 'label_cols': ['a', 'b', 'c']})
+    assert [r['existing'] for r in again] == [r['written'] for r in new]  # the same labels: a resume with nothing to do
