@@ -22,9 +22,9 @@ def _build_part(part, dest, **kwargs):
     r = build_shelf(part, dest, n_workers=0, progress=False, **kwargs)
     return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds)
 
-def _keep_orders(path, names, keys, shard):
+def _keep_orders(dest, names, keys, shard):
     "Each shard's row order at the whole table's row numbers, after the rows the shards hold: `from_shelf` merges them."
-    shelves = [Shelf(Path(path)/n, 'c') for n in names]
+    shelves = [Shelf(Path(dest)/n, 'c') for n in names]
     try:
         olds = [s.order for s in shelves]
         start = max([len(s) for s in shelves] + [int(o.max()) + 1 for o in olds if o is not None and len(o)])
@@ -62,7 +62,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     m = write_manifest(dest, n_shards)
     for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
-    _keep_orders(path, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
+    _keep_orders(dest, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col, 'label_func': label_func,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}

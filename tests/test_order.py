@@ -121,7 +121,7 @@ def test_sharded_items_in_table_order(table):
     pytest.importorskip('dask')
     from fastai_shelve.shards import build_sharded
     path, df = table
-    kw = dict(img_path=path, size=None, img_cls=PILImageBW, n_workers=1, **KW)
+    kw = dict(path=path, size=None, img_cls=PILImageBW, n_workers=1, **KW)
     build_sharded(df.iloc[:15], path/'sh', 3, **kw)
     build_sharded(df.iloc[15:], path/'sh', 3, **kw)
     with open_shelf(path/'sh') as s: assert shelf_items(s) == df.fn.tolist()
