@@ -70,6 +70,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.bench.format_table': ('bench.html#format_table', 'fastai_shelve/bench.py'),
                                      'fastai_shelve.bench.loader_over_fetch': ('bench.html#loader_over_fetch', 'fastai_shelve/bench.py'),
                                      'fastai_shelve.bench.machine_facts': ('bench.html#machine_facts', 'fastai_shelve/bench.py'),
+                                     'fastai_shelve.bench.memcpy_row': ('bench.html#memcpy_row', 'fastai_shelve/bench.py'),
                                      'fastai_shelve.bench.real_bases': ('bench.html#real_bases', 'fastai_shelve/bench.py'),
                                      'fastai_shelve.bench.real_images': ('bench.html#real_images', 'fastai_shelve/bench.py'),
                                      'fastai_shelve.bench.run_bench': ('bench.html#run_bench', 'fastai_shelve/bench.py'),
