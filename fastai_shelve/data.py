@@ -343,8 +343,8 @@ class ShelfDataLoaders(DataLoaders):
                    num_workers:int=None, # loader processes (default: 0 without item transforms, else fastai's)
                    label_names=None, **kwargs):
         "`DataLoaders` from a shelf, in the shape of `ImageDataLoaders.from_df` (the arguments of `shelf_dblock`)."
-        # Without item transforms a batch is one read and one copy; worker processes would only add the copy
-        # into shared memory (the benchmark: 8x slower with 2 workers). With augmentation they pay for themselves.
+        # Without item transforms a batch is one read and one copy, and `ShelfDL` reads it in this process whatever
+        # `num_workers` says (workers would add a copy into shared memory). With augmentation they pay for themselves.
         if num_workers is None: num_workers = None if item_tfms else 0
         db = shelf_dblock(shelf, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
                           normalize, allow_pickle, lock, label_names)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
-import os, weakref
+import os, threading, weakref
+from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 from fastcore.basics import ifnone, merge, store_attr, noop
 from fastai.data.core import TfmdDL
@@ -88,8 +89,16 @@ class BatchPool:
         e['refs'] = [weakref.ref(o) for o in owners.values()]
         return {k: o.reshape((e['n'],) + self.spec[k][1]) for k,o in owners.items()}
 
+_AHEAD = 'fastai_shelve_ahead'
+_aheads = {}  # pid -> the thread reading the next whole batch (threads don't survive fork)
+
+def _ahead() -> ThreadPoolExecutor:
+    p = _aheads.get(os.getpid())
+    if p is None: p = _aheads[os.getpid()] = ThreadPoolExecutor(1, thread_name_prefix=_AHEAD)
+    return p
+
 class ShelfDL(TfmdDL):
-    "A `TfmdDL` reading each batch with one `get_many` from its shelf."
+    "A `TfmdDL` reading each batch with one `get_many` from its shelf; whole batches are read one ahead, on a thread."
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
         super().__init__(dataset, **kwargs)
@@ -108,13 +117,29 @@ class ShelfDL(TfmdDL):
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
         return (plans, items) if plans and all(plans) and all(items) else None
 
-    def whole_batch(self, plans, keys):
-        "The batch of `keys` from one `get_batch`, or None if records differ in shape or an item is not a key (a file)."
-        parts, items = plans
+    def reads_whole(self) -> bool:
+        "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
+        if self.prebatched or self.shelf is None or not os.path.exists(self.shelf.path) or self.batch_plans() is None: return False
+        items = getattr(self.dataset, 'items', None)
+        return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
+
+    def start_read(self, plans, keys):
+        "`get_batch` of `keys` started on this process's read-ahead thread, into batch arrays no one holds: a future."
+        # Only the pure fetch runs ahead: transforms, and any randomness, stay on this thread in fastai's order.
         if not hasattr(self, '_pool'): self._pool = BatchPool()
-        try: arrs = self.shelf.get_batch(keys, fields={f for f,_ in parts}, out=self._pool.get(len(keys)))
+        return _ahead().submit(self.shelf.get_batch, keys, fields={f for f,_ in plans[0]}, out=self._pool.get(len(keys)))
+
+    def arrays(self, job) -> dict|None:
+        "The arrays `job` read, or None if there was no job or its records differ in shape (or an item is not a key)."
+        if job is None: return None
+        try: arrs = job.result()
         except (ShelfError, KeyError): return None
         self._pool.learn(arrs)
+        return arrs
+
+    def assemble(self, plans, arrs:dict) -> tuple:
+        "The batch from `get_batch`'s arrays: each part's batch functions, then the item transforms' batch versions."
+        parts, items = plans
         out = []
         for field, fns in parts:
             o = arrs[field]
@@ -124,6 +149,11 @@ class ShelfDL(TfmdDL):
         for f, fn in zip(self.after_item.fs, items):  # as fastai calls them: an ItemTransform on the tuple, others on each part
             b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
         return b
+
+    def whole_batch(self, plans, keys):
+        "The batch of `keys` from one `get_batch`, or None if records differ in shape or an item is not a key (a file)."
+        arrs = self.arrays(self.start_read(plans, keys))
+        return None if arrs is None else self.assemble(plans, arrs)
 
     def item_batch(self, idxs, keys):
         "The batch of `idxs` through fastai's per-item pipeline, its records read in one `get_many`."
@@ -137,13 +167,34 @@ class ShelfDL(TfmdDL):
         if self.prebatched or self.shelf is None or not os.path.exists(self.shelf.path):
             yield from super().create_batches(samps); return
         plans = self.batch_plans()
-        for idxs in self.chunkify(samps):
-            keys = self.keys_of(idxs)
-            b = self.whole_batch(plans, keys) if plans and len(keys) == len(idxs) else None
-            if b is None:
-                plans = None  # shapes differ, or items aren't keys: don't retry whole batches this epoch
-                b = self.item_batch(idxs, keys)
-            if b is not None: yield b
+        chunks = ((idxs, self.keys_of(idxs)) for idxs in self.chunkify(samps))
+        start = lambda c: self.start_read(plans, c[1]) if c and plans and len(c[1]) == len(c[0]) else None
+        nxt = next(chunks, None); job = start(nxt)
+        try:
+            while nxt is not None:
+                (idxs, keys), whole = nxt, plans
+                arrs, job = self.arrays(job), None
+                if arrs is None: plans = None  # shapes differ, or items aren't keys: don't retry whole batches this epoch
+                # The next batch is read on the thread while this one is assembled and used (no job while items are read here)
+                nxt = next(chunks, None); job = start(nxt)
+                b = self.assemble(whole, arrs) if arrs is not None else self.item_batch(idxs, keys)
+                if b is not None: yield b
+        finally:  # stopped early (`one_batch`, a break): the read in flight ends before anything else uses the shelf
+            if job is not None and not threading.current_thread().name.startswith(_AHEAD): wait([job])
+
+    def __iter__(self):
+        # Whole batches need no worker processes: `get_batch` copies (and decodes) on threads and the read-ahead thread
+        # overlaps it with the training step, while processes would add a copy of every batch into shared memory.
+        if not self.fake_l.num_workers or not self.reads_whole(): return super().__iter__()
+        return self._in_process()
+
+    def _in_process(self):
+        "fastai's iteration, in this process: its iterator is made without workers, on the first batch."
+        it = super().__iter__()
+        with self.fake_l.no_multiproc(): b = next(it, it)  # `it` itself marks an empty epoch
+        if b is it: return
+        yield b
+        yield from it
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))

@@ -70,10 +70,13 @@ class CountingShelf(Shelf):
         with open(self.log, 'a') as f: f.write(f'{os.getpid()}\n')
 
 def test_each_worker_opens_once_per_epoch(bars_shelf, tmp_path):
+    "Item by item (a transform without a batch version), worker processes read: each opens the file once."
+    from fastai.vision.all import Resize
     path, _ = bars_shelf
     CountingShelf.log = str(tmp_path/'opens.log')
     shelf = CountingShelf(path)
-    dls = ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=2)
+    dls = ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=2, item_tfms=Resize(48))
+    assert dls.train.batch_plans() is None
     (tmp_path/'opens.log').write_text('')
     n_batches = 0
     for epoch in range(2):
@@ -82,6 +85,21 @@ def test_each_worker_opens_once_per_epoch(bars_shelf, tmp_path):
     assert n_batches >= 16
     assert str(os.getpid()) not in pids
     assert len(pids) == 4 and len(set(pids)) == 4, pids  # 2 workers x 2 epochs, one open each
+
+def test_whole_batches_need_no_worker_processes(bars_shelf, tmp_path):
+    "Whole batches with num_workers=2: read in this process (threads), no worker opens the file; the batches are 0 workers'."
+    path, _ = bars_shelf
+    CountingShelf.log = str(tmp_path/'opens.log')
+    shelf = CountingShelf(path)
+    two, zero = (ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=w, shuffle=False) for w in (2, 0))
+    assert two.train.batch_plans() is not None and two.train.fake_l.num_workers == 2
+    (tmp_path/'opens.log').write_text('')
+    for dl, other in ((two.train, zero.train), (two.valid, zero.valid)):
+        a, b = _batches(dl), _batches(other)
+        assert len(a) == len(b) == len(dl) > 0
+        assert all(torch.equal(u, v) and type(u) == type(v) for x, y in zip(a, b) for u, v in zip(x, y))
+    assert (tmp_path/'opens.log').read_text() == ''  # no process opened the shelf: this one's handle read every batch
+    assert two.train.fake_l.num_workers == 2  # the setting stands (item-by-item loaders made from it use workers)
 
 @pytest.mark.parametrize('n_workers', [0, 2])
 def test_len_matches_batches(bars_shelf, n_workers):
