@@ -153,8 +153,9 @@ def test_show_batch_predict_get_preds(bars_shelf, tmp_path):
 SPAWN = '''
 import sys, multiprocessing as mp, torch
 from fastai_shelve.data import ShelfDataLoaders
-from fastai_shelve.augment import AlbumentationsTransform, xray_valid_augs
 if __name__ == '__main__':
+    # imported here, not above: a spawned worker runs the lines above, and one without the transform has no use for albumentations
+    from fastai_shelve.augment import AlbumentationsTransform, xray_valid_augs
     mp.set_start_method('spawn', force=True)  # what macOS and Windows use, and Python 3.14's default elsewhere
     for tfm in (None, AlbumentationsTransform(xray_valid_augs(48), xray_valid_augs(48))):
         # one worker: what spawn changes is how the shelf reaches a worker, the same for one as for many
