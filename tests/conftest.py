@@ -72,11 +72,11 @@ ctl = os.fdopen(os.dup(1), 'w')
 print(json.dumps(sorted(sys.modules)), file=ctl, flush=True)
 def run(script, args, cwd, out, err):
     sys.stdout.flush(); sys.stderr.flush()
-    saved, here, argv = (os.dup(0), os.dup(1), os.dup(2)), os.getcwd(), sys.argv
+    saved, here, argv, path0 = (os.dup(0), os.dup(1), os.dup(2)), os.getcwd(), sys.argv, sys.path[0]
     with open(os.devnull) as fi, open(out, 'w') as fo, open(err, 'w') as fe:
         for fd, f in zip((0, 1, 2), (fi, fo, fe)): os.dup2(f.fileno(), fd)
     try:
-        os.chdir(cwd); sys.argv = [script, *args]
+        os.chdir(cwd); sys.argv, sys.path[0] = [script, *args], os.path.dirname(os.path.abspath(script))
         try: runpy.run_path(script, run_name='__main__'); return 0
         except SystemExit as e:
             if isinstance(e.code, str): print(e.code, file=sys.stderr)
@@ -85,7 +85,7 @@ def run(script, args, cwd, out, err):
     finally:
         sys.stdout.flush(); sys.stderr.flush()
         for fd, old in zip((0, 1, 2), saved): os.dup2(old, fd); os.close(old)
-        os.chdir(here); sys.argv = argv
+        os.chdir(here); sys.argv, sys.path[0] = argv, path0
 for line in sys.stdin: print(json.dumps(run(*json.loads(line))), file=ctl, flush=True)
 '''
 
