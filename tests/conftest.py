@@ -1,5 +1,10 @@
 "Shared fixtures and helpers: real image files and shelves written to a temporary folder, killing a building process."
-import signal, subprocess, time
+import os, signal, subprocess, time
+# One intra-op thread here and in every process a test starts (inherited): the tests' models are tiny, and on a small
+# machine a second OpenMP thread spin-waits for the other (a fifth of the training tests' CPU time, measured) and gains nothing.
+# DataLoader workers use one thread anyway (PyTorch sets it); torchrun sets the same for its ranks. A value set outside wins.
+for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(v, '1')
+os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations' online version check: no network in tests
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 
@@ -55,3 +60,68 @@ def kill_when(cmd, shelf, n, extra=0., timeout=120):
 def nbs_ran(tmp_path_factory):
     "Where the docs build notes each notebook it ran without error (docs/hooks.py's RAN_ENV): the notebook tests skip those."
     return tmp_path_factory.mktemp('nbs_ran')
+
+# Another Python process, started once a session: importing fastai costs ~8 s of CPU a process, and several tests need
+# a process that holds none of this one's objects (a Learner loaded from its export with the shelf deleted, what
+# importing `data` alone loads). Each script runs as `python script args` would run it: `__main__`, its own argv and
+# working directory, its exit code, and what reached file descriptors 1 and 2 (C libraries' writes too).
+SERVE = '''
+import os, sys, json, runpy, traceback
+import fastai_shelve.data  # first and alone: what it loads is what importing it loads (tests/test_architecture.py)
+ctl = os.fdopen(os.dup(1), 'w')
+print(json.dumps(sorted(sys.modules)), file=ctl, flush=True)
+def run(script, args, cwd, out, err):
+    sys.stdout.flush(); sys.stderr.flush()
+    saved, here, argv, path0 = (os.dup(0), os.dup(1), os.dup(2)), os.getcwd(), sys.argv, sys.path[0]
+    with open(os.devnull) as fi, open(out, 'w') as fo, open(err, 'w') as fe:
+        for fd, f in zip((0, 1, 2), (fi, fo, fe)): os.dup2(f.fileno(), fd)
+    try:
+        os.chdir(cwd); sys.argv, sys.path[0] = [script, *args], os.path.dirname(os.path.abspath(script))
+        try: runpy.run_path(script, run_name='__main__'); return 0
+        except SystemExit as e:
+            if isinstance(e.code, str): print(e.code, file=sys.stderr)
+            return e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException: traceback.print_exc(); return 1
+    finally:
+        sys.stdout.flush(); sys.stderr.flush()
+        for fd, old in zip((0, 1, 2), saved): os.dup2(old, fd); os.close(old)
+        os.chdir(here); sys.argv, sys.path[0] = argv, path0
+for line in sys.stdin: print(json.dumps(run(*json.loads(line))), file=ctl, flush=True)
+'''
+
+class OtherProcess:
+    "`run(script, *args)` in a Python process of its own, kept for the session; a `CompletedProcess` as `subprocess.run` gives."
+    def __init__(self, tmp): self.tmp, self.p, self.n = tmp, None, 0
+    def start(self):
+        import sys
+        self.p = subprocess.Popen([sys.executable, '-c', SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._modules = self._reply(600)
+    @property
+    def modules(self) -> list:
+        "The modules the process held after its first import, `fastai_shelve.data`."
+        if self.p is None: self.start()
+        return self._modules
+    def _reply(self, timeout):
+        import json, select
+        if not select.select([self.p.stdout], [], [], timeout)[0]:
+            self.close(); raise subprocess.TimeoutExpired('other process', timeout)
+        line = self.p.stdout.readline()
+        if not line: rc = self.p.wait(); self.p = None; raise RuntimeError(f'the other process died (exit code {rc})')
+        return json.loads(line)
+    def run(self, script, *args, cwd='.', timeout=300):
+        import json
+        if self.p is None: self.start()
+        self.n += 1; out, err = self.tmp/f'{self.n}.out', self.tmp/f'{self.n}.err'
+        args = [str(a) for a in args]
+        self.p.stdin.write(json.dumps([str(script), args, str(cwd), str(out), str(err)]) + '\n'); self.p.stdin.flush()
+        rc = self._reply(timeout)
+        return subprocess.CompletedProcess([str(script), *args], rc, out.read_text(), err.read_text())
+    def close(self):
+        if self.p is not None: self.p.kill(); self.p.wait(); self.p = None
+
+@pytest.fixture(scope='session')
+def other_process(tmp_path_factory):
+    "One `OtherProcess` for the session."
+    o = OtherProcess(tmp_path_factory.mktemp('other_process'))
+    yield o
+    o.close()

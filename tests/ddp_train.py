@@ -2,7 +2,12 @@
 Each rank writes OUT/rank{N}.json: the record numbers (pixel [0, 0] of each image) it trained on, per epoch, and its losses."""
 import os, sys, json, torch, torch.distributed as dist
 from torch import nn
-from fastai.vision.all import Learner, BCEWithLogitsLossFlat, Callback, Flatten, set_seed
+# fastai's own modules, not fastai.vision.all (torchvision's models): each rank imports them, ~2 s of CPU less a rank
+from fastai.learner import Learner
+from fastai.losses import BCEWithLogitsLossFlat
+from fastai.callback.core import Callback
+from fastai.layers import Flatten
+from fastai.torch_core import set_seed
 from fastai.distributed import DistributedDL
 from fastai_shelve.data import ShelfDataLoaders
 import contextlib

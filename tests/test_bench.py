@@ -1,14 +1,17 @@
 """`fastai-shelve bench --quick` runs every section and writes a well-formed report (its speed is the benchmark's business,
 not the tests'): the command as users run it, with `QUICK`'s sizes shrunk to `TINY`'s, the smallest that run every path."""
-import json, subprocess, sys
+import json
 
-# The CLI's own `main`, in a process whose `--quick` sizes are TINY's
+# The CLI's own `main`, in a process whose `--quick` sizes are TINY's: the session's other process (conftest.py), which has
+# imported fastai already (~8 s of CPU a process)
 CLI_TINY = 'import sys, fastai_shelve.bench as b; b.QUICK.update(b.TINY); from fastai_shelve.cli import main; main(sys.argv[1:])'
 
-def test_bench_quick_output_is_well_formed(tmp_path):
-    r = subprocess.run([sys.executable, '-c', CLI_TINY, 'bench', '--quick', '--out', str(tmp_path)], capture_output=True, text=True, timeout=600)
+def test_bench_quick_output_is_well_formed(tmp_path, other_process):
+    (tmp_path/'bench_tiny.py').write_text(CLI_TINY)
+    out = tmp_path/'out'
+    r = other_process.run(tmp_path/'bench_tiny.py', 'bench', '--quick', '--out', out, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((tmp_path/'bench.json').read_text())
+    res = json.loads((out/'bench.json').read_text())
     assert {'cores', 'ram_gib', 'python', 'torch', 'fastai', 'lmdb', 'dbm_backend', 'mode'} <= set(res['facts'])
     assert res['facts']['mode'] == 'quick' and res['facts']['sizes']['n'] == 48  # TINY's
     sections = {r['section'] for r in res['rows']}
@@ -30,6 +33,6 @@ def test_bench_quick_output_is_well_formed(tmp_path):
     targets = ' '.join(t['target'] for t in res['targets'])
     assert 'a choice within 1.2x PNG files bytes' in targets and 'a choice within 0.5x raw bytes' in targets  # MET/MISS per target
     assert ('FFCV' in targets) == (res['facts']['ffcv'] == 'measured')
-    table = (tmp_path/'bench.txt').read_text()
+    table = (out/'bench.txt').read_text()
     assert '== targets' in table and table.count('MET') + table.count('MISS') == len(res['targets'])
-    assert (tmp_path/'bench.png').read_bytes()[:4] == b'\x89PNG'
+    assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'

@@ -171,23 +171,27 @@ def test_show_batch_predict_get_preds(bars_shelf, tmp_path):
 SPAWN = '''
 import sys, multiprocessing as mp, torch
 from fastai_shelve.data import ShelfDataLoaders
-from fastai_shelve.augment import AlbumentationsTransform, xray_valid_augs
 if __name__ == '__main__':
+    # imported here, not above: a spawned worker runs the lines above, and one without the transform has no use for albumentations
+    from fastai_shelve.augment import AlbumentationsTransform, xray_valid_augs
+    before = mp.get_start_method(allow_none=True)
     mp.set_start_method('spawn', force=True)  # what macOS and Windows use, and Python 3.14's default elsewhere
-    for tfm in (None, AlbumentationsTransform(xray_valid_augs(48), xray_valid_augs(48))):
-        # one worker: what spawn changes is how the shelf reaches a worker, the same for one as for many
-        dls = ShelfDataLoaders.from_shelf(sys.argv[1], bs=5, seed=0, num_workers=1, item_tfms=tfm, shuffle=False)
-        ref = dls.train.new(num_workers=0)
-        got, want = list(dls.train), list(ref)
-        assert len(got) == len(want) == len(dls.train), (len(got), len(want))
-        for (x, y), (u, v) in zip(got, want): assert torch.equal(x, u) and torch.equal(y, v)
+    try:
+        for tfm in (None, AlbumentationsTransform(xray_valid_augs(48), xray_valid_augs(48))):
+            # one worker: what spawn changes is how the shelf reaches a worker, the same for one as for many
+            dls = ShelfDataLoaders.from_shelf(sys.argv[1], bs=5, seed=0, num_workers=1, item_tfms=tfm, shuffle=False)
+            ref = dls.train.new(num_workers=0)
+            got, want = list(dls.train), list(ref)
+            assert len(got) == len(want) == len(dls.train), (len(got), len(want))
+            for (x, y), (u, v) in zip(got, want): assert torch.equal(x, u) and torch.equal(y, v)
+    finally: mp.set_start_method(before, force=True)  # the process runs other tests' scripts after this one
     print('ok', len(got))
 '''
 
-def test_spawned_workers(bars_shelf, tmp_path):
+def test_spawned_workers(bars_shelf, tmp_path, other_process):
     "Workers started with spawn get the shelf by pickling (its path, never a handle) and give the same batches."
-    import subprocess, sys
     path, _ = bars_shelf
     (tmp_path/'spawn.py').write_text(SPAWN)
-    r = subprocess.run([sys.executable, str(tmp_path/'spawn.py'), str(path)], capture_output=True, text=True, timeout=300)
+    # the session's other process starts the workers: it holds no handle of this process's, and has imported fastai already
+    r = other_process.run(tmp_path/'spawn.py', path)
     assert r.returncode == 0 and r.stdout.startswith('ok'), r.stderr[-3000:]

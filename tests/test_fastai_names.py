@@ -76,8 +76,8 @@ except FileNotFoundError as e: out['missing'] = str(e)
 print(json.dumps(out))
 '''
 
-def test_regression_predicts_a_number_after_export_without_shelf(ages):
-    "A regression Learner exported, the shelf deleted, loaded in a fresh process: predict gives a float; a typo is a missing file."
+def test_regression_predicts_a_number_after_export_without_shelf(ages, other_process):
+    "A regression Learner exported, the shelf deleted, loaded in another process: predict gives a float; a typo is a missing file."
     set_seed(0)
     path, df = ages
     build_shelf(df, path/'age.shelf', path, suff='.png', label_col='age', y_block=RegressionBlock, size=32, n_workers=0, progress=False)
@@ -89,8 +89,7 @@ def test_regression_predicts_a_number_after_export_without_shelf(ages):
     learn.export(path/'age.pkl')
     for f in path.glob('age.shelf*'): f.unlink()
     (path/'run.py').write_text(EXPORTED)
-    r = subprocess.run([sys.executable, str(path/'run.py'), str(path/'age.pkl'), str(path/'id0003.png'), str(path/'id0003.pgn')],
-                       capture_output=True, text=True, timeout=300)
+    r = other_process.run(path/'run.py', path/'age.pkl', path/'id0003.png', path/'id0003.pgn')  # none of this process's objects
     assert r.returncode == 0, r.stderr[-3000:]
     import json
     out = json.loads(r.stdout.strip().splitlines()[-1][r.stdout.strip().splitlines()[-1].index('{'):])  # after predict's progress bar

@@ -1,6 +1,6 @@
 """Trying to break it: kills during build and convert, concurrent readers and writers, a full disk.
 Quick versions run by default; the full ones are marked `slow` (`pytest -m slow`)."""
-import sys, time, shelve, subprocess, textwrap, random, queue, multiprocessing as mp
+import sys, json, time, shelve, subprocess, textwrap, random, queue, multiprocessing as mp
 import numpy as np, pytest
 from pathlib import Path
 from fastai_shelve.store import open_shelf
@@ -184,29 +184,71 @@ def _sweep_shelf(path, n_small, n_big):
     Path(f'{path}-lock').unlink()
     return recs
 
+# The CLI's `main` on each damaged copy in turn, in one child process (the CLI's imports cost a second a process): the
+# exit code, and what reached file descriptors 1 and 2 (C libraries' writes as well as Python's), as a process of its own
+# would show them. A progress line before each run names the copy a signal death or a hang happened on.
+SWEEP_CLI = textwrap.dedent('''
+    import os, sys, json, warnings, traceback
+    todo, prog, out = json.load(open(sys.argv[1])), open(sys.argv[2], 'a'), open(sys.argv[3], 'a')
+    def run(cmd, path, o, e):
+        sys.stdout.flush(); sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        with open(o, 'w') as fo, open(e, 'w') as fe: os.dup2(fo.fileno(), 1); os.dup2(fe.fileno(), 2)
+        try:
+            with warnings.catch_warnings():  # each run warns afresh, as a new process would
+                from fastai_shelve.cli import main  # in the first run's capture: what importing prints counts too
+                try: main([cmd, path]); return 0
+                except SystemExit as x:
+                    if isinstance(x.code, str): print(x.code, file=sys.stderr)
+                    return x.code if isinstance(x.code, int) else int(x.code is not None)
+                except BaseException: traceback.print_exc(); return 1  # what an uncaught exception does to a process
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            for fd, old in zip((1, 2), saved): os.dup2(old, fd); os.close(old)
+    for page, cmd, path in todo:
+        print(page, cmd, file=prog, flush=True)
+        code = run(cmd, path, f'{path}.{cmd}.out', f'{path}.{cmd}.err')
+        print(json.dumps(dict(page=page, cmd=cmd, code=code, stderr=open(f'{path}.{cmd}.err').read())), file=out, flush=True)
+''')
+
 def _zeroed_page_sweep(tmp_path, n_small, n_big, cmds):
     "Zero each 4 KiB page in turn; run the CLI's `cmds` on it. Outcome counts; asserts no signal death, no damage passing."
-    from pathlib import Path as P
-    exe = str(P(sys.executable).with_name('fastai-shelve'))
     recs = _sweep_shelf(tmp_path/'orig.shelf', n_small, n_big)
     data = (tmp_path/'orig.shelf').read_bytes()
     counts = {'tried': 0, 'clean error': 0, 'passes, data intact': 0, 'wrong data silently': 0, 'signal death': 0, 'hang': 0}
+    todo = []
     for page in range(len(data) // 4096):
         f = tmp_path/f'p{page}.shelf'
         b = bytearray(data); b[page*4096:(page+1)*4096] = bytes(4096); f.write_bytes(bytes(b))
-        for c in cmds:
-            counts['tried'] += 1
-            try: r = subprocess.run([exe, c, str(f)], capture_output=True, text=True, timeout=120)
-            except subprocess.TimeoutExpired: counts['hang'] += 1; continue
-            assert r.returncode >= 0, f"page {page}: {c} died by signal {-r.returncode}"
-            assert 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) <= 1, (page, c, r.stderr[-500:])
-            if r.returncode: counts['clean error'] += 1; continue
-            if c != 'verify': counts['info ran (it checks structure, not records)'] = counts.get('info ran (it checks structure, not records)', 0) + 1; continue
-            with open_shelf(f, check=True) as s:  # verify passed: then every record must be the original
-                got = dict(zip(s.keys(), s.get_many(s.keys())))
-            same = set(got) == set(recs) and all(np.array_equal(got[k]['image'], recs[k]['image']) for k in recs)
-            counts['passes, data intact' if same else 'wrong data silently'] += 1
-        f.unlink(); P(f'{f}-lock').unlink(missing_ok=True)
+        todo += [(page, c, str(f)) for c in cmds]
+    prog, out, results = tmp_path/'progress.txt', tmp_path/'results.jsonl', {}
+    (tmp_path/'sweep.py').write_text(SWEEP_CLI)
+    while todo:  # a child for what is left: after a hang, the next one goes on from the copy after it
+        (tmp_path/'todo.json').write_text(json.dumps(todo))
+        try:
+            r = subprocess.run([sys.executable, str(tmp_path/'sweep.py'), str(tmp_path/'todo.json'), str(prog), str(out)],
+                               capture_output=True, text=True, timeout=120 + 10*len(todo))
+            hang = False
+        except subprocess.TimeoutExpired: hang = True
+        for l in out.read_text().splitlines() if out.exists() else []:
+            d = json.loads(l); results[d['page'], d['cmd']] = d
+        stopped = [(int(p), c) for p, c in (l.split() for l in prog.read_text().splitlines())][-1:]
+        if not hang:
+            assert r.returncode >= 0, f"page {stopped[0][0]}: {stopped[0][1]} died by signal {-r.returncode}"
+            assert r.returncode == 0, r.stderr[-3000:]
+        elif stopped and stopped[0] not in results: results[stopped[0]] = dict(page=stopped[0][0], cmd=stopped[0][1], hang=True)
+        else: raise AssertionError('the sweep hung between two runs')
+        todo = [t for t in todo if t[:2] not in results]
+    for (page, c), d in sorted(results.items()):
+        counts['tried'] += 1
+        if d.get('hang'): counts['hang'] += 1; continue
+        assert 'Traceback' not in d['stderr'] and len(d['stderr'].strip().splitlines()) <= 1, (page, c, d['stderr'][-500:])
+        if d['code']: counts['clean error'] += 1; continue
+        if c != 'verify': counts['info ran (it checks structure, not records)'] = counts.get('info ran (it checks structure, not records)', 0) + 1; continue
+        with open_shelf(tmp_path/f'p{page}.shelf', check=True) as s:  # verify passed: then every record must be the original
+            got = dict(zip(s.keys(), s.get_many(s.keys())))
+        same = set(got) == set(recs) and all(np.array_equal(got[k]['image'], recs[k]['image']) for k in recs)
+        counts['passes, data intact' if same else 'wrong data silently'] += 1
     print(counts)
     assert counts['wrong data silently'] == counts['hang'] == 0 and counts['clean error'] > 0
     return counts

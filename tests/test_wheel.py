@@ -34,15 +34,18 @@ def wheel(tmp_path_factory):
 @pytest.fixture(scope='module')
 def lowest_venv(tmp_path_factory, wheel):
     venv = tmp_path_factory.mktemp('venv')/'lowest'
-    run([sys.executable, '-m', 'venv', venv], timeout=300)
+    # --without-pip: installing pip into the venv costs ~6 s of CPU; the pip on the base path below installs into the venv
+    # all the same (it installs where the Python running it has its prefix), as the venv's own pip would
+    run([sys.executable, '-m', 'venv', '--without-pip', venv], timeout=300)
     py = venv/'bin'/'python'
     site = Path(run([py, '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])']).stdout.strip())
     # A plain path line: this environment's packages, after the venv's own; its .pth files (our editable install) don't run
     (site/'base_env.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
     pins = [f'{p}=={v}' for p,v in lowest_versions().items()]
-    run([py, '-m', 'pip', 'install', '-q', *pins], timeout=900)
+    pip = [py, '-m', 'pip', 'install', '-q', '--disable-pip-version-check']
+    run([*pip, *pins], timeout=900)
     # as on Kaggle: no index; --ignore-installed, or pip would take this environment's editable install for the wheel
-    run([py, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--ignore-installed', wheel], timeout=300)
+    run([*pip, '--no-deps', '--no-index', '--ignore-installed', wheel], timeout=300)
     return venv
 
 # No PYTHONPATH: a developer's checkout on it would be imported instead of the wheel
@@ -55,22 +58,52 @@ SMOKE = ('batches_equal_per_item_path or augmentation_only_on_training_set or xr
 def test_wheel_is_pure_python(wheel):
     assert wheel.name.endswith('-py3-none-any.whl')  # one file for every Kaggle image
 
-def test_lowest_versions_are_what_runs(lowest_venv):
-    code = ('import json, fastai, fastcore, albumentations, fastai_shelve\n'
-            'print(json.dumps(dict(fastai=fastai.__version__, fastcore=fastcore.__version__, '
-            'albumentations=albumentations.__version__, at=fastai_shelve.__file__)))')
-    got = json.loads(run([lowest_venv/'bin'/'python', '-c', code], env=ENV, cwd=lowest_venv).stdout)
+# One process at the lowest versions does all three checks (importing fastai and albumentations there costs ~15 s of CPU
+# a process): the versions it imports; then, before anything else has run in it, the wheel's installed `fastai-shelve`
+# script, executed as a console script is (`__main__`, its argv), on the demo; then the smoke of the tests.
+AT_LOWEST = '''
+import sys, json, runpy, contextlib
+import fastai, fastcore, albumentations, fastai_shelve
+script, out, *smoke = sys.argv[1:]
+json.dump(dict(fastai=fastai.__version__, fastcore=fastcore.__version__, albumentations=albumentations.__version__,
+               at=fastai_shelve.__file__), open(f'{out}/versions.json', 'w'))
+sys.argv = [script, 'demo', '--out', f'{out}/demo', '--n', '24', '--size', '32', '--epochs', '1', '--bs', '8', '--workers', '0']
+with open(f'{out}/demo.out', 'w') as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    try: runpy.run_path(script, run_name='__main__'); code = 0
+    except SystemExit as e: code = e.code or 0
+open(f'{out}/demo.code', 'w').write(str(code))
+import pytest
+sys.exit(pytest.main(smoke))
+'''
+
+@pytest.fixture(scope='module')
+def at_lowest(lowest_venv, tmp_path_factory):
+    "The versions, the demo's output and exit code, and the smoke's output, from one process in `lowest_venv`."
+    out = tmp_path_factory.mktemp('at_lowest')
+    (out/'run.py').write_text(AT_LOWEST)
+    # run from `out`: with the checkout as the working directory Python would import its fastai_shelve, not the wheel's
+    r = subprocess.run([str(lowest_venv/'bin'/'python'), str(out/'run.py'), str(lowest_venv/'bin'/'fastai-shelve'), str(out),
+                        '-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow', '-k', SMOKE,
+                        str(ROOT/'tests'/'test_fastai.py'), str(ROOT/'tests'/'test_store.py')],
+                       capture_output=True, text=True, env=ENV, cwd=out, timeout=1500)
+    return out, r
+
+def test_lowest_versions_are_what_runs(lowest_venv, at_lowest):
+    out, _ = at_lowest
+    got = json.loads((out/'versions.json').read_text())
     assert got.pop('at').startswith(str(lowest_venv)), 'fastai_shelve was not imported from the installed wheel'
     assert got == lowest_versions()
 
-def test_demo_runs_from_the_wheel(lowest_venv, tmp_path):
-    r = run([lowest_venv/'bin'/'fastai-shelve', 'demo', '--out', tmp_path/'demo', '--n', 24, '--size', 32, '--epochs', 1,
-             '--bs', 8, '--workers', 0], env=ENV, cwd=tmp_path, timeout=600)  # the smoke runs workers at these versions
-    assert re.search(r'accuracy_multi \d\.\d+', r.stdout), r.stdout[-2000:]
-    assert (tmp_path/'demo'/'train.shelf').exists()
+def test_demo_runs_from_the_wheel(lowest_venv, at_lowest):
+    out, _ = at_lowest
+    script = lowest_venv/'bin'/'fastai-shelve'
+    # what running it as a command adds to running its code: it is executable, with this venv's Python as interpreter
+    assert os.access(script, os.X_OK) and script.read_text().splitlines()[0].startswith(f"#!{lowest_venv/'bin'/'python'}")
+    text = (out/'demo.out').read_text()
+    assert (out/'demo.code').read_text() == '0', text[-3000:]  # the smoke runs workers at these versions
+    assert re.search(r'accuracy_multi \d\.\d+', text), text[-2000:]
+    assert (out/'demo'/'train.shelf').exists()
 
-def test_fastai_and_store_smoke_at_lowest_versions(lowest_venv, tmp_path):
-    # run from tmp_path: with the checkout as the working directory Python would import its fastai_shelve, not the wheel's
-    r = run([lowest_venv/'bin'/'python', '-m', 'pytest', '-q', '-x', '-p', 'no:cacheprovider', '-m', 'not slow', '-k', SMOKE,
-             ROOT/'tests'/'test_fastai.py', ROOT/'tests'/'test_store.py'], env=ENV, cwd=tmp_path, timeout=1200)
-    assert re.search(r'\b6 passed', r.stdout) and 'failed' not in r.stdout, r.stdout[-2000:]
+def test_fastai_and_store_smoke_at_lowest_versions(at_lowest):
+    _, r = at_lowest
+    assert r.returncode == 0 and re.search(r'\b6 passed', r.stdout) and 'failed' not in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
