@@ -1,7 +1,7 @@
 """The notebooks are the source: the modules must be what nbdev exports from them, and their own tests must pass.
 Each notebook runs once per test run: the docs build (tests/test_docs.py, which runs first) runs them as nbdev_test does
 and notes those that passed; only the others run here."""
-import shutil, subprocess, sys, filecmp
+import re, shutil, subprocess, sys, filecmp
 from pathlib import Path
 import pytest
 
@@ -27,3 +27,13 @@ def test_notebook(nb, monkeypatch, nbs_ran):
     monkeypatch.chdir(ROOT)
     ok, _ = test_nb(nb, skip_flags=get_config(ROOT).tst_flags.split())  # as nbdev_test: pyproject.toml's tst_flags
     assert ok, f"{nb.name} failed: see the traceback above"
+
+SHOWS = re.compile(r'show_batch\(|show_results\(|show_images?\(|plt\.')
+
+def test_notebooks_keep_their_figures():
+    "Notebooks are saved with their outputs (`python docs/hooks.py nbs/NN_x.ipynb`), so GitHub shows them as the docs do."
+    from fastcore.nbio import read_nb
+    bare = [f'{nb.stem} cell {c.id}' for nb in NBS for c in read_nb(nb).cells
+            if c.cell_type == 'code' and not c.source.startswith('#| export') and SHOWS.search(c.source)
+            and not any('image/png' in o.get('data', {}) for o in c.outputs)]
+    assert not bare, f"cells that show figures saved without them: {bare}: run python docs/hooks.py on their notebooks"
