@@ -99,8 +99,11 @@ def info(path:str, # a shelf (LMDB) or a stdlib shelve file
     res = shelf_info(path, allow_pickle)
     stats = (res.get('meta') or {}).get('stats') or {}
     if 'hist' in stats: res['meta'] = {**res['meta'], 'stats': {k:v for k,v in stats.items() if k != 'hist'}}
+    show = lambda v: json.dumps(v, default=str) if isinstance(v, (dict, list)) else v
     for k,v in res.items():
-        print(f"{k:>13}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+        if k != 'meta' or not isinstance(v, dict): print(f"{k:>13}: {show(v)}"); continue
+        print(f"{k:>13}:")  # a line per entry: the whole dict on one line grows with every build setting
+        for mk, mv in v.items(): print(f"{'':>15}{mk}: {show(mv)}")
     hists = stats.get('hist') or []
     for c,h in enumerate(hists): print(f"{'pixels' + (' ' + 'RGB'[c] if len(hists) == 3 else ''):>13}: {hist_summary(h)}")
 
