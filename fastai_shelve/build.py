@@ -244,9 +244,8 @@ def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
     if diff: raise ShelfError(f"{shelf.path}: the table gives {len(diff)} records already there other labels, e.g. {diff[:3]}: "
                               f"build to a new path to change labels")
 
-def _todo(shelf, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
+def _todo(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
     "(decode tasks for the ids not in `shelf` yet, how many are there): a resume, refused if the table changed their labels."
-    valid = [k for k in keys if key_bytes(k) is not None]
     # A file's frames commit in one transaction: its first frame there means all of them are
     probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
     todo = {probe[p] for p in shelf.missing(list(probe))}
@@ -306,6 +305,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     files, masks, pref = _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
     table = _other_columns(df, keys, col, label_col)
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
+    valid = [k for k in keys if key_bytes(k) is not None]
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
@@ -318,8 +318,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         if len(table.columns) and settings.frame != 'all': shelf.set_table(table)
-        shelf.keep_order([k for k in keys if key_bytes(k) is not None], frames=settings.frame == 'all')  # `from_shelf`'s item order, as `from_df`'s rows
-        tasks, existing = _todo(shelf, keys, files, labels, masks, settings, (compression, level))
+        shelf.keep_order(valid, frames=settings.frame == 'all')  # `from_shelf`'s item order, as `from_df`'s rows
+        tasks, existing = _todo(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
         if settings.frame == 'all': shelf.set_table(_frames_table(shelf.keys(), table))
