@@ -146,6 +146,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.codec._parse_header': ('codec.html#_parse_header', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec._tail': ('codec.html#_tail', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec._unsigned': ('codec.html#_unsigned', 'fastai_shelve/codec.py'),
+                                     'fastai_shelve.codec._zstd': ('codec.html#_zstd', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.bind_key': ('codec.html#bind_key', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.check_compression': ('codec.html#check_compression', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.check_crc': ('codec.html#check_crc', 'fastai_shelve/codec.py'),
