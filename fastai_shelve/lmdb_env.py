@@ -40,6 +40,10 @@ def needs_lock(path:Path, readonly:bool, lock:bool=None) -> bool:
 
 def prepare_lock(path:Path):
     "Give `path`'s lock file its blocks: a full disk errs here, not later."
+    # Not where this process has the file open: closing any descriptor of the lock file drops all this process's POSIX
+    # locks on it, LMDB's too; the next process to open the shelf would then think itself alone and reset LMDB's lock
+    # table, and a writer here would commit over its own last commit (records lost). LMDB has the file ready anyway.
+    if _env_key(path) in _envs: return
     lockf = lock_path(path)
     try:
         fd = os.open(lockf, os.O_RDWR | os.O_CREAT, 0o664)

@@ -1,6 +1,6 @@
 """Trying to break it: kills during build and convert, concurrent readers and writers, a full disk.
 Quick versions run by default; the full ones are marked `slow` (`pytest -m slow`)."""
-import sys, json, time, shelve, subprocess, textwrap, random, queue, multiprocessing as mp
+import os, sys, json, time, shelve, subprocess, textwrap, random, queue, multiprocessing as mp
 import numpy as np, pytest
 from pathlib import Path
 from fastai_shelve.store import open_shelf
@@ -311,6 +311,30 @@ def test_reader_that_cannot_lock_is_refused_unless_it_says_so(tmp_path):
         r = subprocess.run([sys.executable, '-c', code, str(shelf), 'no'], capture_output=True, text=True, timeout=120)
         assert 'read 5' in r.stdout, r.stdout + r.stderr[-800:]
     finally: subprocess.run(['umount', lock], capture_output=True)
+
+def _lmdb_locks(path) -> list:
+    "This process's POSIX locks on `path`'s LMDB lock file, as /proc/locks lists them: [(kind, first byte)]."
+    ino, pid = os.stat(f'{path}-lock').st_ino, str(os.getpid())
+    rows = [l.split() for l in open('/proc/locks') if f':{ino} ' in l and '->' not in l]
+    return sorted((r[3], r[-2]) for r in rows if r[4] == pid)
+
+@pytest.mark.skipif(not os.path.exists('/proc/locks'), reason='reads the kernel\'s lock list (Linux)')
+def test_a_shelf_open_here_keeps_lmdbs_locks(tmp_path):
+    "keys(), its structure walk and a second handle on the file leave this process's LMDB locks in place."
+    # Closing any descriptor of a file drops the process's POSIX locks on it. Without LMDB's, the next process to open the
+    # shelf thinks itself alone and resets LMDB's lock table: a writer here then commits over its last commit (records
+    # lost, which test_two_builds_with_other_settings_started_together saw once in ~30 runs).
+    p = tmp_path/'s.shelf'
+    rec = lambda i: {'image': np.full((8, 8), i, np.uint8)}
+    with open_shelf(p, 'c') as s:
+        s.put_many([(f'k{i}', rec(i)) for i in range(3)])
+        held = _lmdb_locks(p)
+        assert ('READ', '0') in held, held  # LMDB's own: "this file is open here"
+        assert s.keys() == ['k0', 'k1', 'k2']  # walks the file's structure in a child first
+        with open_shelf(p) as r: assert len(r) == 3  # a reader of the same file in this process
+        s.put_many([('k3', rec(3))])  # a new version of the file: walked again
+        assert len(s.keys()) == 4
+        assert _lmdb_locks(p) == held
 
 TWO_BUILDS = textwrap.dedent('''
     import sys, pandas as pd
