@@ -38,6 +38,10 @@ def needs_lock(path:Path, readonly:bool, lock:bool=None) -> bool:
                          f"if you know nobody writes to it")
     return True
 
+_envs: dict = {}  # (pid, real path) -> _Env: this process's open environments
+
+def _env_key(path) -> tuple: return os.getpid(), os.path.realpath(path)
+
 def prepare_lock(path:Path):
     "Give `path`'s lock file its blocks: a full disk errs here, not later."
     # Not where this process has the file open: closing any descriptor of the lock file drops all this process's POSIX
@@ -66,10 +70,6 @@ _MAP_MIN = 1 << 30  # a new map's least size: address space, not disk; a write t
 class _Env:
     "An open environment: whether read-only, and how many shelves share it."
     def __init__(self, env, readonly): self.env,self.readonly,self.refs = env,readonly,1
-
-_envs: dict = {}  # (pid, real path) -> _Env
-
-def _env_key(path) -> tuple: return os.getpid(), os.path.realpath(path)
 
 def acquire_env(path:Path, readonly:bool, lock:bool=None, map_size:int=None):
     "This process's one LMDB environment for `path`, opened if needed."
