@@ -468,6 +468,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                         'fastai_shelve.lmdb_env.acquire_env': ('lmdb_env.html#acquire_env', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.lock_path': ('lmdb_env.html#lock_path', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.needs_lock': ('lmdb_env.html#needs_lock', 'fastai_shelve/lmdb_env.py'),
+                                        'fastai_shelve.lmdb_env.open_here': ('lmdb_env.html#open_here', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.os_reason': ('lmdb_env.html#os_reason', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.prepare_lock': ('lmdb_env.html#prepare_lock', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.read_only_fs': ('lmdb_env.html#read_only_fs', 'fastai_shelve/lmdb_env.py'),

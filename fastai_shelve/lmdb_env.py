@@ -11,8 +11,8 @@ from fastcore.basics import ifnone
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['LOCK_BYTES', 'MAX_READERS', 'MAX_DBS', 'lock_path', 'read_only_fs', 'needs_lock', 'prepare_lock', 'os_reason',
-           'acquire_env', 'release_env']
+__all__ = ['LOCK_BYTES', 'MAX_READERS', 'MAX_DBS', 'lock_path', 'read_only_fs', 'needs_lock', 'open_here', 'prepare_lock',
+           'os_reason', 'acquire_env', 'release_env']
 
 # %% ../nbs/00b_lmdb_env.ipynb #5a1e0c01
 LOCK_BYTES = 64 << 10  # what LMDB's lock file needs for MAX_READERS reader slots, and then some
@@ -42,12 +42,16 @@ _envs: dict = {}  # (pid, real path) -> _Env: this process's open environments
 
 def _env_key(path) -> tuple: return os.getpid(), os.path.realpath(path)
 
+def open_here(path) -> bool:
+    "Whether this process has `path`'s LMDB environment open."
+    return _env_key(path) in _envs
+
 def prepare_lock(path:Path):
     "Give `path`'s lock file its blocks: a full disk errs here, not later."
     # Not where this process has the file open: closing any descriptor of the lock file drops all this process's POSIX
     # locks on it, LMDB's too; the next process to open the shelf would then think itself alone and reset LMDB's lock
     # table, and a writer here would commit over its own last commit (records lost). LMDB has the file ready anyway.
-    if _env_key(path) in _envs: return
+    if open_here(path): return
     lockf = lock_path(path)
     try:
         fd = os.open(lockf, os.O_RDWR | os.O_CREAT, 0o664)

@@ -336,6 +336,16 @@ def test_a_shelf_open_here_keeps_lmdbs_locks(tmp_path):
         assert len(s.keys()) == 4
         assert _lmdb_locks(p) == held
 
+def test_mode_n_refuses_a_shelf_open_here(tmp_path):
+    "Replacing a shelf this process has open is refused before anything is deleted: the old records still read."
+    p = tmp_path/'s.shelf'
+    with open_shelf(p, 'c') as s: s.put_many([('old', {'image': np.zeros(4, np.uint8)})])
+    with open_shelf(p) as r:
+        with pytest.raises(ShelfError, match='open in this process'): open_shelf(p, 'n')
+        assert r.keys() == ['old']
+    with open_shelf(p, 'n') as w: w.put_many([('new', {'image': np.ones(4, np.uint8)})])  # closed: replaced
+    with open_shelf(p) as s: assert s.keys() == ['new']
+
 TWO_BUILDS = textwrap.dedent('''
     import sys, pandas as pd
     from fastai_shelve.build import build_shelf
