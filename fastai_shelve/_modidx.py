@@ -466,6 +466,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env._env_key': ('lmdb_env.html#_env_key', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.acquire_env': ('lmdb_env.html#acquire_env', 'fastai_shelve/lmdb_env.py'),
+                                        'fastai_shelve.lmdb_env.in_use': ('lmdb_env.html#in_use', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.lock_path': ('lmdb_env.html#lock_path', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.needs_lock': ('lmdb_env.html#needs_lock', 'fastai_shelve/lmdb_env.py'),
                                         'fastai_shelve.lmdb_env.open_here': ('lmdb_env.html#open_here', 'fastai_shelve/lmdb_env.py'),

@@ -4,15 +4,15 @@
 
 # %% ../nbs/00b_lmdb_env.ipynb #3f0a0103
 from __future__ import annotations
-import os, errno
+import os, errno, fcntl
 from pathlib import Path
 import lmdb
 from fastcore.basics import ifnone
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['LOCK_BYTES', 'MAX_READERS', 'MAX_DBS', 'lock_path', 'read_only_fs', 'needs_lock', 'open_here', 'prepare_lock',
-           'os_reason', 'acquire_env', 'release_env']
+__all__ = ['LOCK_BYTES', 'MAX_READERS', 'MAX_DBS', 'lock_path', 'read_only_fs', 'needs_lock', 'open_here', 'in_use',
+           'prepare_lock', 'os_reason', 'acquire_env', 'release_env']
 
 # %% ../nbs/00b_lmdb_env.ipynb #5a1e0c01
 LOCK_BYTES = 64 << 10  # what LMDB's lock file needs for MAX_READERS reader slots, and then some
@@ -45,6 +45,17 @@ def _env_key(path) -> tuple: return os.getpid(), os.path.realpath(path)
 def open_here(path) -> bool:
     "Whether this process has `path`'s LMDB environment open."
     return _env_key(path) in _envs
+
+def in_use(path) -> bool:
+    "Whether any process has `path`'s LMDB environment open: this one, or another (holding LMDB's lock on the lock file)."
+    if open_here(path): return True  # and no descriptor of the lock file here: closing it would drop this process's locks
+    try: fd = os.open(lock_path(path), os.O_RDWR)
+    except OSError: return False  # no lock file we may lock: nobody has it open with a lock
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # LMDB's users hold byte 0 shared while they have the file open
+        return False
+    except OSError: return True
+    finally: os.close(fd)
 
 def prepare_lock(path:Path):
     "Give `path`'s lock file its blocks: a full disk errs here, not later."

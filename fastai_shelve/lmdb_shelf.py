@@ -12,7 +12,7 @@ from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError)
 from .interface import ShelfBase, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError
-from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, open_here
+from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure
 from .lmdb_batch import BatchFill
 from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM  # users imported them from here
@@ -39,8 +39,9 @@ class Shelf(ShelfBase):
         check_compression(compression)
         path = Path(path)
         if mode == 'n':
-            # Deleting a file this process has mapped would leave neither shelf: the old one gone, the new one unopenable
-            if open_here(path): raise ShelfError(f"{path} is open in this process: close it (and DataLoaders made from it) before replacing it with mode='n'")
+            # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves
+            # neither shelf: the old one gone, the new one unopenable
+            if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, before replacing it with mode='n'")
             try:
                 for p in (path, lock_path(path)): p.unlink(missing_ok=True)
             except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None

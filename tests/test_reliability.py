@@ -336,14 +336,28 @@ def test_a_shelf_open_here_keeps_lmdbs_locks(tmp_path):
         assert len(s.keys()) == 4
         assert _lmdb_locks(p) == held
 
-def test_mode_n_refuses_a_shelf_open_here(tmp_path):
-    "Replacing a shelf this process has open is refused before anything is deleted: the old records still read."
+HOLD_OPEN = textwrap.dedent('''
+    import sys
+    from fastai_shelve.store import open_shelf
+    with open_shelf(sys.argv[1]) as s:
+        print(len(s), flush=True); sys.stdin.readline()  # open until told
+''')
+
+def test_mode_n_refuses_a_shelf_in_use(tmp_path):
+    "Replacing a shelf that this or another process has open is refused before anything is deleted; closed, it is replaced."
+    # Deleted under them, a build in another process would go on writing into the deleted file and report success
     p = tmp_path/'s.shelf'
     with open_shelf(p, 'c') as s: s.put_many([('old', {'image': np.zeros(4, np.uint8)})])
     with open_shelf(p) as r:
-        with pytest.raises(ShelfError, match='open in this process'): open_shelf(p, 'n')
+        with pytest.raises(ShelfError, match='is open'): open_shelf(p, 'n')
         assert r.keys() == ['old']
-    with open_shelf(p, 'n') as w: w.put_many([('new', {'image': np.ones(4, np.uint8)})])  # closed: replaced
+    q = subprocess.Popen([sys.executable, '-c', HOLD_OPEN, str(p)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert q.stdout.readline().strip() == '1'
+        with pytest.raises(ShelfError, match='is open'): open_shelf(p, 'n')
+    finally: q.communicate('\n', timeout=60)
+    with open_shelf(p) as s: assert s.keys() == ['old']
+    with open_shelf(p, 'n') as w: w.put_many([('new', {'image': np.ones(4, np.uint8)})])  # nobody has it open: replaced
     with open_shelf(p) as s: assert s.keys() == ['new']
 
 TWO_BUILDS = textwrap.dedent('''
