@@ -42,6 +42,10 @@ def best_of(f, repeat:int=3) -> float:
         t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
     return min(ts)
 
+def _each(f, xs):
+    "`f` of each of `xs`, each result dropped before the next, as a training loop does (kept, each would fault in new pages)."
+    for x in xs: f(x)
+
 def drop_caches() -> bool:
     "Drop the OS page cache if we may (root on Linux); True if done."
     try:
@@ -190,13 +194,11 @@ def bench_fetch(d:Path, n:int, side:int, bs:int, n_batches:int, cold:bool=True) 
     batches = [rng.choice(n, bs, replace=False) for _ in range(n_batches)]
     ref = readers['in-RAM ndarray index (memcpy)']
     for f in readers.values(): assert np.array_equal(f(batches[0]), ref(batches[0]))  # all read the same bytes
-    def run(name, bb): 
-        for ix in bb: readers[name](ix)
     warm = {k: [] for k in readers}
     for _ in range(3):  # interleaved rounds: drift in machine speed hits every reader alike
         for k in readers:
             bb = batches[:2] if k in SLOW_READERS else batches
-            warm[k].append(best_of(lambda: run(k, bb), 1) / len(bb))
+            warm[k].append(best_of(lambda: _each(readers[k], bb), 1) / len(bb))
     rows = []
     base = min(warm['memmap fancy index (ceiling)'])
     for k in readers:
@@ -208,7 +210,7 @@ def bench_fetch(d:Path, n:int, side:int, bs:int, n_batches:int, cold:bool=True) 
             if k in SLOW_READERS or k.startswith('in-RAM'): continue
             drop_caches()
             bb = batches[:n_batches//2]
-            coldt[k] = best_of(lambda: run(k, bb), 1) / len(bb)
+            coldt[k] = best_of(lambda: _each(readers[k], bb), 1) / len(bb)
         for k,t in coldt.items():
             rows.append(dict(section='1 fetch', name=k, cache='cold', s_per_batch=t, img_s=bs/t,
                              ratio_to_memmap=t/coldt['memmap fancy index (ceiling)']))
@@ -505,14 +507,12 @@ def bench_compress(d:Path, n:int, side:int, bs:int, n_batches:int) -> list:
     for k,r in readers.items():  # the same pixels back (JPEG is lossy: close, not equal)
         b = r(batches[0])
         assert np.array_equal(b, ref) or (k.startswith('JPEG') and np.abs(b.astype(int) - ref).mean() < 3), k
-    def run(r, bb):  # each batch dropped before the next, as a training loop does: kept, each would fault in new pages
-        for b in bb: r(b)
     warm = {k: [] for k in readers}
     os.sync()  # the stores just written go to disk now, not on the cores while we time
     for _ in range(5):  # interleaved rounds, best of 5 (this machine's speed drifts); files on a quarter of the batches (PNG is slow)
         for k,r in readers.items():
             bb = batches if k in stores else batches[:max(2, n_batches//4)]
-            warm[k].append(best_of(lambda: run(r, bb), 1) / len(bb))
+            warm[k].append(best_of(lambda: _each(r, bb), 1) / len(bb))
     for s in shelves.values(): s.close()
     epoch = [keys[i:i+bs] for i in range(0, n, bs)]
     cold = {k: min(_cold_epoch(p, epoch) for _ in range(2)) for k,p in stores.items()}

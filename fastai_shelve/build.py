@@ -146,6 +146,10 @@ class BuildReport:
 # %% ../nbs/02_build.ipynb #88eb2517
 _LABEL_META = ('label_kind', 'vocab', 'label_names')
 
+def _codec_meta(compression:str, level:int) -> dict:
+    "The metadata naming a shelf's codec: its level only when given (None is the library's default)."
+    return dict(compression=compression) | ({} if level is None else dict(compression_level=level))
+
 def _resume_codec(meta:dict, compression:str, level:int) -> tuple:
     "(compression, level) a build into the shelf with `meta` writes: on a resume, None keeps the shelf's."
     if meta.get('build') is None: return compression, level
@@ -312,8 +316,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
-                          image_mode='L' if settings.gray else 'RGB', compression=compression,
-                          **({} if level is None else dict(compression_level=level)), **label_meta, valid_col=valid_col,
+                          image_mode='L' if settings.gray else 'RGB', **_codec_meta(compression, level), **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=_label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
@@ -362,8 +365,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                                                              'n_records', 'n_shards', 'compression', 'compression_level',
                                                              'converted_from')}
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, 'compression': compression},
-                        **({} if level is None else dict(compression_level=level)))
+        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)})
         if src.table is not None: out.set_table(src.table)
         if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
     return len(keys)

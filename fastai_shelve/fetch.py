@@ -117,9 +117,13 @@ class ShelfDL(TfmdDL):
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
         return (plans, items) if plans and all(plans) and all(items) else None
 
+    def shelf_here(self) -> bool:
+        "Is there a shelf to read (not in an exported Learner loaded where the shelf is absent)?"
+        return self.shelf is not None and os.path.exists(self.shelf.path)
+
     def reads_whole(self) -> bool:
         "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
-        if self.prebatched or self.shelf is None or not os.path.exists(self.shelf.path) or self.batch_plans() is None: return False
+        if self.prebatched or not self.shelf_here() or self.batch_plans() is None: return False
         items = getattr(self.dataset, 'items', None)
         return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
 
@@ -150,11 +154,6 @@ class ShelfDL(TfmdDL):
             b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
         return b
 
-    def whole_batch(self, plans, keys):
-        "The batch of `keys` from one `get_batch`, or None if records differ in shape or an item is not a key (a file)."
-        arrs = self.arrays(self.start_read(plans, keys))
-        return None if arrs is None else self.assemble(plans, arrs)
-
     def item_batch(self, idxs, keys):
         "The batch of `idxs` through fastai's per-item pipeline, its records read in one `get_many`."
         if not keys: b = [o for o in map(self.do_item, idxs) if o is not None]  # files or arrays: no shelf needed
@@ -164,8 +163,7 @@ class ShelfDL(TfmdDL):
 
     def create_batches(self, samps):
         # No shelf here (an exported Learner elsewhere): fastai's own per-item path, the getter reads files
-        if self.prebatched or self.shelf is None or not os.path.exists(self.shelf.path):
-            yield from super().create_batches(samps); return
+        if self.prebatched or not self.shelf_here(): yield from super().create_batches(samps); return
         plans = self.batch_plans()
         chunks = ((idxs, self.keys_of(idxs)) for idxs in self.chunkify(samps))
         start = lambda c: self.start_read(plans, c[1]) if c and plans and len(c[1]) == len(c[0]) else None

@@ -255,6 +255,9 @@ class Shelf(ShelfBase):
         try: return json.loads(bytes(b))
         except (ValueError, UnicodeDecodeError, RecursionError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {str(e)[:100]}") from None
 
+    def _set_meta(self, name:bytes, d):
+        self._commit([(name, json.dumps(d).encode())], db=self._metadb)
+
     def update_meta(self, check=None, **kwargs):
         "Merge `kwargs` into the metadata, after `check(old_meta)` if given."
         self._commit(meta=kwargs, check=check)
@@ -267,8 +270,7 @@ class Shelf(ShelfBase):
 
     def set_table(self, df):
         "Store a DataFrame of per-key columns, indexed by key."
-        d = {'index': [str(o) for o in df.index], 'columns': {c: df[c].tolist() for c in df.columns}}
-        self._commit([(b'table', json.dumps(d).encode())], db=self._metadb)
+        self._set_meta(b'table', {'index': [str(o) for o in df.index], 'columns': {c: df[c].tolist() for c in df.columns}})
 
     @property
     def table(self):
@@ -279,8 +281,7 @@ class Shelf(ShelfBase):
     def set_order(self, keys, rows=None):
         "Store the build table's row order: `keys` at row numbers `rows`."
         # rows default to 0, 1, ...; a shard's are the whole table's
-        d = {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]})
-        self._commit([(b'order', json.dumps(d).encode())], db=self._metadb)
+        self._set_meta(b'order', {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]}))
 
     @property
     def order(self):
