@@ -134,14 +134,17 @@ class _Writer:
 # %% ../nbs/02_build.ipynb #f3c335e8
 class BuildReport:
     "What `build_shelf` did: counts, speed, and every input it could not use as (key, path, reason)."
-    def __init__(self, path, total, written, existing, bad, seconds): store_attr()
+    # `unnamed`: records the table no longer names (an earlier build's rows), kept but not served; `pruned`: those deleted
+    def __init__(self, path, total, written, existing, bad, seconds, unnamed:int=0, pruned:int=0): store_attr()
     @property
     def rate(self): return self.written / max(self.seconds, 1e-9)
     @property
     def bad_df(self): return pd.DataFrame(self.bad, columns=['key', 'path', 'reason'])
     def __repr__(self):
         return (f"{self.path}: {self.written} written, {self.existing} already there, {len(self.bad)} bad, "
-                f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)")
+                f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)"
+                + (f"; {self.unnamed} records no row of the table names, kept but not served (prune=True deletes them)" if self.unnamed else '')
+                + (f"; {self.pruned} records no row of the table names deleted" if self.pruned else ''))
 
 # %% ../nbs/02_build.ipynb #88eb2517
 _LABEL_META = ('label_kind', 'vocab', 'label_names')
@@ -258,6 +261,19 @@ def _todo(shelf, valid, keys, files, labels, masks, settings:BuildSettings, comp
     tasks = [(k, f, l, m, settings, compression) for k,f,l,m in zip(keys, files, labels, masks) if k in todo]
     return tasks, len(valid) - len(tasks)
 
+def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
+    "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
+    if not listed and not frames: return len(shelf) - (len(valid) - len(shelf.missing(valid)))  # no walk of every key
+    ids = set(valid)
+    keys = [k for k in shelf.keys() if (k.rpartition('#')[0] if frames else k) not in ids]
+    return keys if listed else len(keys)
+
+def _prune(shelf, valid:list, frames:bool) -> int:
+    "Delete the records no id of `valid` names: how many."
+    keys = _unnamed(shelf, valid, frames, listed=True)
+    for k in keys: shelf.delete(k)
+    return len(keys)
+
 def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool, progress:bool, bad:list) -> int:
     "Decode `tasks` in `n_workers` processes, writing records as they come and adding unusable inputs to `bad`: how many written."
     fn_of, t0 = {t[0]: t[1] for t in tasks}, time.time()
@@ -295,6 +311,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 mask_path=None, # folder of segmentation masks, one per image (`{id}{mask_suffix}`), stored as 'mask'
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
+                prune:bool=False, # delete the records no row of this table names (an earlier build's), instead of keeping them unserved
                 img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                 **kwargs, # the `BuildSettings`: size, shortest_side, max_side, gray, scale, frame
                ) -> BuildReport:
@@ -320,14 +337,19 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=_label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
-        if len(table.columns) and settings.frame != 'all': shelf.set_table(table)
-        shelf.keep_order(valid, frames=settings.frame == 'all')  # `from_shelf`'s item order, as `from_df`'s rows
+        # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.
+        # Records of rows it dropped stay as a cache (a rerun with them decodes nothing) but are not served.
+        frames = settings.frame == 'all'
+        if not frames: shelf.set_table(table)
+        shelf.keep_order(valid)  # `from_shelf`'s items, in the table's row order
         tasks, existing = _todo(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
-        if settings.frame == 'all': shelf.set_table(_frames_table(shelf.keys(), table))
+        if frames: shelf.set_table(_frames_table(shelf.keys(), table))
+        pruned = _prune(shelf, valid, frames) if prune else 0
+        unnamed = _unnamed(shelf, valid, frames)
         shelf.update_meta(n_records=len(shelf))
-    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0)
+    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned)
     if progress: print(report)
     return report
 

@@ -11,9 +11,11 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastcore.foundation import L
+from fastcore.xtras import is_listy
+from fasttransform import Pipeline
 from fastai.torch_core import TensorImage, TensorImageBase, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
-from fastai.data.block import DataBlock, TransformBlock
-from fastai.data.transforms import RandomSplitter, FuncSplitter, IntToFloatTensor, Normalize, Transform
+from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
+from fastai.data.transforms import RandomSplitter, ColSplitter, ColReader, IntToFloatTensor, Normalize, Transform, CategoryMap
 from fastai.data.transforms import EncodedMultiCategorize, Categorize, RegressionSetup
 from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
@@ -25,11 +27,14 @@ from .images import BuildSettings
 from .labels import block_kind
 from .build import record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
+from .splits import GroupSplitter, KeySplitter, shelf_splitter, VALID_PCT, SEED, VALID_COL
+_all_ = ['GroupSplitter', 'KeySplitter']  # where users found them before they had a module
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
-           'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize',
-           'ShelfRegressionSetup', 'GroupSplitter', 'KeySplitter', 'shelf_items', 'shelf_dblock', 'ShelfDataLoaders']
+           'ShelfKey', 'TableRow', 'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize',
+           'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock', 'ShelfDataLoaders',
+           'GroupSplitter', 'KeySplitter']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -70,6 +75,17 @@ def ShelfMaskBlock(codes=None, pil:bool=False):
     return TransformBlock(type_tfms=ArrayToMask(pil), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
 
 # %% ../nbs/05_data.ipynb #96ff2d89
+class ShelfKey(str):
+    "A training item: a key read from the shelf only (a missing one is the shelf's `MissingKeyError`), at row `row` of its table."
+    def __new__(cls, key, row:int=None):
+        o = super().__new__(cls, key); o.row = row
+        return o
+
+class TableRow(Transform):
+    "A `ShelfKey`'s row of `df` (a DataFrame row given itself, as `test_dl(df, with_labels=True)` gives them): what `ColReader` reads."
+    def __init__(self, df): super().__init__(); self.df = df
+    def encodes(self, o): return o if isinstance(o, pd.Series) else self.df.iloc[o.row]
+
 class ShelfGetter(ShelfReader):
     """Read `field` of a shelf key's record; with `new_items`, also a file (a `Path`, or a str that is no key), a DataFrame
     row (its `fn_col` file, as the build named it), a PIL image, an array or a (C,H,W) tensor, prepared as the build did.
@@ -94,7 +110,7 @@ class ShelfGetter(ShelfReader):
         if miss: raise ShelfError(f"the rows have no column {miss[0]!r}, a label column of {self.shelf.path}")
         return row[cols]
     def read(self, o):
-        if not self.new_items:
+        if not self.new_items or isinstance(o, ShelfKey):  # a key of the shelf's own items is never read as a file
             if isinstance(o, str): return self.shelf[o][self.field]
             raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
         if isinstance(o, pd.Series): o = self.file_of(o)
@@ -177,33 +193,6 @@ class ShelfRegressionSetup(RegressionSetup):
     "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), with the batch version."
     def encodes_batch(self, o): return torch.from_numpy(o)
 
-# %% ../nbs/05_data.ipynb #c71896b1
-def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
-    "Split keys so that each group in `groups` (key → group, e.g. PatientID) is wholly on one side."
-    groups = pd.Series(groups)
-    def _inner(items):
-        keys = [str(o) for o in items]
-        g = groups.reindex(keys)
-        g = g.where(g.notna(), pd.Series(keys, index=g.index))  # a key without a group is its own group
-        sizes = g.value_counts(sort=False)
-        # Without a seed, draw from torch's generator as fastai's `RandomSplitter` does, so `set_seed` fixes the split
-        rng = np.random.default_rng(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
-        order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
-        cum = sizes[order].cumsum().to_numpy()
-        n = int(np.searchsorted(cum, valid_pct*len(keys))) + 1 if valid_pct > 0 else 0
-        if 0 < valid_pct < 1:  # as fastai's `RandomSplitter`, a share under 1 leaves items to train on
-            if len(order) < 2: raise ShelfError(f"all {len(keys)} items are one group ({order[0]!r}): a group split needs two or more")
-            n = min(n, len(order) - 1)
-        valid = set(order[:n])
-        is_valid = g.isin(valid).to_numpy()
-        return L(np.where(~is_valid)[0].tolist()), L(np.where(is_valid)[0].tolist())
-    return _inner
-
-def KeySplitter(valid_keys):
-    "Validation set: the keys in `valid_keys`."
-    valid = set(map(str, valid_keys))
-    return FuncSplitter(lambda k: k in valid)
-
 # %% ../nbs/05_data.ipynb #d0737ea9
 def _meta_of(shelf:ShelfBase) -> dict:
     "The shelf's metadata; for a shelf from elsewhere (the seed's), with what a build would have written, from one record."
@@ -230,6 +219,8 @@ def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, voca
     if y != 'labels': raise ShelfError(f"y={y!r}: a shelf's targets are its records' labels (y='labels') or their mask (y='mask')")
     kind = meta.get('label_kind')
     want, n_out, bvocab = block_kind(y_block)
+    # fastai's `CategoryBlock(vocab=)` sorts the names (`CategoryMap(sort=True)`); a block's vocab is as the block made it
+    if vocab is not None and kind == 'category' and want in (None, 'category'): vocab = list(CategoryMap(list(vocab)))
     vocab = ifnone(vocab, bvocab)
     if want == 'regression' or (want is None and kind == 'regression'): return _regression(shelf, meta, n_out)
     if want is not None and want != kind:
@@ -244,45 +235,24 @@ def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, voca
     stored = names = meta.get('label_names')
     if vocab is not None:
         if len(vocab) != len(names): raise ShelfError(f"vocab has {len(vocab)} names, and {shelf.path}'s labels {len(names)}")
+        # Tags: fastai's `MultiCategoryBlock(vocab=)` puts them in its order; the stored vectors follow the build's
+        if meta.get('label_delim') is not None and list(map(str, vocab)) != list(names):
+            raise ShelfError(f"vocab {list(vocab)[:5]} is not in {shelf.path}'s tag order {names[:5]}: leave it out, build with "
+                             f"vocab= in your order, or read the tags from the table: ShelfDataLoaders.from_df(df, shelf, ...)")
         names = vocab
     return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.get('files'))
 
-def _named(split, shelf, how:str):
-    "`split`, with its refusals, and a split that leaves nothing to train on, a `ShelfError` naming the shelf and the split."
-    def _inner(items):
-        try: train, valid = split(items)
-        except ShelfError as e: raise ShelfError(f"{shelf.path}: {how}: {e}") from None
-        if len(items) and not len(train):  # fastai fails later, with an IndexError in its setup
-            raise ShelfError(f"{shelf.path}: {how} leaves no training items: all {len(items)} are validation")
-        return train, valid
-    return _inner
-
-def _splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
-    how = ("valid_keys" if valid_keys is not None else f"valid_col={valid_col!r}" if valid_col is not None
-           else f"group_col={group_col!r}, valid_pct={valid_pct}" if group_col is not None else f"valid_pct={valid_pct}")
-    return _named(_split(shelf, valid_pct, seed, valid_keys, valid_col, group_col), shelf, how)
-
-def _split(shelf, valid_pct, seed, valid_keys, valid_col, group_col):
-    if valid_keys is not None: return KeySplitter(valid_keys)
-    table = shelf.table
-    def col(c):
-        if table is None or c not in table.columns:
-            raise ShelfError(f"{shelf.path} has no column {c!r} in its table (it has {[] if table is None else list(table.columns)})")
-        return table[c]
-    if valid_col is not None:
-        valid = col(valid_col)
-        return KeySplitter(valid.index[valid.astype(bool)])
-    if group_col is not None: return GroupSplitter(col(group_col), valid_pct, seed)
-    return RandomSplitter(valid_pct, seed)
-
 def shelf_items(shelf:ShelfBase) -> list:
-    "The shelf's keys in its build table's row order (a file's frames in frame order), as `from_df` takes rows."
+    "The keys the latest build's table names, in its row order (a file's frames in frame order), as `from_df` takes rows."
     keys, order = shelf.keys(), shelf.order
-    if order is None: return keys  # built before the order was kept (or not by `build_shelf`): key order
-    pos = order.to_dict()
-    frames = ((shelf.meta.get('build') or {}).get('frame')) == 'all'
-    end = len(pos) and int(order.max()) + 1  # keys the build table did not give (written since): last, in key order
-    return sorted(keys, key=lambda k: pos.get(k.rpartition('#')[0] if frames else k, end))  # stable: frames stay in order
+    if order is None: return keys  # built before the order was kept (or not by `build_shelf`): every key, in key order
+    ids = order.sort_values(kind='stable').index  # a sharded shelf's rows are the whole table's
+    if ((shelf.meta.get('build') or {}).get('frame')) == 'all':
+        frames = {}
+        for k in keys: frames.setdefault(k.rpartition('#')[0], []).append(k)  # keys are sorted: frames in order
+        return [k for i in ids for k in frames.get(i, ())]
+    have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
+    return [k for k in ids if k in have]
 
 def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."
@@ -293,15 +263,30 @@ def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     return own
 
 # %% ../nbs/05_data.ipynb #a74e328a
+def _image_dblock(shelf, meta:dict, pil:bool, y_blk, get_y, splitter, item_tfms, batch_tfms, normalize:bool, files:dict) -> DataBlock:
+    "The `DataBlock` reading `shelf`'s images (and `get_y`'s targets, with `y_blk`), split by `splitter`."
+    settings = BuildSettings.from_meta(meta.get('build'))
+    # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
+    # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
+    if normalize is None: normalize = settings.gray
+    stats = meta.get('stats') or {}
+    stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
+    batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
+    db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
+                   get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=files), get_y=get_y,
+                   splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
+    db.shelf = shelf  # the handle its DataLoaders read
+    return db
+
 def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of its own
-                 valid_pct:float=0.2, # random validation share (without `valid_col`, `group_col`, `valid_keys`)
-                 seed:int=None, # the random split's seed
-                 valid_col:str=None, # a bool column of the shelf's table marking the validation set (default: the build's)
+                 valid_pct:float=VALID_PCT, # random validation share, as `RandomSplitter`'s (given: a random split, see `shelf_splitter`)
+                 seed:int=SEED, # the random split's seed (given: a random split)
+                 valid_col:str=VALID_COL, # a bool column of the shelf's table marking the validation set; None: a random split
                  group_col:str=None, # split by groups of this table column (e.g. PatientID), each wholly on one side
                  valid_keys=None, # or the validation keys themselves
                  y:str='labels', # the target: the records' 'labels', or their 'mask' to segment
                  y_block=None, # fastai's target block (default: the build's); `RegressionBlock` reads any numeric labels as floats
-                 vocab=None, # category (or label, or mask class) names, in their order
+                 vocab=None, # category names (sorted, as `CategoryBlock(vocab=)` sorts them), label names, or mask classes
                  item_tfms=None, # item transforms, as fastai's
                  batch_tfms=None, # batch transforms, as fastai's
                  normalize:bool=None, # None: a gray shelf's own statistics, RGB none (`vision_learner` adds ImageNet's if pretrained)
@@ -317,38 +302,76 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
     pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
     meta = _meta_of(shelf)
     y_blk, get_y = _label_getter(shelf, meta, y, y_block, vocab, pil)
-    settings = BuildSettings.from_meta(meta.get('build'))
-    # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
-    # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
-    if normalize is None: normalize = settings.gray
-    stats = meta.get('stats') or {}
-    stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
-    batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
-    if valid_keys is None and group_col is None: valid_col = ifnone(valid_col, meta.get('valid_col'))
-    db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
-                   get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=meta.get('files')), get_y=get_y,
-                   splitter=_splitter(shelf, valid_pct, seed, valid_keys, valid_col, group_col),
-                   item_tfms=item_tfms, batch_tfms=batch_tfms)
-    db.shelf = shelf  # the handle its DataLoaders read, and whose keys they take (`shelf_items`: in the build table's order)
-    return db
+    return _image_dblock(shelf, meta, pil, y_blk, get_y, shelf_splitter(shelf, valid_pct, seed, valid_col, group_col, valid_keys),
+                         item_tfms, batch_tfms, normalize, meta.get('files'))
+
+def _df_splitter(df, valid_pct, seed, valid_col):
+    "`from_df`'s splitter: `RandomSplitter` over the items, or `ColSplitter` over the items' rows of `df`."
+    if valid_col is None: return RandomSplitter(valid_pct, seed)
+    return lambda items: ColSplitter(valid_col)(df.iloc[[o.row for o in items]])
+
+def _df_keys(df, shelf, col) -> list:
+    "The shelf keys of `df`'s rows (its `col` values, as the build named records), as `ShelfKey`s; every one checked there."
+    if col not in df.columns: raise ShelfError(f"no column {col!r} in the table (it has {list(df.columns)})")
+    ids = df[col].map(str).tolist()
+    miss = shelf.missing(ids)
+    if miss: raise ShelfError(f"{shelf.path} has no record for {len(miss)} ids of column {col!r}, e.g. {miss[:5]}: build them "
+                              f"(build_shelf(df, ...) resumes) or drop those rows")
+    return [ShelfKey(k, i) for i,k in enumerate(ids)]
 
 class ShelfDataLoaders(DataLoaders):
     "fastai `DataLoaders` over a shelf, each batch one read."
     @classmethod
     @delegates(DataLoaders.from_dblock, but=['dblock', 'source'])
     def from_shelf(cls, shelf, # a shelf, or its path: the DataLoaders keep a handle of their own
-                   valid_pct:float=0.2, seed:int=None, valid_col:str=None, group_col:str=None, valid_keys=None,
+                   valid_pct:float=VALID_PCT, seed:int=SEED, valid_col:str=VALID_COL, group_col:str=None, valid_keys=None,
                    y:str='labels', y_block=None, vocab=None, item_tfms=None, batch_tfms=None, normalize:bool=None,
                    allow_pickle:bool=False, lock:bool=None,
                    num_workers:int=None, # loader processes (default: 0 without item transforms, else fastai's)
                    label_names=None, **kwargs):
-        "`DataLoaders` from a shelf, in the shape of `ImageDataLoaders.from_df` (the arguments of `shelf_dblock`)."
+        "`DataLoaders` from a shelf: the latest build's table, in the shape of `ImageDataLoaders.from_df` (`shelf_dblock`'s arguments)."
+        if label_names is not None:  # warned here, so that the warning names the user's line
+            warnings.warn("label_names= is deprecated and goes in the next release: vocab=", DeprecationWarning, stacklevel=2)
+            vocab, label_names = ifnone(vocab, label_names), None
         # Without item transforms a batch is one read and one copy, and `ShelfDL` reads it in this process whatever
         # `num_workers` says (workers would add a copy into shared memory). With augmentation they pay for themselves.
         if num_workers is None: num_workers = None if item_tfms else 0
         db = shelf_dblock(shelf, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
-                          normalize, allow_pickle, lock, label_names)
-        dls = cls.from_dblock(db, shelf_items(db.shelf), num_workers=num_workers, **kwargs)
+                          normalize, allow_pickle, lock)
+        items = [ShelfKey(k) for k in shelf_items(db.shelf)]
+        dls = cls.from_dblock(db, items, num_workers=num_workers, **kwargs)
+        return cls(*dls.loaders, path=dls.path, device=dls.device)
+
+    @classmethod
+    @delegates(DataLoaders.from_dblock, but=['dblock', 'source'])
+    def from_df(cls, df, # the table, as `ImageDataLoaders.from_df`'s: its rows are the items, their targets and split
+                shelf, # the shelf holding the rows' images (keys: `df[fn_col]`), or its path
+                path='.', valid_pct:float=0.2, seed:int=None, fn_col=0, folder=None, suff:str='', label_col=1, label_delim:str=None,
+                y_block=None, valid_col=None, item_tfms=None, batch_tfms=None, # `ImageDataLoaders.from_df`'s, as it means them
+                img_cls=None, # `PILImage` or `PILImageBW` as the shelf holds (None: the shelf's)
+                normalize:bool=None, allow_pickle:bool=False, lock:bool=None, # as `from_shelf`'s
+                num_workers:int=None, # loader processes (default: 0 without item transforms, else fastai's)
+                **kwargs):
+        "`ImageDataLoaders.from_df`, the images read from `shelf`: the rows, targets and split are `df`'s, through fastai's blocks."
+        shelf = _own_handle(shelf, allow_pickle, lock)
+        meta = _meta_of(shelf)
+        if (meta.get('build') or {}).get('frame') == 'all': raise ShelfError(f"{shelf.path} holds frames, several records a row: use from_shelf")
+        if img_cls is not None and issubclass(img_cls, PILImageBW) != BuildSettings.from_meta(meta.get('build')).gray:
+            raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {'gray' if not issubclass(img_cls, PILImageBW) else 'RGB'} "
+                             f"images: leave img_cls out, or build another shelf")
+        col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
+        items = _df_keys(df, shelf, col)
+        if y_block is None:  # as `from_df` picks
+            is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None
+            y_block = MultiCategoryBlock if is_multi else CategoryBlock
+        pil = any(needs_pil(f) for f in L(item_tfms))
+        labels = [df.columns[c] if isinstance(c, int) else c for c in L(label_col)]
+        files = dict(fn_col=str(col), pref=str(Path(path) if folder is None else Path(path)/folder), suff=suff, label_col=labels, label_delim=label_delim)
+        get_y = None if label_col is None else Pipeline([TableRow(df), ColReader(label_col, label_delim=label_delim)])
+        db = _image_dblock(shelf, meta, pil, None if label_col is None else y_block, get_y, _df_splitter(df, valid_pct, seed, valid_col),
+                           item_tfms, batch_tfms, normalize, files)
+        if num_workers is None: num_workers = None if item_tfms else 0
+        dls = cls.from_dblock(db, items, path=path, num_workers=num_workers, **kwargs)
         return cls(*dls.loaders, path=dls.path, device=dls.device)
 
     def test_dl(self, test_items, **kwargs):

@@ -88,17 +88,13 @@ class ShelfBase(MutableMapping):
     def set_table(self, df): self._refuse('store a table')
     def set_order(self, keys, rows=None): self._refuse('store a row order')
 
-    def keep_order(self, ids, rows=None, frames:bool=False):
-        "Add the build table's `ids` (at row numbers `rows`) to the row order, after the rows it holds: `from_shelf`'s items."
+    def keep_order(self, ids, rows=None):
+        "Make the build table's `ids` (at row numbers `rows`) the row order, replacing an earlier build's: `from_shelf`'s items."
+        rows = None if rows is None else [int(r) for r in rows]
         old = self.order
-        if old is None:  # records of a build that kept no order: first, in key order (as they were read before)
-            have = list(dict.fromkeys(k.rpartition('#')[0] if frames else k for k in self.keys()))
-            old = pd.Series(np.arange(len(have)), index=have, dtype=np.int64)
-        known = set(old.index)
-        new = [i for i,k in enumerate(ids) if k not in known]
-        if not new: return
-        rows = np.arange(len(ids)) + (int(old.max()) + 1 if len(old) else 0) if rows is None else np.asarray(rows, np.int64)
-        self.set_order(list(old.index) + [ids[i] for i in new], np.concatenate([old.to_numpy(), rows[new]]))
+        # The same ids in the same order are left as they are: a shard's rows, the whole table's, were set before its build
+        if rows is None and old is not None and old.sort_values(kind='stable').index.tolist() == list(ids): return
+        self.set_order(list(ids), rows)
     def _refuse(self, what): raise ReadOnlyError(f"{self.path}: cannot {what}: {self.cannot_write}")
 
     def __getitem__(self, key):

@@ -7,33 +7,29 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from .codec import ShelfError
+from .interface import key_bytes
 from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
-from .build import build_shelf, mp_context, old_spellings
+from .build import build_shelf, mp_context, old_spellings, BuildReport
 
 # %% auto #0
 __all__ = ['build_sharded']
 
 # %% ../nbs/09_shards.ipynb #a274035a
 def _build_part(part, dest, **kwargs):
-    "One Dask task: one shard, built (or resumed) by one process."
-    r = build_shelf(part, dest, n_workers=0, progress=False, **kwargs)
-    return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds)
+    "One Dask task: one shard, built (or resumed) by one process, quietly (its report goes back to `build_sharded`)."
+    r = build_shelf(part, dest, **{**kwargs, 'n_workers': 0, 'progress': False})
+    return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds,
+                unnamed=r.unnamed, pruned=r.pruned)
 
 def _keep_orders(dest, names, keys, shard):
-    "Each shard's row order at the whole table's row numbers, after the rows the shards hold: `from_shelf` merges them."
-    shelves = [Shelf(Path(dest)/n, 'c') for n in names]
-    try:
-        olds = [s.order for s in shelves]
-        start = max([len(s) for s in shelves] + [int(o.max()) + 1 for o in olds if o is not None and len(o)])
-        rows = np.arange(len(keys)) + start
-        for i, s in enumerate(shelves):
-            pos = np.flatnonzero(shard == i)
-            s.keep_order([keys[j] for j in pos], rows[pos])
-    finally:
-        for s in shelves: s.close()
+    "Each shard's row order: its ids at the whole table's row numbers, replacing an earlier build's; `from_shelf` merges them."
+    ok = np.array([key_bytes(k) is not None for k in keys], bool)  # the ids a build keeps (it reports the others bad)
+    for i, n in enumerate(names):
+        pos = np.flatnonzero((shard == i) & ok)
+        with Shelf(Path(dest)/n, 'c') as s: s.keep_order([keys[j] for j in pos], pos)
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   dest, # the folder of shards to write (a rerun resumes each shard)
@@ -46,6 +42,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
                   label_col=None, # label column, or a list of them, as for `build_shelf`
                   scheduler:str=None, # a dask.distributed scheduler address; None: local processes
                   n_workers:int=None, # local processes (default: cores)
+                  progress:bool=True, # print each shard's report when the build is done
                   img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                   **kwargs) -> list: # `build_shelf`'s: label_delim, y_block, vocab, size, compression, ...
     "Build `source` into `n_shards` shard shelves in folder `dest`, one Dask task each; a report per shard."
@@ -75,4 +72,6 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
         with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
             res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
     count_shards(dest)  # the manifest keeps each shard's key count: `verify` checks them
+    if progress:
+        for r in res: print(BuildReport(**r))
     return res

@@ -64,14 +64,17 @@ def test_get_preds_rows_line_up_with_the_table(table, nw):
     want = [ref.vocab.o2i[v] for v in df.y[df.is_valid]]
     assert t_ours.tolist() == t_ref.tolist() == want
 
-def test_resume_and_append_keep_the_first_rows_first(table):
-    "A build in two parts (an append of new rows only): the first build's rows, then the new ones, each in table order."
+def test_rerun_serves_the_latest_table(table):
+    "Each build's table is the dataset, as from_df's: a table of new rows serves those; all rows reversed, in that order, none redecoded."
     path, df = table
     shelf = _build(path, df.iloc[:12])
-    _build(path, df.iloc[12:])  # append: a table of the new rows only
-    _build(path, df.iloc[::-1])  # a resume in another order adds nothing and moves nothing
-    with open_shelf(shelf) as s: assert shelf_items(s) == df.fn.tolist()
-    ref = ImageDataLoaders.from_df(df, path, img_cls=PILImageBW, valid_pct=0.25, seed=1, bs=4, num_workers=0, **KW)
+    _build(path, df.iloc[12:])  # a table of the new rows only: only they are served (the first 12 stay, unserved)
+    with open_shelf(shelf) as s: assert shelf_items(s) == df.fn.iloc[12:].tolist() and len(s) == N
+    rev = df.iloc[::-1]
+    r = build_shelf(rev, shelf, path, img_cls=PILImageBW, n_workers=0, progress=False, **KW)
+    assert (r.written, r.existing, r.unnamed) == (0, N, 0)
+    with open_shelf(shelf) as s: assert shelf_items(s) == rev.fn.tolist()
+    ref = ImageDataLoaders.from_df(rev, path, img_cls=PILImageBW, valid_pct=0.25, seed=1, bs=4, num_workers=0, **KW)
     ours = ShelfDataLoaders.from_shelf(shelf, valid_pct=0.25, seed=1, bs=4)
     assert list(ours.valid_ds.items) == ref.valid_ds.items.fn.tolist()
 
@@ -117,13 +120,13 @@ def test_one_group_is_a_clear_error(tmp_path):
     assert len(dls.train_ds) > 0 and len(dls.valid_ds) > 0  # a share under 1 leaves a group to train on, as RandomSplitter does
 
 def test_sharded_items_in_table_order(table):
-    "A sharded shelf: items in the whole table's row order, as from_df's, and an append goes after them."
+    "A sharded shelf: items in the whole table's row order, as from_df's; a rerun's table replaces the first's."
     pytest.importorskip('dask')
     from fastai_shelve.shards import build_sharded
     path, df = table
     kw = dict(path=path, size=None, img_cls=PILImageBW, n_workers=1, **KW)
-    build_sharded(df.iloc[:15], path/'sh', 3, **kw)
     build_sharded(df.iloc[15:], path/'sh', 3, **kw)
+    build_sharded(df, path/'sh', 3, **kw)
     with open_shelf(path/'sh') as s: assert shelf_items(s) == df.fn.tolist()
     ours = ShelfDataLoaders.from_shelf(path/'sh', valid_pct=0.25, seed=2, bs=4, normalize=False)
     ref = ImageDataLoaders.from_df(df, path, img_cls=PILImageBW, valid_pct=0.25, seed=2, bs=4, num_workers=0, **KW)
