@@ -42,7 +42,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
                   label_col=None, # label column, or a list of them, as for `build_shelf`
                   scheduler:str=None, # a dask.distributed scheduler address; None: local processes
                   n_workers:int=None, # local processes (default: cores)
-                  progress:bool=True, # print each shard's report when the build is done
+                  progress:bool=False, # print each shard's report when the build is done
                   img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                   **kwargs) -> list: # `build_shelf`'s: label_delim, y_block, vocab, size, compression, ...
     "Build `source` into `n_shards` shard shelves in folder `dest`, one Dask task each; a report per shard."
