@@ -14,10 +14,11 @@ from .build import build_shelf, convert_shelf, BuildSettings
 from .shards import build_sharded
 from .distributed import cpu_distributed
 from .augment import AlbumentationsTransform, FastPiecewiseAffine, xray_augs, xray_valid_augs
+from .gpu_augment import xray_gpu_augs
 from .data import ShelfDataLoaders, shelf_dblock, GroupSplitter, KeySplitter
 from .demo import RANZCR_LABELS, make_demo_data, run_demo
 # What a user calls, and nothing of fastai's names: everything else is importable from its module.
 __all__ = ['ShelfError', 'RecordError', 'FormatVersionError', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',
            'open_shelf', 'shelf_info', 'build_shelf', 'convert_shelf', 'BuildSettings', 'build_sharded', 'cpu_distributed',
-           'AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs',
+           'AlbumentationsTransform', 'FastPiecewiseAffine', 'xray_augs', 'xray_valid_augs', 'xray_gpu_augs',
            'ShelfDataLoaders', 'shelf_dblock', 'GroupSplitter', 'KeySplitter', 'RANZCR_LABELS', 'make_demo_data', 'run_demo']

@@ -6,8 +6,11 @@
 from __future__ import annotations
 import os, threading, weakref
 from concurrent.futures import ThreadPoolExecutor, wait
-import numpy as np
+import numpy as np, torch
+from functools import partial
 from fastcore.basics import ifnone, merge, store_attr, noop
+from fastai.torch_core import to_device
+from fastai.data.load import _loaders
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
@@ -16,7 +19,8 @@ from .interface import ShelfBase
 from .distributed import cpu_distributed  # where users found it before it had a module
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'BatchPool', 'ShelfDL']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'one_ahead', 'batch_tensors',
+           'CudaAhead', 'AheadDL', 'BatchPool', 'ShelfDL']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -61,11 +65,94 @@ def make_pil(dataset):
         for f in getattr(getattr(tl, 'tfms', None), 'fs', []):
             if hasattr(f, 'makes_pil'): f.makes_pil = True
 
+# %% ../nbs/03_fetch.ipynb #b7d1a0e3
+_END = object()
+
+def one_ahead(batches, start, finish):
+    "`finish(start(b))` for each of `batches`, the next one `start`ed before this one is `finish`ed and yielded."
+    it = iter(batches)
+    def nxt():
+        b = next(it, _END)
+        return b if b is _END else start(b)
+    cur = nxt()
+    while cur is not _END:
+        ahead = nxt()  # started before this batch is handed over: it is made while this one is used
+        yield finish(cur)
+        cur = ahead
+
+def batch_tensors(b) -> list:
+    "The tensors in batch `b` (nested tuples and lists)."
+    if isinstance(b, torch.Tensor): return [b]
+    return [t for o in b for t in batch_tensors(o)] if isinstance(b, (tuple, list)) else []
+
+class CudaAhead:
+    "`start` runs `prep` (the copy to CUDA `device`, the batch transforms) on a side stream; `finish` hands its batch to the training stream."
+    def __init__(self, device, prep):
+        self.prep, self.side, self.main, self.held = prep, torch.cuda.Stream(device), torch.cuda.current_stream(device), None
+        self.side.wait_stream(self.main)  # what the training stream queued before (transforms' tensors moved there) comes first
+
+    def start(self, b):
+        with torch.cuda.stream(self.side): out = self.prep(b)
+        return b, out, self.side.record_event()
+
+    def finish(self, job):
+        b, out, ev = job
+        self.main.wait_event(ev)  # the training stream uses the batch once its copy and transforms are done
+        for t in batch_tensors(out): t.record_stream(self.main)  # side-stream memory, used on the training stream
+        self.release((b, ev))
+        return out
+
+    def release(self, held=None):
+        "Keep host batch `held` (pinned buffers its copy may still read) until the next is handed over; let go of the one before."
+        if self.held is not None: self.held[1].synchronize()  # queued a step ago: done long since
+        self.held = held
+
+class AheadDL(TfmdDL):
+    "A `TfmdDL` that, on a CUDA device, makes each batch one step ahead: copied `non_blocking` and transformed on a side stream."
+    def __init__(self, dataset=None, ahead:bool=True, # on a CUDA device: each batch made one step ahead on a side stream
+                 **kwargs):
+        self.ahead = ahead
+        super().__init__(dataset, **kwargs)
+
+    def ahead_device(self) -> torch.device|None:
+        "The CUDA device batches are made on one step ahead, or None (no CUDA, `ahead=False`): fastai's own iteration."
+        if not self.ahead or self.device is None or not torch.cuda.is_available(): return None
+        d = torch.device(self.device)
+        return d if d.type == 'cuda' else None
+
+    def on_device(self, b, device):
+        "What fastai's iteration does to a batch from the loader: to `device` (`non_blocking`: pinned memory copies async), `after_batch`."
+        if isinstance(b, list): b = tuple(b)  # `pin_memory` makes lists
+        return self.after_batch(to_device(b, device, non_blocking=True))
+
+    def __iter__(self):
+        d = self.ahead_device()
+        return super().__iter__() if d is None else self.iter_ahead(d)
+
+    def iter_ahead(self, device):
+        "fastai's `DataLoader.__iter__`, each batch made on a side stream one step ahead."
+        self.randomize()
+        self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()  # fastai's `sample` reads them under its class's private name
+        cuda = CudaAhead(device, partial(self.on_device, device=device))
+        try: yield from one_ahead(_loaders[self.fake_l.num_workers == 0](self.fake_l), cuda.start, cuda.finish)
+        finally: cuda.side.synchronize(); cuda.release()  # stopped early too: no copy in flight reads buffers let go of
+        self.after_iter()
+        if hasattr(self, 'it'): del self.it
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        return super().new(dataset, cls, **merge(dict(ahead=self.ahead), kwargs))
+
 # %% ../nbs/03_fetch.ipynb #fc72c5a8
 class BatchPool:
     "Batch arrays filled again once nothing made from them is alive."
     # Fresh arrays cost a page fault per 4 KiB: 1 ms a batch of 32 704² images.
-    def __init__(self, size:int=4): self.size, self.spec, self.entries = size, None, []
+    def __init__(self, size:int=4, pin:bool=False): self.size, self.pin, self.spec, self.entries = size, pin, None, []
+
+    def buffer(self, nbytes:int):
+        "Memory for one field of a batch: page-locked with `pin`, so that its copy to a GPU runs `non_blocking`."
+        # A memoryview, not the array: numpy stops collapsing view chains at a non-array, so the owner stays every view's base
+        return memoryview(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()) if self.pin else bytearray(nbytes)
 
     def learn(self, arrs:dict):
         "Take the fields, dtypes and row shapes of batch `arrs` as what to make; a change starts the pool afresh."
@@ -80,7 +167,7 @@ class BatchPool:
             # a tensor from `torch.from_numpy` holds its array: when the weak references die, nothing can see the memory.
             if e['n'] == n and all(r() is None for r in e['refs']): return self._hand_out(e)
         if len(self.entries) >= self.size: return None
-        e = dict(n=n, bufs={k: bytearray(n * int(np.prod(s, dtype=np.int64)) * dt.itemsize) for k,(dt,s) in self.spec.items()})
+        e = dict(n=n, bufs={k: self.buffer(n * int(np.prod(s, dtype=np.int64)) * dt.itemsize) for k,(dt,s) in self.spec.items()})
         self.entries.append(e)
         return self._hand_out(e)
 
@@ -97,7 +184,7 @@ def _ahead() -> ThreadPoolExecutor:
     if p is None: p = _aheads[os.getpid()] = ThreadPoolExecutor(1, thread_name_prefix=_AHEAD)
     return p
 
-class ShelfDL(TfmdDL):
+class ShelfDL(AheadDL):
     "A `TfmdDL` reading each batch with one `get_many` from its shelf; whole batches are read one ahead, on a thread."
     def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
         self.shelf = ifnone(shelf, find_shelf(dataset))
@@ -130,7 +217,8 @@ class ShelfDL(TfmdDL):
     def start_read(self, plans, keys):
         "`get_batch` of `keys` started on this process's read-ahead thread, into batch arrays no one holds: a future."
         # Only the pure fetch runs ahead: transforms, and any randomness, stay on this thread in fastai's order.
-        if not hasattr(self, '_pool'): self._pool = BatchPool()
+        pin = self.ahead_device() is not None  # pinned buffers where batches go to a GPU ahead
+        if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
         return _ahead().submit(self.shelf.get_batch, keys, fields={f for f,_ in plans[0]}, out=self._pool.get(len(keys)))
 
     def arrays(self, job) -> dict|None:

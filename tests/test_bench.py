@@ -36,3 +36,15 @@ def test_bench_quick_output_is_well_formed(tmp_path, other_process):
     table = (out/'bench.txt').read_text()
     assert '== targets' in table and table.count('MET') + table.count('MISS') == len(res['targets'])
     assert (out/'bench.png').read_bytes()[:4] == b'\x89PNG'
+
+def test_gpu_section_rows_and_targets(tmp_path):
+    "Section 8's code paths, on the CPU at a tiny size (its figures are the GPU's business): every pipeline a row, the targets read them."
+    import torch
+    from fastai_shelve.bench import bench_gpu, check_targets, QUICK
+    assert torch.cuda.is_available() or bench_gpu(tmp_path/'none', 8, 32, 4) == []  # no CUDA: skipped, said by run_bench
+    rows = bench_gpu(tmp_path, 24, 32, 4, archs=('resnet18',), workers=0, skip=1, device='cpu')
+    named = {r['name'] for r in rows}
+    assert 'resident batch (ceiling)' in named and 'shelf, xray_gpu_augs (GPU recipe)' in named and len(rows) == 7
+    assert all(r['img_s'] > 0 for r in rows if 'img_s' in r)
+    targets = [t for t in check_targets(rows, QUICK) if 'ceiling' in t[0] or 'GPU recipe' in t[0]]
+    assert len(targets) == 3

@@ -129,8 +129,9 @@ def test_augmentation_only_on_training_set(bars_shelf):
     inv = AlbumentationsTransform(A.Compose([A.InvertImg(p=1)]))
     dls = ShelfDataLoaders.from_shelf(shelf, bs=4, seed=0, num_workers=0, normalize=False,
                                       item_tfms=inv, shuffle=False)
-    raw = lambda keys: torch.from_numpy(np.stack([shelf[k]['image'] for k in keys]))[:, None].float() / 255
     xt, _ = dls.train.one_batch(); xv, _ = dls.valid.one_batch()
+    # on the batches' device (a GPU where there is one): compared where they are
+    raw = lambda keys: torch.from_numpy(np.stack([shelf[k]['image'] for k in keys]))[:, None].to(xt.device).float() / 255
     assert torch.allclose(xt, 1 - raw(dls.train.items[:4]), atol=1e-6)
     assert torch.allclose(xv, raw(dls.valid.items[:4]), atol=1e-6)
     xtest, = dls.test_dl(list(dls.valid.items[:4])).one_batch()

@@ -69,7 +69,7 @@ def test_multi_label_item_transforms_equal_fastai(bars_png, tfm, workers):
     if tfm is OnImageEarly:  # before ToTensor it sees PIL images, on the shelf as on files: the pixels are the files' own
         x = ours.valid.one_batch()[0]
         want = torch.stack([torch.from_numpy(np.array(Image.open(tmp/f'{k}.png')))[None] for k in ours.valid.items[:len(x)]])
-        assert torch.equal(plain(x), want.float() / 255)
+        assert torch.equal(plain(x), want.to(x.device).float() / 255)  # on the batch's device (a GPU where there is one)
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_category_item_transform_equals_fastai(bars_png, workers):

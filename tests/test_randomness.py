@@ -23,7 +23,7 @@ def augmented(path, workers, epochs, seed=None, **kw):
     # No splitter `seed`: fastai's RandomSplitter(seed=) reseeds torch, and so every worker, whatever `set_seed` said
     dls = ShelfDataLoaders.from_shelf(path, bs=4, valid_pct=0.25, num_workers=workers,
                                       item_tfms=AlbumentationsTransform(xray_augs(48), xray_valid_augs(48)), **kw)
-    return [x.numpy().tobytes() for _ in range(epochs) for b in dls.train for x in b[0]]
+    return [x.cpu().numpy().tobytes() for _ in range(epochs) for b in dls.train for x in b[0]]
 
 def test_every_worker_and_epoch_draws_afresh(copies):
     "2 workers x 3 epochs: each forked worker starts from the same albumentations state unless reseeded."

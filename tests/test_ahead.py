@@ -1,0 +1,65 @@
+"""Batches one step ahead on the GPU (`AheadDL`): without CUDA nothing changes; with CUDA the same batches, in the same order,
+repeatable under `set_seed`, from pinned buffers. The CUDA tests skip where there is none."""
+import numpy as np, pytest, torch
+from fastai.vision.all import aug_transforms, set_seed, Resize, Learner, BCEWithLogitsLossFlat
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.fetch import ShelfDL, one_ahead
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+
+def epoch(dls, ahead, seed=0, **kw):
+    "One shuffled training epoch under `set_seed(seed)`, on the CPU for comparing."
+    set_seed(seed)
+    dl = dls.train.new(ahead=ahead, **kw)
+    assert dl.ahead == ahead
+    return [tuple(t.cpu().clone() for t in b) for b in dl]
+
+def same(a, b):
+    return len(a) == len(b) > 0 and all(torch.equal(u, v) and type(u) == type(v) for x, y in zip(a, b) for u, v in zip(x, y))
+
+@pytest.mark.parametrize('item_tfms', [None, Resize(48)], ids=['whole', 'items'])
+def test_ahead_changes_nothing_without_cuda(bars_shelf, item_tfms):
+    "On the CPU (or with no CUDA device) the hook is not taken: the batches with it on are those with it off, augmented alike."
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, item_tfms=item_tfms, batch_tfms=aug_transforms(), device='cpu')
+    assert isinstance(dls.train, ShelfDL) and dls.train.ahead  # on by default
+    assert dls.train.ahead_device() is None
+    on, off = epoch(dls, True), epoch(dls, False)
+    assert same(on, off)
+    assert not same(on, epoch(dls, True, seed=1))  # the augmentation is random: the comparison could fail
+
+def test_one_ahead_stops_early_and_empty():
+    "A loop that breaks leaves one batch started and never finished; no batches, no calls."
+    started, finished = [], []
+    it = one_ahead(iter(range(10)), lambda b: started.append(b) or b, lambda b: finished.append(b) or b)
+    assert next(it) == 0 and started == [0, 1] and finished == [0]
+    it.close()
+    assert list(one_ahead([], started.append, finished.append)) == [] and started == [0, 1]
+
+@cuda
+@pytest.mark.parametrize('workers,item_tfms', [(0, None), (2, Resize(48))], ids=['whole', 'items-workers'])
+def test_ahead_on_cuda_same_batches(bars_shelf, workers, item_tfms):
+    "On a GPU, with fastai's GPU augmentation: the same batches with the hook on as off, and `set_seed` repeats them."
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=workers, item_tfms=item_tfms, batch_tfms=aug_transforms(),
+                                      device='cuda')
+    assert dls.train.ahead_device().type == 'cuda'
+    on, off = epoch(dls, True), epoch(dls, False)
+    assert same(on, off) and same(on, epoch(dls, True))
+    assert not same(on, epoch(dls, True, seed=1))
+
+@cuda
+def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, device='cuda')
+    dl = dls.train
+    x, y = dl.one_batch()  # stopped after one batch: the batch started ahead is waited for
+    assert x.is_cuda and dl._pool.pin
+    assert all(torch.frombuffer(e['bufs']['image'], dtype=torch.uint8).is_pinned() for e in dl._pool.entries)
+    n = sum(len(b[0]) for b in dl)
+    assert n == len(dl.items) // 8 * 8
+    from torch import nn
+    learn = Learner(dls, nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)),
+                    loss_func=BCEWithLogitsLossFlat())
+    learn.fit(1, 1e-2)
+    assert np.isfinite(learn.recorder.values[-1][0])
