@@ -12,7 +12,7 @@ from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
-from .codec import ShelfError, encode_record
+from .codec import ShelfError, encode_record, check_compression
 from .interface import PixelStats, ReadOnlyError, key_bytes
 from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
@@ -113,7 +113,7 @@ class _Writer:
     "The build's one writer: records go to `shelf` as they come, a commit every `every` records or `COMMIT_BYTES`."
     def __init__(self, shelf, every:int):
         store_attr()
-        self.stats, self.pending, self.nbytes, self.written = PixelStats(shelf.meta.get('stats')), [], 0, 0
+        self.stats, self.pending, self.nbytes, self.written = PixelStats(), [], 0, 0
 
     def add(self, recs:list, hist):
         "Queue encoded records `recs` [(key, bytes)] and their pixel histogram `hist`; commit when enough are queued."
@@ -121,10 +121,10 @@ class _Writer:
         if len(self.pending) >= self.every or self.nbytes >= COMMIT_BYTES: self.commit()
 
     def commit(self):
-        "Write what is queued in one transaction, with the pixel statistics it adds up to."
+        "Write what is queued in one transaction, its pixel histogram added to the shelf's there (another build may be adding its own)."
         if not self.pending: return
-        self.shelf.put_many(self.pending, meta=dict(stats=self.stats.as_meta()))
-        self.written += len(self.pending); self.pending, self.nbytes = [], 0
+        self.shelf.put_many(self.pending, stats=self.stats.h)
+        self.written += len(self.pending); self.pending, self.nbytes, self.stats = [], 0, PixelStats()
 
     def __enter__(self): return self
     def __exit__(self, *exc):
@@ -210,6 +210,14 @@ def _image_cls_gray(img_cls) -> bool:
     bw = name.endswith(('BW', 'Gray')) or any(c.__name__ == 'PILImageBW' for c in getattr(img_cls, '__mro__', ()))
     if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
     return bw
+
+def _check_args(dest, n_workers, commit_every, compression, level):
+    "Refuse, before anything is written, worker and commit counts no build can use, and a compression level out of range."
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
+        raise ShelfError(f"n_workers must be None (the cores) or an int from 0 (decode here), not {n_workers!r}")
+    if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+        raise ShelfError(f"commit_every must be an int of at least 1 record, not {commit_every!r}")
+    if compression is not None or shelf_kind(dest) is None: check_compression(compression, level)  # else a resume: the shelf's codec
 
 def _check_request(dest, df, valid_col, settings:BuildSettings, mask_path):
     "Refuse, before anything is written, what no build does: a missing `valid_col`, masks with `frame='all'`, a sharded `dest`."
@@ -319,6 +327,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     t0 = time.time()
     dest, path, suff, label_col = old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func)
     settings = BuildSettings(**(kwargs if img_cls is None else {**kwargs, 'gray': _image_cls_gray(img_cls)}))
+    _check_args(dest, n_workers, commit_every, compression, level)
     if isinstance(source, (str, Path)) and not Path(source).exists() and (Path(path)/source).is_file(): source = Path(path)/source  # as `from_csv`
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab, label_func)
@@ -330,6 +339,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
+        check_compression(compression, level)
         # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
@@ -348,7 +358,6 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         if frames: shelf.set_table(_frames_table(shelf.keys(), table))
         pruned = _prune(shelf, valid, frames) if prune else 0
         unnamed = _unnamed(shelf, valid, frames)
-        shelf.update_meta(n_records=len(shelf))
     report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned)
     if progress: print(report)
     return report
@@ -387,7 +396,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                                                              'n_records', 'n_shards', 'compression', 'compression_level',
                                                              'converted_from')}
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        out.update_meta(n_records=len(out), converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)})
+        out.update_meta(converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)})  # the count: every commit's
         if src.table is not None: out.set_table(src.table)
         if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
     return len(keys)

@@ -10,10 +10,10 @@ from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'ShelfError', 'RecordError', 'FormatVersionError',
-           'RecordTooLargeError', 'check_compression', 'compress', 'decompress', 'encode_record', 'Field', 'Layout',
-           'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc',
-           'decode_record']
+__all__ = ['FORMAT_VERSION', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'MIN_LIMIT', 'MAX_EXPANSION', 'ShelfError',
+           'RecordError', 'FormatVersionError', 'RecordTooLargeError', 'check_compression', 'compress', 'decompress',
+           'encode_record', 'Field', 'Layout', 'seal_meta', 'unseal_meta', 'record_limit', 'record_version',
+           'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc', 'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -22,7 +22,7 @@ class FormatVersionError(ShelfError): "A shelf or record written by a newer fast
 class RecordTooLargeError(RecordError): "A record whose header declares more bytes than its shelf allows (a crafted or damaged header)."
 
 # %% ../nbs/00_codec.ipynb #2257f7e9
-FORMAT_VERSION = 3  # 3: a 4-byte key check after the buffers, and the crc bound to the key
+FORMAT_VERSION = 4  # 3: a 4-byte key check after the buffers, and the crc bound to the key; 4: metadata sealed (records as 3)
 MAGIC = b'FSR'
 _prefix = struct.Struct('<3sBII')
 _CRC_AT = 8       # the crc's offset in the prefix: what the checksum skips
@@ -56,9 +56,17 @@ def _codec_lib(name:str):
     try: return importlib.import_module(_BYTES_LIBS.get(name, 'imagecodecs'))
     except ImportError: raise RecordError(f"{name} compression needs its library: pip install 'fastai_shelve[compress]'") from None
 
-def check_compression(codec:str|None):
-    "Raise a `RecordError` unless `codec` is None or a compression whose library is installed."
+_LEVEL_RANGE = {'zstd': (-(1 << 17), 22), 'zstd-delta': (-(1 << 17), 22), 'lz4': (1, 12), 'lz4hc': (1, 12), 'lz4hc-delta': (1, 12)}
+
+def check_compression(codec:str|None, level:int=None):
+    "Raise a `RecordError` unless `codec` is None or a compression whose library is installed, and `level` one of its levels."
     if codec is not None: _codec_lib(codec)
+    if level is None: return
+    if codec is None: raise RecordError(f"level={level!r} given without a compression: name one of {COMPRESSIONS}")
+    lo, hi = _LEVEL_RANGE[codec]
+    # Checked here, before a shelf is made: out of range, zstd raises in the build's workers and lz4hc clamps silently
+    if isinstance(level, bool) or not isinstance(level, int) or not lo <= level <= hi:
+        raise RecordError(f"{codec} level must be an int from {lo} to {hi}, not {level!r}")
 
 def _unsigned(a:np.ndarray) -> np.ndarray:
     "`a`'s bytes as unsigned ints of its item size, so that a delta wraps around exactly (bytes for other sizes)."
@@ -221,6 +229,40 @@ def _parse_header(head:bytes, start:int) -> Layout:
     return Layout(tuple(_field(o) for o in h['a']), h['v'], start, head)
 
 # %% ../nbs/00_codec.ipynb #91031177
+_SEAL = b'{"crc32":"'  # sealed metadata: JSON whose first key is the crc32 of its name and of the rest
+
+def seal_meta(name:str, d:dict, indent:int=None) -> bytes:
+    "Dict `d` as JSON bytes whose first key, crc32, covers `name` and the rest: metadata that can't change unnoticed, nor move."
+    p = json.dumps(d, indent=indent).encode()
+    if not p.startswith(b'{'): raise RecordError(f"metadata {name!r} must be a dict, not {type(d).__name__}")
+    crc = zlib.crc32(p, zlib.crc32(name.encode() + b'\0'))
+    return _SEAL + b"%08x\"" % crc + (b"}" if p == b"{}" else b"," + p[1:])
+
+def unseal_meta(name:str, b) -> tuple:
+    "(dict, sealed) from bytes `seal_meta` made (or plain JSON, `sealed` False); a `RecordError` if they changed since."
+    b = bytes(b)
+    sealed = b.startswith(_SEAL)
+    if sealed:
+        rest = b[len(_SEAL)+9:]
+        try: want = int(b[len(_SEAL):len(_SEAL)+8], 16)
+        except ValueError: want = None
+        p = b'{}' if rest == b'}' else b'{' + rest[1:]
+        if b[len(_SEAL)+8:len(_SEAL)+9] != b'"' or rest[:1] not in (b',', b'}') or want != zlib.crc32(p, zlib.crc32(name.encode() + b'\0')):
+            raise RecordError(f"metadata {name!r} does not match its checksum: changed since it was written")
+    else: p = b
+    try: d = json.loads(p)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e: raise RecordError(f"metadata {name!r} is not JSON: {str(e)[:100]}") from None
+    if not isinstance(d, dict): raise RecordError(f"metadata {name!r} is a {type(d).__name__}, not a dict")
+    return d, sealed
+
+MIN_LIMIT = 64 << 20  # a record may always declare this much, whatever its file's size
+MAX_EXPANSION = 64    # and up to this many times its file's size: what compressed images reach, with room to spare
+
+def record_limit(limit, file_bytes:int) -> int:
+    "The most a record's header may declare in a file of `file_bytes`: its shelf's `limit`, bounded by what the file can hold."
+    cap = max(MIN_LIMIT, MAX_EXPANSION * file_bytes)  # a forged limit of 1 TiB would let a 196-byte record allocate that much
+    return min(limit, cap) if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else min(MAX_RECORD_BYTES, cap)
+
 def record_version(buf) -> int:
     "The format version a record's prefix claims."
     return buf[3] if len(buf) > 3 else 0

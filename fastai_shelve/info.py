@@ -6,6 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
+from .codec import ShelfError
 from .interface import ShelfNotFoundError
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf
@@ -15,7 +16,8 @@ from .store import open_shelf, shelf_kind
 __all__ = ['shelf_info']
 
 # %% ../nbs/01a_info.ipynb #7f0a0004
-def _fields(rec) -> dict:
+def _fields(rec, path=None, key=None) -> dict:
+    if not isinstance(rec, dict): raise ShelfError(f"{path}: key {key!r} holds a {type(rec).__name__}, not a record (a dict of fields)")
     return {k: (f'{v.dtype}{list(v.shape)}' if isinstance(v, np.ndarray) else repr(v)) for k,v in rec.items()}
 
 def _stored_bytes(s) -> tuple:
@@ -39,7 +41,7 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
         with StdShelf(path, 'r', allow_pickle=allow_pickle) as s:
             res = dict(path=str(path), backend=f'stdlib shelve ({s.backend})', records=len(s),
                        holds_pickles=True, bytes=sum(f.stat().st_size for f in path.parent.glob(path.name + '*')))
-            if allow_pickle and len(s): res['sample'] = _fields(s[s.keys()[0]])
+            if allow_pickle and len(s): res['sample'] = _fields(s[k := s.keys()[0]], path, k)
             return res
     with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
         keys = s.keys()

@@ -13,7 +13,8 @@ from .codec import ShelfError
 
 # %% auto #0
 __all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'MissingKeyError', 'ShelfBase', 'PixelStats']
+           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'KeyTypeError', 'MissingShardError',
+           'MissingKeyError', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -28,10 +29,12 @@ class PickleRefusedError(ShelfError):
     "A stdlib shelve file (values are pickles) opened without `allow_pickle=True`."
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
-class DamagedStoreError(ShelfError): "A shelf file whose structure LMDB cannot walk: damaged pages, found in a child process."
+class DamagedStoreError(ShelfError): "A damaged shelf: pages LMDB cannot walk (found in a child process), metadata changed since written, a shard gone or swapped."
 class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
 class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
 class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
+class KeyTypeError(ShelfError, TypeError): "A key that is not a `str` (a `TypeError`, as before: a bug in the caller, not a missing key)."
+class MissingShardError(DamagedStoreError, ShelfNotFoundError): "A shard the folder's manifest names is not there."
 class MissingKeyError(ShelfError, KeyError): "A key the shelf does not hold (a `KeyError`, as a mapping's)."
 
 # %% ../nbs/00a_interface.ipynb #38600106
@@ -122,7 +125,7 @@ class ShelfBase(MutableMapping):
         if self._closed: raise ShelfClosedError(f"{self.path}: the shelf is closed")
         if self._pid != os.getpid(): self._open()
     def _check_key(self, key):
-        if not isinstance(key, str): raise TypeError(f"shelf keys are str, not {type(key).__name__}: {key!r}")
+        if not isinstance(key, str): raise KeyTypeError(f"{self.path}: shelf keys are str, not {type(key).__name__}: {key!r}"[:300])
     def _key_error(self, key): return MissingKeyError(f"{key!r} not in {self.path}")
 
 # %% ../nbs/00a_interface.ipynb #cf8b36df

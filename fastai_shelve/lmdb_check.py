@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, sys, json, struct, signal, subprocess, stat, hashlib
 from pathlib import Path
+from contextlib import suppress
 from fastcore.basics import ifnone
 from .codec import ShelfError
 from .interface import DamagedStoreError, ShelfNotFoundError, ShelfAccessError
@@ -13,7 +14,7 @@ from .lmdb_env import MAX_DBS, MAX_READERS, prepare_lock
 import fastai_shelve
 
 # %% auto #0
-__all__ = ['LMDB_MAGIC', 'check_regular', 'check_lmdb_file', 'check_lmdb_size', 'check_structure']
+__all__ = ['LMDB_MAGIC', 'check_regular', 'check_replaceable', 'check_lmdb_file', 'check_lmdb_size', 'check_structure']
 
 # %% ../nbs/00c_lmdb_check.ipynb #28da1005
 LMDB_MAGIC = 0xBEEFC0DE
@@ -25,6 +26,25 @@ def check_regular(path):
     except FileNotFoundError: return
     except OSError as e: raise ShelfNotFoundError(f"no shelf at {path}: {e.strerror}") from None  # a symlink loop, a bad path
     if not (stat.S_ISREG(m) or stat.S_ISDIR(m)): raise ShelfError(f"{path} is not a regular file (a FIFO, socket or device): not a shelf")
+
+def check_replaceable(path):
+    "Refuse, before touching anything, to replace `path` (mode 'n') unless it and its lock file are absent or regular files, `path` a shelf."
+    path = Path(path)
+    for p in (path, Path(f'{path}-lock')):
+        try: m = os.lstat(p).st_mode
+        except FileNotFoundError: continue
+        except OSError as e: raise ShelfError(f"{p}: cannot replace it with a new shelf: {e.strerror}") from None
+        if stat.S_ISLNK(m): raise ShelfError(f"{p} is a symbolic link: mode='n' replaces only a shelf file; remove the link yourself")
+        if not stat.S_ISREG(m):
+            what = 'a directory' if stat.S_ISDIR(m) else 'not a regular file (a FIFO, socket or device)'
+            raise ShelfError(f"{p} is {what}: mode='n' replaces only a shelf file, and never deletes anything else")
+    try: fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError: return
+    except OSError as e: raise ShelfError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
+    try: regular, head = stat.S_ISREG(os.fstat(fd).st_mode), os.pread(fd, _MAGIC_AT + 4, 0)
+    finally: os.close(fd)
+    if not regular or (head and (len(head) < _MAGIC_AT + 4 or struct.unpack_from('<I', head, _MAGIC_AT)[0] != LMDB_MAGIC)):
+        raise ShelfError(f"{path} is not a shelf (no LMDB file): mode='n' replaces only a shelf; delete it yourself if you mean to")
 
 def check_lmdb_file(path:Path):
     "Raise a clear error unless `path` is a readable LMDB data file."
@@ -65,36 +85,80 @@ with txn:
     if len(sys.argv) > 3 and b'records' in names:  # the full check: every record's crc and key, as `verify` checks them
         sys.path.insert(0, sys.argv[3])
         import json
-        from fastai_shelve.codec import decode_record
+        from fastai_shelve.codec import decode_record, record_limit
         meta = json.loads(bytes(txn.get(b'meta', db=env.open_db(b'meta', txn=txn, create=False))))
+        lim = record_limit(meta.get('max_record_bytes'), have)
         for k, v in txn.cursor(env.open_db(b'records', txn=txn, create=False)):
-            try: decode_record(v, copy=False, check=True, max_version=meta['format_version'], key=bytes(k), max_bytes=meta.get('max_record_bytes'))
+            try: decode_record(v, copy=False, check=True, max_version=meta['format_version'], key=bytes(k), max_bytes=lim)
             except Exception as e: bad[bytes(k).decode(errors='replace')] = str(e)[:200]
 print(json.dumps(bad) if len(sys.argv) > 3 else '{}')
 """
 _walked = {}  # file version -> {key: why} of records the full check found bad (structure only: None)
+_MARK_BYTES = 1 << 20  # a mark is at most this big (a full check's bad keys, cut short): a bigger one is walked again
+_MARKS_KEPT = 512      # marks kept in the cache folder: the oldest go
+
+def _meta_pages(path:Path) -> str:
+    "A digest of `path`'s two LMDB meta pages (last transaction, roots, last page): what every commit changes."
+    with open(path, 'rb', buffering=0) as f:
+        head = f.read(256)
+        psize = struct.unpack_from('<I', head, 40)[0] if len(head) >= 44 else 4096  # kept in the free DB's pad
+        second = os.pread(f.fileno(), 256, psize if 512 <= psize <= 1 << 16 else 4096)
+    return hashlib.sha1(head + second).hexdigest()
 
 def _version(path:Path) -> tuple:
-    "What changes with any write to `path`, a copy or a move over it."
+    "What changes with any write to `path`, a copy or a move over it, and with any commit (even one leaving its times as they were)."
     st = path.stat()
-    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _meta_pages(path)
+
+def _cache() -> Path:
+    "The folder of walk marks: `FASTAI_SHELVE_CACHE`, or fastai_shelve/walked in the user's cache."
+    d = os.environ.get('FASTAI_SHELVE_CACHE')
+    return Path(d) if d else Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fastai_shelve'/'walked'
 
 def _walk_mark(k) -> Path:
     "Where a sound walk of file version `k` is remembered across processes."
-    cache = Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'fastai_shelve'/'walked'
-    return cache/hashlib.sha1(repr(k).encode()).hexdigest()
+    return _cache()/hashlib.sha1(repr(k).encode()).hexdigest()
+
+def _read_mark(m:Path, k) -> dict|None:
+    "The bad keys mark `m` remembers for version `k`; None unless it is a small regular file (never a link) naming `k`."
+    try: fd = os.open(m, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO would block, a link could lead anywhere
+    except OSError: return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MARK_BYTES: return None
+        d = json.loads(os.read(fd, _MARK_BYTES + 1))
+    except (OSError, ValueError): return None
+    finally: os.close(fd)
+    return d if isinstance(d, dict) and d.get('version') == repr(k) and isinstance(d.get('bad'), (dict, type(None))) else None
 
 def _remembered(k) -> tuple:
     "(walked, bad) for version `k`: found sound? its bad keys, if full."
     if k not in _walked:
-        try: _walked[k] = json.loads(_walk_mark(k).read_text())['bad']
-        except (OSError, ValueError, KeyError, TypeError): return False, None
+        d = _read_mark(_walk_mark(k), k)
+        if d is None: return False, None
+        _walked[k] = d['bad']
     return True, _walked[k]
+
+def _prune(folder:Path, keep:int=_MARKS_KEPT):
+    "Remove all but the newest `keep` marks in `folder` (files named as marks are: 40 hex digits)."
+    try: marks = [(e.stat(follow_symlinks=False).st_mtime, e.path) for e in os.scandir(folder) if len(e.name) == 40]
+    except OSError: return
+    for _, p in sorted(marks)[:-keep]:
+        with suppress(OSError): os.unlink(p)
 
 def _remember(k, bad):
     "Note that version `k` walked sound, here and for other processes."
     _walked[k] = bad
-    try: (m := _walk_mark(k)).parent.mkdir(parents=True, exist_ok=True); m.write_text(json.dumps({'bad': bad}))
+    text = json.dumps({'version': repr(k), 'bad': bad})
+    if len(text) > _MARK_BYTES: return  # too many bad keys to remember: the next process walks again
+    m = _walk_mark(k)
+    try:
+        m.parent.mkdir(parents=True, exist_ok=True)
+        tmp = m.with_name(f'{m.name}.{os.getpid()}.tmp')
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with open(fd, 'w') as f: f.write(text)
+        os.replace(tmp, m)  # whole or absent; over a link or FIFO planted there, not through it
+        if len(os.listdir(m.parent)) > _MARKS_KEPT + 64: _prune(m.parent)
     except OSError: pass  # nowhere to remember it: the next process walks again
 
 def _walk(path:Path, lock:bool, timeout:float, full:bool):
@@ -109,11 +173,11 @@ def _walk(path:Path, lock:bool, timeout:float, full:bool):
         raise DamagedStoreError(f"{path}: damaged store: {last.split(': ', 1)[-1] if 'Error' in last else last}")
     return json.loads(r.stdout.strip().splitlines()[-1]) if full else None
 
-def check_structure(path, lock:bool=True, timeout:float=None, full:bool=False) -> dict:
-    "Walk `path`'s pages in a child process; {key: why} of bad records."
+def check_structure(path, lock:bool=True, timeout:float=None, full:bool=False, fresh:bool=False) -> dict:
+    "Walk `path`'s pages in a child process (unless this version walked sound before, and not `fresh`); {key: why} of bad records."
     path = Path(path)
     k = _version(path)
-    walked, bad = _remembered(k)
+    walked, bad = (False, None) if fresh else _remembered(k)
     if walked and (bad is not None or not full): return bad or {}
     timeout = ifnone(timeout, max(_WALK_MIN_S, path.stat().st_size / _WALK_RATE))
     if lock: prepare_lock(path)  # on a full disk the child would fault mapping a lock file without blocks: an intact file is not damaged

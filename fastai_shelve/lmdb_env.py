@@ -42,9 +42,16 @@ _envs: dict = {}  # (pid, real path) -> _Env: this process's open environments
 
 def _env_key(path) -> tuple: return os.getpid(), os.path.realpath(path)
 
+def _file_id(p) -> tuple|None:
+    "(device, inode) of the file at `p`, None if there is none."
+    try: st = os.stat(p)
+    except OSError: return None
+    return st.st_dev, st.st_ino
+
 def open_here(path) -> bool:
-    "Whether this process has `path`'s LMDB environment open."
-    return _env_key(path) in _envs
+    "Whether this process has `path`'s LMDB environment open (the file now at `path`, not one deleted or replaced since)."
+    e = _envs.get(_env_key(path))
+    return e is not None and e.ids[0] == _file_id(path)
 
 def in_use(path) -> bool:
     "Whether any process has `path`'s LMDB environment open: this one, or another (holding LMDB's lock on the lock file)."
@@ -83,13 +90,24 @@ MAX_DBS = 2        # the named databases of a shelf: records and meta
 _MAP_MIN = 1 << 30  # a new map's least size: address space, not disk; a write that fills it doubles it
 
 class _Env:
-    "An open environment: whether read-only, and how many shelves share it."
-    def __init__(self, env, readonly): self.env,self.readonly,self.refs = env,readonly,1
+    "An open environment: whether read-only, how many shelves share it, and which files (data, lock) it opened."
+    def __init__(self, env, readonly, ids): self.env,self.readonly,self.refs,self.ids = env,readonly,1,ids
+
+def _set_aside(k, e, path):
+    "Keep `e`, opened on a file since deleted or replaced at `path`, for the shelves that hold it; a new open gets a new one."
+    if e.ids[1] is not None and e.ids[1] == _file_id(lock_path(path)):
+        # Its lock file is still there: a second environment here would share it, and closing either would drop this
+        # process's locks on it (then another process resets LMDB's lock table under a writer)
+        raise ShelfError(f"{path} was deleted or replaced while this process still has the old one open (a shelf, or DataLoaders "
+                         f"made from it), and its lock file {lock_path(path).name} is the old one's: close those (shelf.close(), "
+                         f"del dls, learn) or delete {lock_path(path).name} too, then try again")
+    _envs[(*k, id(e))] = _envs.pop(k)  # released (and closed) by its last user, as before
 
 def acquire_env(path:Path, readonly:bool, lock:bool=None, map_size:int=None):
     "This process's one LMDB environment for `path`, opened if needed."
     k = _env_key(path)
     e = _envs.get(k)
+    if e is not None and e.ids[0] != _file_id(path): _set_aside(k, e, path); e = None  # the files were deleted (a rebuild)
     if e is not None:
         if e.readonly and not readonly:
             raise ShelfError(f"{path} is open read-only elsewhere in this process (opened with lock=False, or not writable then): "
@@ -104,7 +122,7 @@ def acquire_env(path:Path, readonly:bool, lock:bool=None, map_size:int=None):
     try: env = lmdb.open(str(path), subdir=False, readonly=readonly, lock=locked, max_dbs=MAX_DBS,
                          map_size=ifnone(map_size, max(2*size, _MAP_MIN)), meminit=False, max_readers=MAX_READERS)
     except lmdb.Error as e: raise ShelfError(f"{path}: cannot open as a shelf: {os_reason(e)}") from None
-    _envs[k] = _Env(env, readonly)
+    _envs[k] = _Env(env, readonly, (_file_id(path), _file_id(lock_path(path)) if locked else None))
     return env
 
 def _drop_inherited(realpath:str):
@@ -115,9 +133,11 @@ def _drop_inherited(realpath:str):
         try: _envs.pop(k).env.close()
         except lmdb.Error: pass
 
-def release_env(path:Path):
-    "Let go of `path`'s environment: closed with its last user."
+def release_env(path:Path, env=None):
+    "Let go of `path`'s environment (`env`, if one set aside since): closed with its last user."
     k = _env_key(path)
+    if env is not None and getattr(_envs.get(k), 'env', None) is not env:
+        k = next((o for o,e in _envs.items() if e.env is env and o[0] == k[0]), None)
     e = _envs.get(k)
     if e is None: return
     e.refs -= 1

@@ -10,10 +10,11 @@ from contextlib import contextmanager, suppress
 import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
-                                 record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError)
-from .interface import ShelfBase, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError
+                                 record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
+                                 seal_meta, unseal_meta, record_limit)
+from .interface import ShelfBase, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
-from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure
+from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
 from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM  # users imported them from here
 import fastai_shelve
@@ -26,6 +27,8 @@ _ANY_SIZE = 1 << 62  # a size limit no record reaches: a layout read to measure 
 _PREFIX = 12         # a record's magic, version, header size and crc: what two copies of one record share
 _KEYED_FROM = 3      # the first format whose crc covers the key
 _COUNTED_FROM = 3    # the first format whose metadata keeps the count of records, with every commit
+_SEALED_FROM = 4     # the first format whose metadata entries carry a checksum bound to their names
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)  # LMDB's words for damaged pages
 
 def _declared(buf) -> int:
     "Bytes `buf`'s arrays decode to: what `max_record_bytes` follows."
@@ -36,9 +39,10 @@ class Shelf(ShelfBase):
     "A key→record store in one LMDB file, read a batch at a time."
     def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
         if mode not in ('r', 'w', 'c', 'n'): raise ShelfError(f"{path}: mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
-        check_compression(compression)
+        check_compression(compression, level if compression else None)  # a level alone: a resume's, of the shelf's codec
         path = Path(path)
         if mode == 'n':
+            check_replaceable(path)  # before anything is touched: never a FIFO, a device, a link, a folder or another file
             # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves
             # neither shelf: the old one gone, the new one unopenable
             if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, before replacing it with mode='n'")
@@ -73,13 +77,13 @@ class Shelf(ShelfBase):
             self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
-            self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
+            self._drop(); raise (DamagedStoreError if isinstance(e, _DAMAGE) else ShelfError)(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
         except OSError as e: self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {e.strerror}") from None
         except Exception: self._drop(); raise
 
     def _drop(self):
         "Let go of the environment and the file."
-        release_env(self.path); self._env = None; self._drop_fd()
+        release_env(self.path, self._env); self._env = None; self._drop_fd()
 
     def _drop_fd(self):
         fd, self._fd = getattr(self, '_fd', None), None
@@ -98,18 +102,18 @@ class Shelf(ShelfBase):
         with self._env.begin(write=True) as txn:
             self._env.open_db(b'records', txn=txn); db = self._env.open_db(b'meta', txn=txn)
             # Another process may have created the shelf since we looked: never overwrite its metadata (a build's settings)
-            txn.put(b'meta', json.dumps(meta).encode(), db=db, overwrite=False)
+            txn.put(b'meta', seal_meta('meta', meta | dict(n_records=0, parts=[])), db=db, overwrite=False)
 
     def _check_version(self):
         v = self.meta.get('format_version')
-        if not isinstance(v, int): raise ShelfError(f"{self.path}: metadata has no format version")
+        if not isinstance(v, int): raise DamagedStoreError(f"{self.path}: damaged metadata: it has no format version")
         if v > FORMAT_VERSION:
             raise FormatVersionError(f"{self.path} was written in shelf format {v} by fastai_shelve "
                 f"{self.meta.get('package_version')}; this fastai_shelve {fastai_shelve.__version__} reads up to "
                 f"format {FORMAT_VERSION}: upgrade fastai_shelve")
         self._version = v
-        lim = self.meta.get('max_record_bytes')  # the largest record written: no header may promise more
-        self._limit = lim if isinstance(lim, int) and lim > 0 else None
+        # The largest record written: no header may promise more, nor more than the file can hold (a forged 1 TiB)
+        self._limit = record_limit(self.meta.get('max_record_bytes'), os.fstat(self._fd).st_size)
 
     @property
     def env(self):
@@ -127,6 +131,7 @@ class Shelf(ShelfBase):
             except lmdb.MapResizedError: env.set_mapsize(0); t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
             with t: yield t
         except lmdb.MapFullError: raise
+        except _DAMAGE as e: raise DamagedStoreError(f"{self.path}: {what} failed: damaged store: {os_reason(e)}") from None
         except lmdb.Error as e: raise ShelfError(f"{self.path}: {what} failed: {os_reason(e)}") from None
 
     # Reading
@@ -201,12 +206,10 @@ class Shelf(ShelfBase):
         with self.txn() as txn: return [k for k in keys if (b := key_bytes(k)) is None or txn.get(b) is None]
 
     # Writing
-    def _commit(self, ops=(), meta:dict=None, check=None, db=None):
-        "One write transaction: `ops` [(key, bytes or None)], `meta` merged."
+    def _commit(self, ops=(), meta:dict=None, check=None, db=None, stats=None):
+        "One write transaction: `ops` [(key, bytes or None)] into `db` (records by default), `meta` merged, histogram `stats` added."
         if self.readonly: self._refuse('write')
         recs = bool(ops) and db is None
-        if recs and self._version < FORMAT_VERSION:  # records of this format: the shelf says so, with them
-            meta = {**(meta or {}), 'format_version': FORMAT_VERSION, 'package_version': fastai_shelve.__version__}
         big = max((_declared(v) for _,v in ops if v is not None), default=0) if recs else 0
         while True:
             try:
@@ -214,20 +217,31 @@ class Shelf(ShelfBase):
                     for k,v in ops:
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
-                    if meta is not None or check is not None or recs:
-                        try: old = json.loads(bytes(txn.get(b'meta', db=self._metadb)))
-                        except (TypeError, ValueError, RecursionError) as e: raise ShelfError(f"{self.path}: its metadata is damaged ({e}): nothing was written") from None
-                        if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
-                        new = {**old, **(meta or {})}
-                        if recs:  # what `verify` checks the index against, and what a header may promise, commit with the records
-                            new['n_records'] = txn.stat(self._recs)['entries']
-                            new['max_record_bytes'] = max(big, old.get('max_record_bytes') or 0)
-                        txn.put(b'meta', json.dumps(new).encode(), db=self._metadb)
-                if meta is not None or recs:
-                    self._meta, self._version = new, new.get('format_version', self._version)
-                    self._limit = new.get('max_record_bytes') or None
+                    old = self._load(txn, b'meta')
+                    if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
+                    new = {**old, **(meta or {})}
+                    # What is kept beside the records changes in their transaction: the count (the B-tree's), what a header
+                    # may promise, the pixel histogram (added to, never overwritten: two builds may write at once)
+                    new['n_records'] = txn.stat(self._recs)['entries']
+                    if recs: new['max_record_bytes'] = max(big, old.get('max_record_bytes') or 0)
+                    if stats is not None: new['stats'] = PixelStats(old.get('stats')).add(stats).as_meta()
+                    if not isinstance(new.get('format_version'), int) or new['format_version'] < FORMAT_VERSION:
+                        # Written by this version: every entry sealed, and the format says so (older versions refuse it, not
+                        # write unsealed entries into it)
+                        new.update(format_version=FORMAT_VERSION, package_version=fastai_shelve.__version__)
+                        self._reseal(txn)
+                    new['parts'] = [bytes(k).decode() for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']
+                    txn.put(b'meta', seal_meta('meta', new), db=self._metadb)
+                self._meta, self._version = new, new['format_version']
+                self._limit = record_limit(new.get('max_record_bytes'), os.fstat(self._fd).st_size)
                 return
             except lmdb.MapFullError: self.env.set_mapsize(self.env.info()['map_size'] * 2)
+
+    def _reseal(self, txn):
+        "Seal the metadata entries an older version wrote (in `txn`, the one that upgrades the shelf's format)."
+        for name in [bytes(k) for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']:
+            d, sealed = self._unseal(name, txn.get(name, db=self._metadb))
+            if not sealed: txn.put(name, seal_meta(name.decode(), d), db=self._metadb)
 
     def encode(self, key, rec) -> bytes:
         "`rec` as the bytes this shelf stores under `key`."
@@ -238,10 +252,10 @@ class Shelf(ShelfBase):
             return encode_record(rec, self.compression, self.level, key=key)
         except RecordError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
-    def put_many(self, items, meta:dict=None):
-        "Write records (dicts, or `encode_record` bytes) in one transaction."
+    def put_many(self, items, meta:dict=None, stats=None):
+        "Write records (dicts, or `encode_record` bytes) in one transaction, with `meta` merged and pixel histogram `stats` added."
         items = items.items() if isinstance(items, dict) else items
-        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta)
+        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta, stats=stats)
 
     def delete(self, key):
         "Remove `key`'s record."
@@ -249,14 +263,31 @@ class Shelf(ShelfBase):
         self._commit([(self._enc(key), None)])
 
     # Metadata
+    def _unseal(self, name:bytes, b) -> tuple:
+        "(dict, sealed) of entry `name`'s bytes `b`; a `DamagedStoreError` naming it if they changed since written."
+        try: return unseal_meta(name.decode(errors='replace'), b)
+        except RecordError as e: raise DamagedStoreError(f"{self.path}: damaged metadata: {e}") from None
+
+    def _load(self, txn, name:bytes, meta:dict=None):
+        "Metadata entry `name` in `txn` (`meta`: the shelf's, for the others), checked; None if it has none."
+        b = txn.get(name, db=self._metadb)
+        if b is None:
+            if meta is not None and name.decode() in (meta.get('parts') or ()):
+                raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} is listed in the metadata but not there")
+            return None
+        d, sealed = self._unseal(name, b)
+        v = (d if name == b'meta' else meta or {}).get('format_version')
+        if not sealed and isinstance(v, int) and v >= _SEALED_FROM:
+            raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} has")
+        return d
+
     def _get_meta(self, name:bytes):
-        with self.txn(db=self._metadb) as txn: b = txn.get(name)
-        if b is None: return None
-        try: return json.loads(bytes(b))
-        except (ValueError, UnicodeDecodeError, RecursionError) as e: raise ShelfError(f"{self.path}: metadata {name.decode()!r} is damaged: {str(e)[:100]}") from None
+        with self.txn(db=self._metadb) as txn:
+            meta = self._load(txn, b'meta')
+            return meta if name == b'meta' else self._load(txn, name, meta)
 
     def _set_meta(self, name:bytes, d):
-        self._commit([(name, json.dumps(d).encode())], db=self._metadb)
+        self._commit([(name, seal_meta(name.decode(), d))], db=self._metadb)
 
     def update_meta(self, check=None, **kwargs):
         "Merge `kwargs` into the metadata, after `check(old_meta)` if given."
@@ -292,7 +323,8 @@ class Shelf(ShelfBase):
 
     def verify(self, progress=None) -> list:
         "(key, reason) for every record that is damaged or misplaced."
-        check_structure(self.path, self._locked)
+        check_structure(self.path, self._locked, fresh=True)  # never a remembered walk: a file changed in place is walked again
+        self.notes = self._check_meta()
         bad, prev, n, self.unbound = [], None, 0, 0
         with self.txn(what='verify') as txn:
             for i,(kb,buf) in enumerate(txn.cursor()):
@@ -317,6 +349,18 @@ class Shelf(ShelfBase):
             if m is not None and m != n:
                 raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
         return bad
+
+    def _check_meta(self) -> list:
+        "Check every metadata entry against its checksum (a `DamagedStoreError` if one changed); notes on what can't be checked."
+        with self.txn(db=self._metadb, what='verify') as txn:
+            meta = self._load(txn, b'meta')
+            names = [bytes(k) for k in txn.cursor().iternext(values=False)]
+            for name in names: self._load(txn, name, meta)
+            for name in meta.get('parts') or (): self._load(txn, name.encode(), meta)
+        v = meta.get('format_version')
+        if isinstance(v, int) and v >= _SEALED_FROM: return []
+        return [f"{self.path}: its metadata ({', '.join(n.decode(errors='replace') for n in names)}) has no checksums (format {v}): "
+                f"not checked; any write to the shelf adds them"]
 
     def close(self):
         "Release this shelf's hold on the environment."

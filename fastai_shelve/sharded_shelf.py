@@ -8,8 +8,8 @@ import os, json, uuid
 from pathlib import Path
 from collections import defaultdict
 import zlib, numpy as np, pandas as pd
-from .codec import ShelfError, FormatVersionError, FORMAT_VERSION
-from .interface import ShelfBase, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError
+from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, seal_meta, unseal_meta
+from .interface import ShelfBase, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError, MissingShardError
 from .lmdb_shelf import Shelf
 
 # %% auto #0
@@ -27,11 +27,25 @@ def shard_names(n:int) -> list:
     "The file names of `n` shards."
     return [f'shard-{i:03d}.shelf' for i in range(n)]
 
+_SEALED_FROM = 4  # the first manifest format with a checksum
+
+def _load_manifest(f:Path) -> tuple:
+    "(manifest, sealed) from file `f`; a `DamagedStoreError` if it changed since written."
+    try: b = f.read_bytes()
+    except OSError as e: raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
+    try: m, sealed = unseal_meta(MANIFEST, b)
+    except RecordError as e:
+        if b.startswith(b'{"crc32":'): raise DamagedStoreError(f"{f}: damaged manifest: {e}") from None
+        raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
+    v = m.get('format_version')
+    if not sealed and isinstance(v, int) and _SEALED_FROM <= v <= FORMAT_VERSION:
+        raise DamagedStoreError(f"{f}: damaged manifest: it has no checksum, which every manifest of format {v} has")
+    return m, sealed
+
 def read_manifest(path) -> dict:
     "The manifest of the sharded shelf at folder `path`, checked."
     f = Path(path)/MANIFEST
-    try: m = json.loads(f.read_text())
-    except (OSError, ValueError) as e: raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
+    m, _ = _load_manifest(f)
     if not isinstance(m, dict) or m.get('format') != 'fastai_shelve shards' or not isinstance(m.get('n_shards'), int):
         raise ShelfError(f"{f} is not a fastai_shelve shard manifest")
     if m['n_shards'] < 1: raise ShelfError(f"{f}: n_shards is {m['n_shards']}: a sharded shelf has at least one shard")
@@ -62,8 +76,8 @@ def write_manifest(path, n:int) -> dict:
     return m
 
 def _save_manifest(path, m:dict):
-    tmp = Path(path)/f'{MANIFEST}.tmp'
-    tmp.write_text(json.dumps(m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
+    tmp = Path(path)/f'{MANIFEST}.{os.getpid()}.tmp'
+    tmp.write_bytes(seal_meta(MANIFEST, m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
 
 def claim_shard(path, i:int):
     "Write shard `i`'s identity (from the folder's manifest) into the shard's metadata: done by whoever builds it."
@@ -75,13 +89,15 @@ def claim_shard(path, i:int):
             if have not in (None, m['ids'][i]): raise ShelfError(f"{s.path} is another folder's shard (id {have}), not shard {i} of {path}")
         s.update_meta(check=check, shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
 
-def count_shards(path):
-    "Record each shard's key count in the folder's manifest (after a build), for `verify` to check."
+def count_shards(path) -> list:
+    "Each shard's key count; kept in the manifest only where it names no shard ids (an old folder: its one check of a dropped shard)."
+    # Counts beside the shards' own (their B-trees') go stale with any write: a manifest with ids keeps none
     m = read_manifest(path)
     counts = []
     for name in m['shards']:
         with Shelf(Path(path)/name, 'r') as s: counts.append(len(s))
-    _save_manifest(path, {**m, 'counts': counts})
+    if m.get('ids') is None and m.get('counts') is not None and m['counts'] != counts: _save_manifest(path, {**m, 'counts': counts})
+    return counts
 
 _SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
 
@@ -95,9 +111,25 @@ class ShardedShelf(ShelfBase):
         self.shards = []
         try:
             for name in self.manifest['shards']: self.shards.append(Shelf(self.path/name, mode, **kwargs))
-        except ShelfNotFoundError: self.close(); raise ShelfNotFoundError(f"{self.path}: shard {name} is missing") from None
+        except ShelfNotFoundError: self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
         except Exception: self.close(); raise
-        self.meta  # check the shards agree now, not at the first batch
+        try: self.notes = self._check_ids(); self.meta  # each shard the one its manifest names, and the shards agree: now, not at the first batch
+        except Exception: self.close(); raise
+
+    def _check_ids(self) -> list:
+        "Raise unless each shard carries the id the manifest names for it (from each shard's checked metadata: cheap); notes."
+        ids, names = self.manifest.get('ids'), self.manifest['shards']
+        if ids is None:
+            return [f"{self.path}: UNCHECKED: its manifest names no shard ids (made before they were kept): a shard swapped, dropped or "
+                    f"emptied is found only by its keys" + (" and the manifest's counts" if self.manifest.get('counts') else '')]
+        wrong = []
+        for i, (name, s) in enumerate(zip(names, self.shards)):
+            sh = s.meta.get('shard') or {}
+            if sh.get('id') is None: wrong.append(f"{name} carries no shard id (not claimed: claim_shard, or rerun build_sharded)")
+            elif (sh.get('id'), sh.get('index', i), sh.get('n_shards', self.n)) != (ids[i], i, self.n):
+                wrong.append(f"{name} is not the shard the manifest names (id {sh.get('id')}, manifest {ids[i]}): swapped, repeated or another dataset's")
+        if wrong: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: " + '; '.join(wrong[:5]))
+        return []
 
     def _groups(self, keys) -> dict:
         "shard → positions in `keys`."
@@ -129,7 +161,11 @@ class ShardedShelf(ShelfBase):
         "Write records, each to its shard: one transaction per shard touched."
         items = list(items.items() if isinstance(items, dict) else items)
         for s, pos in self._groups([k for k,_ in items]).items(): self.shards[s].put_many([items[i] for i in pos])
-    def delete(self, key): self.shards[self._shard(key)].delete(key)
+        self._recount()
+    def delete(self, key): self.shards[self._shard(key)].delete(key); self._recount()
+    def _recount(self):
+        "An old manifest's counts follow every write (a new one keeps none)."
+        if self.manifest.get('ids') is None and self.manifest.get('counts') is not None: count_shards(self.path); self.manifest = read_manifest(self.path)
     def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
     def __len__(self): return sum(len(s) for s in self.shards)
     def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
@@ -148,7 +184,7 @@ class ShardedShelf(ShelfBase):
             for k in _SAME:
                 if m.get(k) != first.get(k) and None not in (m.get(k), first.get(k)):
                     raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {m.get(k)!r} vs {first.get(k)!r}")
-        res = {**first, 'n_shards': self.n, 'n_records': sum(m.get('n_records', 0) for m in metas)}
+        res = {**first, 'n_shards': self.n, 'n_records': sum(len(s) for s in self.shards)}
         hists = [np.array(m['stats']['hist']) for m in metas if 'hist' in m.get('stats', {})]
         if hists: res['stats'] = PixelStats().add(sum(hists)).as_meta()
         return res
@@ -166,18 +202,18 @@ class ShardedShelf(ShelfBase):
         return pd.concat(parts).sort_values(kind='stable') if parts else None
 
     def verify(self, progress=None) -> list:
-        "Each shard's bad records; then every key in the shard `shard_of` names, counts and identities as the manifest says."
-        bad, m, self.notes = [b for s in self.shards for b in s.verify()], self.manifest, []
+        "Each shard's bad records; then identities as the manifest says, every key in the shard `shard_of` names (and an old manifest's counts)."
+        self.manifest = read_manifest(self.path)  # checked again: it may have changed since the open
+        bad, m = [b for s in self.shards for b in s.verify()], self.manifest
+        self.notes = self._check_ids() + [n for s in self.shards for n in s.notes]
+        if not _load_manifest(self.path/MANIFEST)[1]: self.notes.append(f"{self.path/MANIFEST}: UNCHECKED: no checksum (format {m.get('format_version')})")
         self.unbound = sum(s.unbound for s in self.shards)
-        ids, counts, wrong = m.get('ids'), m.get('counts'), []
+        counts = m.get('counts') if m.get('ids') is None else None  # with ids, counts are the shards' own: an old manifest's went stale
+        wrong = []
         for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
-            have = (s.meta.get('shard') or {}).get('id')
-            if ids is not None and have != ids[i]:
-                wrong.append(f"{name} is not the shard the manifest names (id {have}, manifest {ids[i]}): swapped, repeated or another dataset's")
             if counts is not None and len(s) != counts[i]: wrong.append(f"{name} holds {len(s)} keys, the manifest says {counts[i]}")
             strays = [k for k in s.keys() if shard_of(k, self.n) != i]
             if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
-        if ids is None: self.notes.append(f"{self.path}: its manifest names no shard ids (built before they were kept): shards are checked by their keys only")
         if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
         return bad
     def close(self):

@@ -14,9 +14,9 @@ from .std_shelf import StdShelf, pickle_refusal
 from .sharded_shelf import ShardedShelf, MANIFEST
 # Names users import from `store` since before the backends had modules of their own.
 from .interface import (RAISE, key_bytes, PixelStats, ShelfClosedError, ReadOnlyError, DamagedStoreError,
-                                     ShelfAccessError, BadKeyError, MissingKeyError)
+                                     ShelfAccessError, BadKeyError, MissingKeyError, KeyTypeError, MissingShardError)
 from .lmdb_env import LOCK_BYTES, read_only_fs, prepare_lock, os_reason
-from .lmdb_check import LMDB_MAGIC, check_lmdb_size, check_structure
+from .lmdb_check import LMDB_MAGIC, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM
 from .sharded_shelf import shard_of, shard_names, read_manifest, write_manifest, claim_shard, count_shards
 

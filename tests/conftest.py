@@ -65,6 +65,7 @@ def scratch_tmp(tmp_path_factory):
     d = tmp_path_factory.mktemp('tmp')
     old = os.environ.get('TMPDIR'), tempfile.tempdir
     os.environ['TMPDIR'], tempfile.tempdir = str(d), str(d)
+    os.environ.setdefault('FASTAI_SHELVE_CACHE', str(d/'walked'))  # walk marks: none left in the user's cache by tests
     yield d
     if old[0] is None: os.environ.pop('TMPDIR', None)
     else: os.environ['TMPDIR'] = old[0]
