@@ -292,6 +292,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings.__repr__': ( 'images.html#buildsettings.__repr__',
                                                                                        'fastai_shelve/images.py'),
+                                      'fastai_shelve.images.BuildSettings.__setstate__': ( 'images.html#buildsettings.__setstate__',
+                                                                                           'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings._decode': ( 'images.html#buildsettings._decode',
                                                                                       'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings._fit': ( 'images.html#buildsettings._fit',

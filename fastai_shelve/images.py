@@ -199,7 +199,10 @@ def dicom_frames(fn, gray:bool=True, scale:str='minmax'):
 # %% ../nbs/02a_images.ipynb #9c7e7b3c
 class BuildSettings:
     "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
-    schema = 2  # this record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257)
+    # This record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257);
+    # 2: gray from a colour JPEG was the decoder's own luma (`draft('L')`), not fastai's RGB -> L (kept as `jpeg_luma`)
+    schema = 3
+    jpeg_luma = False  # gray from a colour JPEG as schema-2 builds made it: their shelves predict as they were built
     max_side_px = 16384  # no output side may be larger: 16384x16384x3 is 768 MB a record
     def __init__(self,
                  size=None, # square (or (h, w)) output size: stretches the image, as fastai's `ResizeMethod.Squish`
@@ -212,6 +215,7 @@ class BuildSettings:
         size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
         if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
         store_attr()
+        self.jpeg_luma = False  # in the instance's own state, so a Learner pickled before it existed is told apart
         self.check()
     # The settings, in order: the one list the metadata, `load_image`, `build_shelf` and the CLI take them from
     fields = tuple(inspect.signature(__init__).parameters)[1:]
@@ -227,6 +231,9 @@ class BuildSettings:
             if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
         modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
         if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
+        f = self.frame
+        if f != 'all' and (not isinstance(f, (int, np.integer)) or isinstance(f, bool)):
+            raise ShelfError(f"frame must be a frame index (0 the first, -1 the last) or 'all' (each frame a record), not {f!r}")
 
     @classmethod
     def from_meta(cls, d:dict|None) -> BuildSettings:
@@ -238,15 +245,20 @@ class BuildSettings:
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - set(cls.fields)
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
-        try: return cls(**d)
+        try: s = cls(**d)
         except ShelfError:  # kept by an older build that did not check them (two resize modes): read as they were built
             if d.get('scale', SCALES[0]) not in SCALES: raise
             s = cls(); s.__dict__.update(d); s.size = list(s.size) if isinstance(s.size, (tuple, list)) else s.size
-            return s
+        s.jpeg_luma = v < 3 and bool(s.gray)  # its colour JPEGs were stored as the decoder's luma: predict them so
+        return s
+
+    def __setstate__(self, d):
+        "A Learner exported before `jpeg_luma` existed: its shelf's colour JPEGs were the decoder's luma, if gray."
+        self.__dict__.update({'jpeg_luma': bool(d.get('gray', True))}, **d)
 
     def as_meta(self) -> dict:
         "The JSON a shelf's metadata keeps under 'build'."
-        return dict(schema=self.schema, **{k: getattr(self, k) for k in self.fields})
+        return dict(schema=2 if self.jpeg_luma else self.schema, **{k: getattr(self, k) for k in self.fields})
 
     def out_size(self, w:int, h:int) -> tuple:
         "The (w, h) a `w`x`h` input becomes."
@@ -268,7 +280,9 @@ class BuildSettings:
         with Image.open(fn) as im:
             out = self.out_size(*im.size)
             if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), self.gray, self.scale), out)
-            if im.format == 'JPEG': im.draft('L' if self.gray else 'RGB', out)  # the decoder itself scales by 1/2 to 1/8
+            # A JPEG: the decoder itself scales by 1/2 to 1/8 in its DCT, in the file's own mode. Gray from colour is then
+            # PIL's RGB -> L, as fastai's `PILImageBW` converts: the decoder's luma (draft 'L') differs by up to 18 levels.
+            if im.format == 'JPEG': im.draft('L' if self.jpeg_luma and self.gray else None, out)
             im.load()
             a = _to_mode(im, self.gray, self.scale)
         return _resize(a, out)
