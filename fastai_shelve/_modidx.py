@@ -330,6 +330,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_shelve.images._window': ('images.html#_window', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.dicom_frames': ('images.html#dicom_frames', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.is_dicom': ('images.html#is_dicom', 'fastai_shelve/images.py'),
+                                      'fastai_shelve.images.jpeg_scan_damage': ('images.html#jpeg_scan_damage', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.load_frames': ('images.html#load_frames', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.load_image': ('images.html#load_image', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.load_mask': ('images.html#load_mask', 'fastai_shelve/images.py'),

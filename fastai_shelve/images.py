@@ -13,8 +13,8 @@ from fastcore.meta import delegates
 from .codec import ShelfError, FormatVersionError
 
 # %% auto #0
-__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-           'load_frames', 'target_size', 'load_mask']
+__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'jpeg_scan_damage', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings',
+           'load_image', 'load_frames', 'target_size', 'load_mask']
 
 # %% ../nbs/02a_images.ipynb #fc75563c
 SCALES = ('minmax', 'percentile', 'legacy')
@@ -59,6 +59,43 @@ def _read_deep(fn) -> np.ndarray:
     a = cv2.imdecode(np.fromfile(fn, np.uint8), cv2.IMREAD_UNCHANGED)
     if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
     return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
+
+# Markers that cannot follow a JPEG's entropy-coded data: SOI, TEM, the reserved 0x02-0xBF, a frame header (SOFn)
+_NOT_AFTER_SCAN = frozenset([0xD8, 0x01, *range(0x02, 0xC0), *(c for c in range(0xC0, 0xD0) if c not in (0xC4, 0xC8, 0xCC))])
+
+def jpeg_scan_damage(buf:bytes) -> str|None:
+    "Where a JPEG's entropy-coded (scan) data holds a marker no decoder accepts there, garbled or spliced bytes; else None."
+    # PIL decodes such data without a word (libjpeg's 'Corrupt JPEG data' warnings are silenced): garbage pixels. A marker is
+    # 0xFF then a byte other than 0x00 (a stuffed 0xFF), 0xD0-0xD7 (restarts) or 0xFF (fill): numpy finds them all at once.
+    # Garbling that keeps to valid bytes (a bad Huffman code) shows only to a decoder's warnings: not found here.
+    a = np.frombuffer(buf, np.uint8)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    nxt = a[ff + 1]
+    marks = ff[(nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    rst = ff[(nxt >= 0xD0) & (nxt <= 0xD7)]
+    pos, n, interval, scans = 2, len(buf), 0, 0
+    while pos + 4 <= n:  # the header's segments by their lengths (their bytes are no markers), each scan to its end
+        if buf[pos] != 0xFF:  # a segment's length led off its end: in the header the decoder says what it makes of it
+            return f"no marker segment at byte {pos}, after the image data: garbled or spliced bytes" if scans else None
+        while pos < n - 1 and buf[pos + 1] == 0xFF: pos += 1  # fill bytes
+        code = buf[pos + 1]
+        if code == 0xD9: return None  # the end: what follows (a camera's trailer) is no image data
+        end = pos + 2 + int.from_bytes(buf[pos+2:pos+4], 'big')
+        if code == 0xDD: interval = int.from_bytes(buf[pos+4:pos+6], 'big')  # restart markers every `interval` blocks
+        if scans and end > n: return f"a marker segment at byte {pos}, after the image data, runs past the file's end: garbled bytes"
+        if code != 0xDA: pos = end; continue
+        i = np.searchsorted(marks, end)  # the scan's data runs from its header's end to the next marker
+        if i == len(marks): return None  # to the file's end: a truncated file, which the decoder reports itself
+        stop = int(marks[i])
+        # Restart markers come only with a restart interval, and in turn: RST0, RST1, ..., RST7, RST0, ...
+        r = rst[np.searchsorted(rst, end):np.searchsorted(rst, stop)]
+        if len(r):
+            got = a[r + 1].astype(int) - 0xD0
+            wrong = np.flatnonzero(got != np.arange(len(r)) % 8) if interval else np.array([0])
+            if len(wrong): return f"restart marker 0xFF{got[wrong[0]] + 0xD0:02X} out of place at byte {r[wrong[0]]}: garbled bytes"
+        pos, code, scans = stop, buf[stop + 1], scans + 1
+        if code in _NOT_AFTER_SCAN: return f"marker 0xFF{code:02X} inside the image data at byte {pos}: garbled or spliced bytes"
+    return None
 
 def _resize(a:np.ndarray, out) -> np.ndarray:
     "`a` resized to `out` (w, h): a new, writable array."
@@ -270,16 +307,21 @@ class BuildSettings:
         else: return w, h
         return max(1, round(w*r)), max(1, round(h*r))
 
-    def load(self, fn) -> np.ndarray:
+    def load(self, fn,
+             check:bool=False, # refuse a JPEG whose image data is garbled (`jpeg_scan_damage`), as the build does
+            ) -> np.ndarray:
         "Decode image file `fn` (any PIL format, or DICOM) and resize it, as the build does: uint8 (H,W), or (H,W,3) if RGB."
         if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
-        return self._decode(fn, self.frame)
+        return self._decode(fn, self.frame, check)
 
-    def _decode(self, fn, frame:int) -> np.ndarray:
+    def _decode(self, fn, frame:int, check:bool=False) -> np.ndarray:
         if is_dicom(fn): return self._fit(read_dicom(fn, self.gray, frame, self.scale))
         with Image.open(fn) as im:
             out = self.out_size(*im.size)
             if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), self.gray, self.scale), out)
+            # Checked by the build, not at predict time: a test image is predicted whatever it holds, as fastai does
+            why = check and im.format == 'JPEG' and isinstance(fn, (str, Path)) and jpeg_scan_damage(Path(fn).read_bytes())
+            if why: raise ShelfError(f"{fn}: damaged JPEG: {why}: re-export the file, or leave it out")
             # A JPEG: the decoder itself scales by 1/2 to 1/8 in its DCT, in the file's own mode. Gray from colour is then
             # PIL's RGB -> L, as fastai's `PILImageBW` converts: the decoder's luma (draft 'L') differs by up to 18 levels.
             if im.format == 'JPEG': im.draft('L' if self.jpeg_luma and self.gray else None, out)
