@@ -13,8 +13,8 @@ from fastcore.meta import delegates
 from .codec import ShelfError, FormatVersionError
 
 # %% auto #0
-__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'jpeg_scan_damage', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings',
-           'load_image', 'load_frames', 'target_size', 'load_mask']
+__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
+           'load_frames', 'target_size', 'load_mask']
 
 # %% ../nbs/02a_images.ipynb #fc75563c
 SCALES = ('minmax', 'percentile', 'legacy')
@@ -63,7 +63,7 @@ def _read_deep(fn) -> np.ndarray:
 # Markers that cannot follow a JPEG's entropy-coded data: SOI, TEM, the reserved 0x02-0xBF, a frame header (SOFn)
 _NOT_AFTER_SCAN = frozenset([0xD8, 0x01, *range(0x02, 0xC0), *(c for c in range(0xC0, 0xD0) if c not in (0xC4, 0xC8, 0xCC))])
 
-def jpeg_scan_damage(buf:bytes) -> str|None:
+def _jpeg_scan_damage(buf:bytes) -> str|None:
     "Where a JPEG's entropy-coded (scan) data holds a marker no decoder accepts there, garbled or spliced bytes; else None."
     # PIL decodes such data without a word (libjpeg's 'Corrupt JPEG data' warnings are silenced): garbage pixels. A marker is
     # 0xFF then a byte other than 0x00 (a stuffed 0xFF), 0xD0-0xD7 (restarts) or 0xFF (fill): numpy finds them all at once.
@@ -308,7 +308,7 @@ class BuildSettings:
         return max(1, round(w*r)), max(1, round(h*r))
 
     def load(self, fn,
-             check:bool=False, # refuse a JPEG whose image data is garbled (`jpeg_scan_damage`), as the build does
+             check:bool=False, # refuse a JPEG whose image data is garbled (`_jpeg_scan_damage`), as the build does
             ) -> np.ndarray:
         "Decode image file `fn` (any PIL format, or DICOM) and resize it, as the build does: uint8 (H,W), or (H,W,3) if RGB."
         if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
@@ -320,7 +320,7 @@ class BuildSettings:
             out = self.out_size(*im.size)
             if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), self.gray, self.scale), out)
             # Checked by the build, not at predict time: a test image is predicted whatever it holds, as fastai does
-            why = check and im.format == 'JPEG' and isinstance(fn, (str, Path)) and jpeg_scan_damage(Path(fn).read_bytes())
+            why = check and im.format == 'JPEG' and isinstance(fn, (str, Path)) and _jpeg_scan_damage(Path(fn).read_bytes())
             if why: raise ShelfError(f"{fn}: damaged JPEG: {why}: re-export the file, or leave it out")
             # A JPEG: the decoder itself scales by 1/2 to 1/8 in its DCT, in the file's own mode. Gray from colour is then
             # PIL's RGB -> L, as fastai's `PILImageBW` converts: the decoder's luma (draft 'L') differs by up to 18 levels.

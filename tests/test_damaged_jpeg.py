@@ -3,7 +3,7 @@ import numpy as np, pandas as pd, pytest
 from PIL import Image
 from skimage import data
 from fastai_shelve.build import build_shelf
-from fastai_shelve.images import BuildSettings, jpeg_scan_damage
+from fastai_shelve.images import BuildSettings, _jpeg_scan_damage
 from fastai_shelve.store import open_shelf
 
 def damaged(clean:bytes, code:int) -> bytes:
@@ -35,4 +35,4 @@ def test_garbled_jpegs_are_bad_records(files):
     assert BuildSettings(size=32).load(files/'tem.jpg').shape == (32, 32)
 
 def test_valid_jpegs_are_not_flagged(files):
-    for name in ('ok', 'rst', 'prog'): assert jpeg_scan_damage((files/f'{name}.jpg').read_bytes()) is None
+    for name in ('ok', 'rst', 'prog'): assert _jpeg_scan_damage((files/f'{name}.jpg').read_bytes()) is None
