@@ -304,6 +304,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings.check': ( 'images.html#buildsettings.check',
                                                                                     'fastai_shelve/images.py'),
+                                      'fastai_shelve.images.BuildSettings.check_file': ( 'images.html#buildsettings.check_file',
+                                                                                         'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings.frames': ( 'images.html#buildsettings.frames',
                                                                                      'fastai_shelve/images.py'),
                                       'fastai_shelve.images.BuildSettings.from_meta': ( 'images.html#buildsettings.from_meta',

@@ -60,7 +60,8 @@ def _decode_task(task):
     key, fn, lab, mask_fn, settings, compression = task
     if settings.frame == 'all': return _frames_task(task)
     try:
-        img = settings.load(fn, check=True)  # a JPEG with garbled image data is a bad record, not garbage pixels
+        settings.check_file(fn)  # a JPEG with garbled image data is a bad record, not garbage pixels
+        img = settings.load(fn)
         why = None if mask_fn is None else _mask_mismatch(fn, mask_fn)
         if why: return key, None, None, why
         mask = None if mask_fn is None else load_mask(mask_fn, img.shape[1::-1])  # nearest neighbour to the image's size

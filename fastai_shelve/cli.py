@@ -83,7 +83,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
 
 def _missing_hint(bad) -> str:
     "Why files are missing, where it shows: another file named by the first missing id (another suffix), or none at all."
-    k, p, _ = bad[0]
+    k, p, _ = min(bad)  # the same example every run: workers finish in any order
     p = Path(p)
     near = sorted(o.name for o in p.parent.glob(glob.escape(k) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
     if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check --suff (now {p.name[len(k):]!r})"

@@ -307,21 +307,22 @@ class BuildSettings:
         else: return w, h
         return max(1, round(w*r)), max(1, round(h*r))
 
-    def load(self, fn,
-             check:bool=False, # refuse a JPEG whose image data is garbled (`_jpeg_scan_damage`), as the build does
-            ) -> np.ndarray:
+    def load(self, fn) -> np.ndarray:
         "Decode image file `fn` (any PIL format, or DICOM) and resize it, as the build does: uint8 (H,W), or (H,W,3) if RGB."
         if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
-        return self._decode(fn, self.frame, check)
+        return self._decode(fn, self.frame)
 
-    def _decode(self, fn, frame:int, check:bool=False) -> np.ndarray:
+    def check_file(self, fn):
+        "Refuse file `fn` if it is a JPEG whose image data is garbled, as the build does (predict reads any file, as fastai does)."
+        with open(fn, 'rb') as f: buf = f.read()
+        why = buf[:3] == b'\xff\xd8\xff' and _jpeg_scan_damage(buf)
+        if why: raise ShelfError(f"{fn}: damaged JPEG: {why}: re-export the file, or leave it out")
+
+    def _decode(self, fn, frame:int) -> np.ndarray:
         if is_dicom(fn): return self._fit(read_dicom(fn, self.gray, frame, self.scale))
         with Image.open(fn) as im:
             out = self.out_size(*im.size)
             if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), self.gray, self.scale), out)
-            # Checked by the build, not at predict time: a test image is predicted whatever it holds, as fastai does
-            why = check and im.format == 'JPEG' and isinstance(fn, (str, Path)) and _jpeg_scan_damage(Path(fn).read_bytes())
-            if why: raise ShelfError(f"{fn}: damaged JPEG: {why}: re-export the file, or leave it out")
             # A JPEG: the decoder itself scales by 1/2 to 1/8 in its DCT, in the file's own mode. Gray from colour is then
             # PIL's RGB -> L, as fastai's `PILImageBW` converts: the decoder's luma (draft 'L') differs by up to 18 levels.
             if im.format == 'JPEG': im.draft('L' if self.jpeg_luma and self.gray else None, out)

@@ -31,8 +31,9 @@ def read_source(source, fn_col=0) -> tuple:
             col = _id_column(cols, fn_col, source)
             df = pd.read_csv(source, dtype={col: str} if col in cols else None)  # ids as text: '007' stays '007'
         except UnicodeDecodeError as e:  # pandas reads UTF-8 unless told: Excel and older tools write latin-1 / cp1252
-            raise ShelfError(f"{source} is not UTF-8 (it holds byte 0x{e.object[e.start]:02x}): save it as UTF-8 (iconv -f latin1 -t utf-8), "
-                             f"or pass the table read with its encoding: pd.read_csv({str(source)!r}, encoding='latin-1') (or 'cp1252')") from None
+            raise ShelfError(f"{source} is not UTF-8 (it holds byte 0x{e.object[e.start]:02x}): save it as UTF-8 "
+                             f"(iconv -f latin1 -t utf-8), or pass the table read with its encoding: "
+                             f"pd.read_csv({str(source)!r}, encoding='latin-1') (or 'cp1252')") from None
         # A DataFrame may be empty (a shard's part of a small table); a CSV with a header only is a mistake said here
         if not len(df): raise ShelfError(f"{source} has no rows, only its header {list(df.columns)[:8]}: nothing to build")
         source = df
