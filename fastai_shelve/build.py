@@ -60,6 +60,7 @@ def _decode_task(task):
     key, fn, lab, mask_fn, settings, compression = task
     if settings.frame == 'all': return _frames_task(task)
     try:
+        settings.check_file(fn)  # a JPEG with garbled image data is a bad record, not garbage pixels
         img = settings.load(fn)
         why = None if mask_fn is None else _mask_mismatch(fn, mask_fn)
         if why: return key, None, None, why
@@ -230,8 +231,12 @@ def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> t
     pref = str(Path(path) if folder is None else Path(path)/folder)
     if col is not None and not Path(pref).is_dir(): raise ShelfError(f"no folder {pref}: the images named in the table are looked for there")
     files = df['file'].tolist() if col is None else [str(Path(pref)/f'{k}{suff}') for k in keys]
-    masks = ([None] * len(keys) if mask_path is None else
-             [str(Path(mask_path)/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)])
+    if mask_path is None: return files, [None] * len(keys), pref
+    mdir = Path(path)/mask_path  # under `path`, as `folder` is (an absolute mask_path stays itself)
+    if not mdir.is_dir():
+        here = f": {mask_path} is a folder here, but mask_path is read under path ({path})" if Path(mask_path).is_dir() else ''
+        raise ShelfError(f"no mask folder {mdir}: the masks are looked for there{here}")
+    masks = [str(mdir/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)]
     return files, masks, pref
 
 def _label_columns(df, label_col) -> list:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_cli.ipynb #59da05ae
 from __future__ import annotations
-import sys, json
+import sys, os, json, glob
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
@@ -50,7 +50,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           level:int=None, # the compression level (default: the library's)
           scale:str=None, # 16-bit and float inputs to 8 bits, per image: minmax (the default) or percentile (0.5-99.5)
           frame:str=None, # the frame of multi-frame DICOM files to keep (the first by default), or all: each frame a record (id#0000, ...)
-          mask_path:str=None, # folder of segmentation masks, one per image, stored as 'mask'
+          mask_path:str=None, # folder of segmentation masks under PATH, one per image, stored as 'mask'
           mask_suffix:str='.png', # appended to ids to name mask files
           codes:str='', # comma-separated class names of the masks
           img_path:str=None, # deprecated: --path (and --folder)
@@ -78,8 +78,24 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
         r = build_shelf(csv, out, path, n_workers=workers, progress=not quiet, **kw)
         if quiet: print(r)
         bad = r.bad
-    for k,p,why in bad: print(f"bad: {p} (id {k!r}): {why}")
+    _print_bad(bad, sum(o['total'] for o in reports) if shards else r.total)
     if bad: sys.exit(1)
+
+def _missing_hint(bad) -> str:
+    "Why files are missing, where it shows: another file named by the first missing id (another suffix), or none at all."
+    k, p, _ = min(bad)  # the same example every run: workers finish in any order
+    p = Path(p)
+    near = sorted(o.name for o in p.parent.glob(glob.escape(k) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
+    if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check --suff (now {p.name[len(k):]!r})"
+    return f"e.g. {p} is missing, and no file in {p.parent} starts with {k!r}: check --path, --folder, --fn-col and --suff"
+
+def _print_bad(bad, total:int):
+    "A line per bad record; a single one when every file is missing (a wrong --suff or --folder), and a summary naming the likely cause."
+    missing = [b for b in bad if b[2] == 'missing file']
+    if missing and len(missing) == len(bad) == total:
+        print(f"bad: none of the {total} files was found: {_missing_hint(missing)}"); return
+    for k,p,why in bad: print(f"bad: {p} (id {k!r}): {why}")
+    if len(missing) > 1: print(f"bad: {len(missing)} of {total} files are missing: {_missing_hint(missing)}")
 
 def hist_summary(h) -> str:
     "A 256-bin pixel histogram in one short line: range, mean, percentiles and a 32-column profile."
@@ -170,9 +186,12 @@ def main(argv=None):
     cmd, f = argv[0], COMMANDS[argv[0]]
     args = vars(anno_parser(f, prog=f'fastai-shelve {cmd}').parse_args(argv[1:]))
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's extras, not ours
-    try: f(**args)
+    try: f(**args); sys.stdout.flush()  # flushed here: a closed pipe at the exit's own flush is caught below too
     except KeyboardInterrupt:
         print(f"fastai-shelve {cmd}: interrupted", file=sys.stderr); sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do (128 + SIGPIPE)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        sys.exit(141)
     except Exception as e:  # one line, never a traceback: the CLI's promise
         print(f"fastai-shelve {cmd}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, DamagedStoreError) else 2)  # a damaged file is bad records found, not a usage error

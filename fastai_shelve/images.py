@@ -60,6 +60,43 @@ def _read_deep(fn) -> np.ndarray:
     if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
     return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
 
+# Markers that cannot follow a JPEG's entropy-coded data: SOI, TEM, the reserved 0x02-0xBF, a frame header (SOFn)
+_NOT_AFTER_SCAN = frozenset([0xD8, 0x01, *range(0x02, 0xC0), *(c for c in range(0xC0, 0xD0) if c not in (0xC4, 0xC8, 0xCC))])
+
+def _jpeg_scan_damage(buf:bytes) -> str|None:
+    "Where a JPEG's entropy-coded (scan) data holds a marker no decoder accepts there, garbled or spliced bytes; else None."
+    # PIL decodes such data without a word (libjpeg's 'Corrupt JPEG data' warnings are silenced): garbage pixels. A marker is
+    # 0xFF then a byte other than 0x00 (a stuffed 0xFF), 0xD0-0xD7 (restarts) or 0xFF (fill): numpy finds them all at once.
+    # Garbling that keeps to valid bytes (a bad Huffman code) shows only to a decoder's warnings: not found here.
+    a = np.frombuffer(buf, np.uint8)
+    ff = np.flatnonzero(a[:-1] == 0xFF)
+    nxt = a[ff + 1]
+    marks = ff[(nxt != 0) & (nxt != 0xFF) & ((nxt < 0xD0) | (nxt > 0xD7))]
+    rst = ff[(nxt >= 0xD0) & (nxt <= 0xD7)]
+    pos, n, interval, scans = 2, len(buf), 0, 0
+    while pos + 4 <= n:  # the header's segments by their lengths (their bytes are no markers), each scan to its end
+        if buf[pos] != 0xFF:  # a segment's length led off its end: in the header the decoder says what it makes of it
+            return f"no marker segment at byte {pos}, after the image data: garbled or spliced bytes" if scans else None
+        while pos < n - 1 and buf[pos + 1] == 0xFF: pos += 1  # fill bytes
+        code = buf[pos + 1]
+        if code == 0xD9: return None  # the end: what follows (a camera's trailer) is no image data
+        end = pos + 2 + int.from_bytes(buf[pos+2:pos+4], 'big')
+        if code == 0xDD: interval = int.from_bytes(buf[pos+4:pos+6], 'big')  # restart markers every `interval` blocks
+        if scans and end > n: return f"a marker segment at byte {pos}, after the image data, runs past the file's end: garbled bytes"
+        if code != 0xDA: pos = end; continue
+        i = np.searchsorted(marks, end)  # the scan's data runs from its header's end to the next marker
+        if i == len(marks): return None  # to the file's end: a truncated file, which the decoder reports itself
+        stop = int(marks[i])
+        # Restart markers come only with a restart interval, and in turn: RST0, RST1, ..., RST7, RST0, ...
+        r = rst[np.searchsorted(rst, end):np.searchsorted(rst, stop)]
+        if len(r):
+            got = a[r + 1].astype(int) - 0xD0
+            wrong = np.flatnonzero(got != np.arange(len(r)) % 8) if interval else np.array([0])
+            if len(wrong): return f"restart marker 0xFF{got[wrong[0]] + 0xD0:02X} out of place at byte {r[wrong[0]]}: garbled bytes"
+        pos, code, scans = stop, buf[stop + 1], scans + 1
+        if code in _NOT_AFTER_SCAN: return f"marker 0xFF{code:02X} inside the image data at byte {pos}: garbled or spliced bytes"
+    return None
+
 def _resize(a:np.ndarray, out) -> np.ndarray:
     "`a` resized to `out` (w, h): a new, writable array."
     if a.shape[1::-1] == out: return a.copy()  # writable, so torch can wrap it without a warning
@@ -199,7 +236,10 @@ def dicom_frames(fn, gray:bool=True, scale:str='minmax'):
 # %% ../nbs/02a_images.ipynb #9c7e7b3c
 class BuildSettings:
     "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
-    schema = 2  # this record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257)
+    # This record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257);
+    # 2: gray from a colour JPEG was the decoder's own luma (`draft('L')`), not fastai's RGB -> L (kept as `jpeg_luma`)
+    schema = 3
+    jpeg_luma = False  # gray from a colour JPEG as schema-2 builds made it: their shelves predict as they were built
     max_side_px = 16384  # no output side may be larger: 16384x16384x3 is 768 MB a record
     def __init__(self,
                  size=None, # square (or (h, w)) output size: stretches the image, as fastai's `ResizeMethod.Squish`
@@ -212,6 +252,7 @@ class BuildSettings:
         size = list(size) if isinstance(size, (tuple, list)) else size  # as JSON gives it back
         if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")
         store_attr()
+        self.jpeg_luma = False  # in the instance's own state, so a Learner pickled before it existed is told apart
         self.check()
     # The settings, in order: the one list the metadata, `load_image`, `build_shelf` and the CLI take them from
     fields = tuple(inspect.signature(__init__).parameters)[1:]
@@ -227,6 +268,9 @@ class BuildSettings:
             if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
         modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
         if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
+        f = self.frame
+        if f != 'all' and (not isinstance(f, (int, np.integer)) or isinstance(f, bool)):
+            raise ShelfError(f"frame must be a frame index (0 the first, -1 the last) or 'all' (each frame a record), not {f!r}")
 
     @classmethod
     def from_meta(cls, d:dict|None) -> BuildSettings:
@@ -238,15 +282,20 @@ class BuildSettings:
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - set(cls.fields)
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
-        try: return cls(**d)
+        try: s = cls(**d)
         except ShelfError:  # kept by an older build that did not check them (two resize modes): read as they were built
             if d.get('scale', SCALES[0]) not in SCALES: raise
             s = cls(); s.__dict__.update(d); s.size = list(s.size) if isinstance(s.size, (tuple, list)) else s.size
-            return s
+        s.jpeg_luma = v < 3 and bool(s.gray)  # its colour JPEGs were stored as the decoder's luma: predict them so
+        return s
+
+    def __setstate__(self, d):
+        "A Learner exported before `jpeg_luma` existed: its shelf's colour JPEGs were the decoder's luma, if gray."
+        self.__dict__.update({'jpeg_luma': bool(d.get('gray', True))}, **d)
 
     def as_meta(self) -> dict:
         "The JSON a shelf's metadata keeps under 'build'."
-        return dict(schema=self.schema, **{k: getattr(self, k) for k in self.fields})
+        return dict(schema=2 if self.jpeg_luma else self.schema, **{k: getattr(self, k) for k in self.fields})
 
     def out_size(self, w:int, h:int) -> tuple:
         "The (w, h) a `w`x`h` input becomes."
@@ -263,12 +312,20 @@ class BuildSettings:
         if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
         return self._decode(fn, self.frame)
 
+    def check_file(self, fn):
+        "Refuse file `fn` if it is a JPEG whose image data is garbled, as the build does (predict reads any file, as fastai does)."
+        with open(fn, 'rb') as f: buf = f.read()
+        why = buf[:3] == b'\xff\xd8\xff' and _jpeg_scan_damage(buf)
+        if why: raise ShelfError(f"{fn}: damaged JPEG: {why}: re-export the file, or leave it out")
+
     def _decode(self, fn, frame:int) -> np.ndarray:
         if is_dicom(fn): return self._fit(read_dicom(fn, self.gray, frame, self.scale))
         with Image.open(fn) as im:
             out = self.out_size(*im.size)
             if _deep_colour(im): return _resize(_to_mode(_read_deep(fn), self.gray, self.scale), out)
-            if im.format == 'JPEG': im.draft('L' if self.gray else 'RGB', out)  # the decoder itself scales by 1/2 to 1/8
+            # A JPEG: the decoder itself scales by 1/2 to 1/8 in its DCT, in the file's own mode. Gray from colour is then
+            # PIL's RGB -> L, as fastai's `PILImageBW` converts: the decoder's luma (draft 'L') differs by up to 18 levels.
+            if im.format == 'JPEG': im.draft('L' if self.jpeg_luma and self.gray else None, out)
             im.load()
             a = _to_mode(im, self.gray, self.scale)
         return _resize(a, out)

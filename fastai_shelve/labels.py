@@ -14,16 +14,32 @@ from .codec import ShelfError
 __all__ = ['read_source', 'block_kind', 'encode_labels']
 
 # %% ../nbs/02b_labels.ipynb #4bd13905
+def _id_column(cols, fn_col, source='the table'):
+    "The name of id column `fn_col` (a name, or an index into `cols`); an index that is no column is refused by name."
+    if isinstance(fn_col, str): return fn_col
+    if not -len(cols) <= fn_col < len(cols):
+        raise ShelfError(f"fn_col {fn_col}: {source} has {len(cols)} columns {list(cols)[:8]}: give the id column's name or an index "
+                         f"from 0 to {len(cols) - 1}")
+    return cols[fn_col]
+
 def read_source(source, fn_col=0) -> tuple:
     "(table, keys, id column) from a DataFrame, a CSV file (ids read as text) or a list of image files; ids checked unique."
     if isinstance(source, (str, Path)) and Path(source).suffix.lower() in ('.csv', '.gz', '.zip'):
         if not Path(source).exists(): raise FileNotFoundError(f"no CSV at {source}")
-        cols = pd.read_csv(source, nrows=0).columns
-        col = fn_col if isinstance(fn_col, str) else cols[fn_col] if fn_col < len(cols) else None
-        source = pd.read_csv(source, dtype={col: str} if col in cols else None)  # ids as text: '007' stays '007'
+        try:
+            cols = pd.read_csv(source, nrows=0).columns
+            col = _id_column(cols, fn_col, source)
+            df = pd.read_csv(source, dtype={col: str} if col in cols else None)  # ids as text: '007' stays '007'
+        except UnicodeDecodeError as e:  # pandas reads UTF-8 unless told: Excel and older tools write latin-1 / cp1252
+            raise ShelfError(f"{source} is not UTF-8 (it holds byte 0x{e.object[e.start]:02x}): save it as UTF-8 "
+                             f"(iconv -f latin1 -t utf-8), or pass the table read with its encoding: "
+                             f"pd.read_csv({str(source)!r}, encoding='latin-1') (or 'cp1252')") from None
+        # A DataFrame may be empty (a shard's part of a small table); a CSV with a header only is a mistake said here
+        if not len(df): raise ShelfError(f"{source} has no rows, only its header {list(df.columns)[:8]}: nothing to build")
+        source = df
     if isinstance(source, pd.DataFrame):
         df = source.reset_index(drop=True)
-        col = fn_col if isinstance(fn_col, str) else df.columns[fn_col]
+        col = _id_column(df.columns, fn_col)
         if col not in df.columns: raise ShelfError(f"no column {col!r} in the table (it has {list(df.columns)})")
         empty = df[col].isna() | (df[col].astype(str) == '')
         if empty.any(): raise ShelfError(f"column {col!r} has {empty.sum()} empty ids (rows {list(np.where(empty)[0][:5])})")
@@ -90,11 +106,12 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
             return _multi(df[cols].to_numpy(), keys, cols if vocab is None else vocab)
         if len(cols) > 1: raise ShelfError(f"{len(cols)} label columns are multi-label (or y_block=RegressionBlock), not one category")
         vals = df[cols[0]].tolist()
-        if df[cols[0]].dtype.kind == 'f' and (df[cols[0]] % 1 != 0).any():
+        if df[cols[0]].dtype.kind == 'f':  # 0.0/1.0/2.0 too: fastai's vocab is then [0.0, 1.0, 2.0], not the ints a user may mean
             warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
-                          f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target", stacklevel=3)
+                          f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target, or cast the column "
+                          f"to int (or str) for classes", stacklevel=3)
     else: return [None]*len(keys), dict(label_kind='none')
-    if all(np.ndim(v) == 1 for v in vals):
+    if vals and all(np.ndim(v) == 1 for v in vals):
         widths = {len(v) for v in vals}
         if len(widths) > 1:
             w0 = len(vals[0]); bad = [k for k,v in zip(keys, vals) if len(v) != w0]
