@@ -12,7 +12,7 @@ from PIL import Image
 from .codec import COMPRESSIONS
 from .lmdb_shelf import DECODE_THREADS
 from .store import open_shelf
-from .build import stream_map
+from .workers import stream_map
 
 # %% auto #0
 __all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'MEMCPY', 'best_of', 'drop_caches', 'synth_images',
@@ -744,7 +744,7 @@ def format_table(rows, targets, facts) -> str:
     out += ['', '== targets'] + [f"{'MET ' if ok else 'MISS'}  {t}: {m}" for t,m,ok,_ in targets]
     return '\n'.join(out)
 
-def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7)) -> dict:
+def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7, 8)) -> dict:
     "Run the benchmark; print its table; write bench.json and bench.png under `out`."
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     c = QUICK if quick else FULL

@@ -4,9 +4,8 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, sys, json, time, signal, ctypes, itertools, warnings, multiprocessing as mp
+import os, json, time, warnings
 from pathlib import Path
-from concurrent.futures import ProcessPoolExecutor, FIRST_COMPLETED, wait
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
@@ -27,14 +26,12 @@ _all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dico
          'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
 
 # %% auto #0
-__all__ = ['IN_FLIGHT', 'COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'mp_context', 'die_with_parent',
-           'stream_map', 'BuildReport', 'old_spellings', 'build_shelf', 'record_meta', 'convert_shelf', 'SCALES',
-           'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-           'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
+           'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom',
+           'dicom_frames', 'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source',
+           'block_kind', 'encode_labels']
 
 # %% ../nbs/02_build.ipynb #24e46e08
-IN_FLIGHT = 2  # tasks a worker has in flight: one decoding, the next queued, so it starts that while the writer is busy
-
 def frame_key(key:str, i:int) -> str:
     "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
     return f"{key}#{i:04d}"
@@ -81,31 +78,6 @@ def _frames_task(task):
     except FileNotFoundError: return key, None, None, 'missing file'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
     return key, recs, hist, None
-
-def mp_context():
-    "fork where there is one: workers need no importable __main__, so a script without a main guard (a Kaggle cell) works."
-    return mp.get_context('fork' if 'fork' in mp.get_all_start_methods() else 'spawn')
-
-def die_with_parent():
-    "Ask Linux to kill this process when its parent dies (a worker outliving a killed build); elsewhere nothing."
-    if not sys.platform.startswith('linux'): return
-    parent = os.getppid()
-    try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError): return
-    if os.getppid() != parent: os._exit(1)  # the parent died before the request took effect
-
-def stream_map(f, tasks, n_workers:int=0):
-    "Yield `f(t)` for `tasks` as they finish, at most `IN_FLIGHT` per worker in flight (in order when `n_workers=0`)."
-    if not n_workers: yield from map(f, tasks); return
-    it = iter(tasks)
-    with ProcessPoolExecutor(n_workers, mp_context=mp_context(), initializer=die_with_parent) as ex:
-        running = {ex.submit(f, t) for t in itertools.islice(it, IN_FLIGHT*n_workers)}
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-                t = next(it, None)
-                if t is not None: running.add(ex.submit(f, t))
 
 # %% ../nbs/02_build.ipynb #43e00781
 COMMIT_BYTES = 32 << 20  # commit at this many bytes too: `commit_every` big images would wait in the writer's memory, and die with a kill

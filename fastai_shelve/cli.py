@@ -43,6 +43,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           rgb:store_true=False, # keep colour (default: one gray channel)
           workers:int=None, # decode processes (default: cores)
           strict:store_true=False, # stop at the first bad image instead of reporting it
+          prune:store_true=False, # delete the records no row of the CSV names (an earlier build's rows)
           quiet:store_true=False, # no progress bar
           shards:int=0, # build N shard shelves in folder OUT, one Dask task each
           scheduler:str=None, # with --shards: a dask.distributed scheduler address (default: local processes)
@@ -65,7 +66,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
         if v is not None: print(f"fastai-shelve build: --{old} is deprecated and goes in the next release: use --{new}", file=sys.stderr)
     path, suff, label_col = img_path or path, suffix if suffix is not None else suff, label_cols if label_cols is not None else label_col
     kw = dict(folder=folder, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suff=suff, label_col=_items(label_col),
-              label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, strict=strict,
+              label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, strict=strict, prune=prune,
               compression=compression, level=level, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes), **settings)
     if kw['label_col'] and len(kw['label_col']) == 1: kw['label_col'] = kw['label_col'][0]
     if shards < 0: raise ShelfError(f"--shards must be at least 1 (or 0, the default: one shelf), not {shards}")
@@ -159,10 +160,10 @@ def demo(out:str='demo_out', # folder for the demo data and shelf
 
 def bench(out:str='bench_out', # folder for the benchmark's stores, JSON and chart
           quick:store_true=False, # a small version (a few minutes)
-          sections:str='1,2,3,4,5,6,7'): # which sections: 1 fetch, 2 scale, 3 loaders, 4 build, 5 size, 6 augment, 7 compress
+          sections:str='1,2,3,4,5,6,7,8'): # which: 1 fetch, 2 scale, 3 loaders, 4 build, 5 size, 6 augment, 7 compress, 8 (or gpu) GPU training
     "Measure batch fetch, DataLoaders, build and compression against the ceilings and the alternatives."
     from fastai_shelve.bench import run_bench
-    run_bench(out, quick=quick, sections=tuple(int(s) for s in sections.split(',') if s.strip()))
+    run_bench(out, quick=quick, sections=tuple(8 if s.strip() == 'gpu' else int(s) for s in sections.split(',') if s.strip()))
 
 # %% ../nbs/07_cli.ipynb #fe1f31d7
 COMMANDS = dict(build=build, info=info, verify=verify, convert=convert, demo=demo, bench=bench)

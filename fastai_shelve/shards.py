@@ -12,7 +12,8 @@ from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
-from .build import build_shelf, mp_context, old_spellings, BuildReport
+from .build import build_shelf, old_spellings, BuildReport
+from .workers import mp_context
 
 # %% auto #0
 __all__ = ['build_sharded']
