@@ -18,6 +18,7 @@ from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask
 from .labels import read_source, encode_labels
+from .workers import stream_map
 # Names users import from `build` since before `images` and `labels` had modules of their own.
 from .images import SCALES, DICOM_SUFFIXES, to_uint8, read_dicom, dicom_frames
 from .images import load_image, load_frames, target_size
