@@ -8,7 +8,6 @@ import sys, os, json, glob
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
-from fastprogress.fastprogress import progress_bar
 from . import __version__
 from .codec import ShelfError
 from .interface import PickleRefusedError, DamagedStoreError

@@ -5,7 +5,7 @@
 # %% ../nbs/04a_gpu_augment.ipynb #9a0c0003
 from __future__ import annotations
 import math
-import torch, torch.nn.functional as F
+import torch
 from fastai.data.transforms import Transform
 from fastai.torch_core import TensorImage, retain_type
 from .codec import ShelfError

@@ -8,7 +8,7 @@ import os
 from abc import abstractmethod
 from contextlib import contextmanager
 from collections.abc import MutableMapping
-import numpy as np, pandas as pd
+import numpy as np
 from .codec import ShelfError
 
 # %% auto #0
