@@ -97,8 +97,10 @@ def test_stores_tutorial_in_browser(browser):
 def test_api_page_has_show_doc_entries(browser):
     page = open_page(browser, '05_data/')
     h = texts(page, 'article h3')
-    for name in ('ShelfDataLoaders', 'ShelfGetter', 'GroupSplitter'): assert name in h, f'{name} not among {h}'
+    for name in ('ShelfDataLoaders', 'ShelfGetter'): assert name in h, f'{name} not among {h}'
     assert 'group_col' in page.locator('article').inner_text()  # a signature's argument
+    h = texts(open_page(browser, '05a_splits/'), 'article h3')
+    for name in ('GroupSplitter', 'shelf_splitter'): assert name in h, f'{name} not among {h}'
 
 def test_broken_notebook_fails_the_build(tmp_path):
     nbs = tmp_path/'nbs'; nbs.mkdir()
