@@ -61,7 +61,7 @@ def check_lmdb_file(path:Path):
 def check_lmdb_size(path:Path, env):
     "Raise if `path` is shorter than its last commit needs."
     need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
-    if have < need: raise ShelfError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
+    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
 
 # %% ../nbs/00c_lmdb_check.ipynb #3f0a0209
 _WALK_MIN_S = 600       # the least time a walk may take before it counts as stuck on a damaged page
