@@ -9,7 +9,7 @@ from fastai_shelve.interface import DamagedStoreError, BadKeyError, ShelfNotFoun
 from fastai_shelve.sharded_shelf import MANIFEST, write_manifest
 from fastai_shelve.store import open_shelf
 sys.path.insert(0, str(Path(__file__).parent))
-from integrity_sweep import sweep, show, KINDS
+from integrity_sweep import sweep, show, KINDS, META_KINDS, SHARD_KINDS
 
 def _img(i, side=32): return np.random.default_rng(i).integers(0, 255, (side, side), dtype=np.uint8)
 
@@ -80,6 +80,20 @@ def test_damage_sweep_quick(tmp_path):
     res = sweep(tmp_path, 2)
     for kind, t in res['table'].items():
         assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']), res['details'])
+
+def test_metadata_and_shard_damage_sweep_quick(tmp_path):
+    "One copy of each metadata and shard damage: every read, info and verify a ShelfError, no signal, never changed metadata read."
+    res = sweep(tmp_path, 1, kinds=META_KINDS + SHARD_KINDS)
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == t['intact'] == 0, (kind, show(res['table']), res['details'])
+
+@pytest.mark.slow
+@pytest.mark.parametrize('compression', [None, 'zstd'])
+def test_metadata_and_shard_damage_sweep(tmp_path, compression):
+    res = sweep(tmp_path, 12, kinds=META_KINDS + SHARD_KINDS, compression=compression)
+    print(show(res['table']))
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']))
 
 @pytest.mark.slow
 @pytest.mark.parametrize('compression, full', [(None, False), ('zstd', False), (None, True)])
