@@ -562,6 +562,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._remembered': ( 'lmdb_check.html#_remembered',
                                                                                     'fastai_shelve/lmdb_check.py'),
+                                          'fastai_shelve.lmdb_check._tree_pages': ( 'lmdb_check.html#_tree_pages',
+                                                                                    'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._version': ('lmdb_check.html#_version', 'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._walk': ('lmdb_check.html#_walk', 'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._walk_mark': ( 'lmdb_check.html#_walk_mark',
