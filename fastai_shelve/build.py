@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, json, time, warnings
 from pathlib import Path
+from contextlib import suppress
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone, listify
@@ -103,7 +104,13 @@ class _Writer:
     def __enter__(self): return self
     def __exit__(self, *exc):
         self.commit()  # an error or interrupt never loses what was decoded
-        if not len(self.shelf): self.shelf.update_meta(build=None)  # no record: no settings left to refuse a corrected rerun
+        # No record: no settings left to refuse a corrected rerun. Asked in the transaction that clears them: another build
+        # may have committed records (and its settings) since our last commit
+        with suppress(_Kept): self.shelf.update_meta(check=_none_written, build=None)
+
+class _Kept(Exception): "Records are there: the build settings stay."
+def _none_written(meta):
+    if meta.get('n_records'): raise _Kept()  # the count every commit writes from the B-tree, in its transaction
 
 # %% ../nbs/02_build.ipynb #f3c335e8
 class BuildReport:

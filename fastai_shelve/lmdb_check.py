@@ -61,7 +61,7 @@ def check_lmdb_file(path:Path):
 def check_lmdb_size(path:Path, env):
     "Raise if `path` is shorter than its last commit needs."
     need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
-    if have < need: raise ShelfError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
+    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
 
 # %% ../nbs/00c_lmdb_check.ipynb #3f0a0209
 _WALK_MIN_S = 600       # the least time a walk may take before it counts as stuck on a damaged page
@@ -105,10 +105,44 @@ def _meta_pages(path:Path) -> str:
         second = os.pread(f.fileno(), 256, psize if 512 <= psize <= 1 << 16 else 4096)
     return hashlib.sha1(head + second).hexdigest()
 
+_P_BRANCH, _P_LEAF, _F_BIGDATA, _F_SUBDATA = 0x01, 0x02, 0x01, 0x02
+
+def _tree_pages(path:Path) -> str:
+    "A digest of `path`'s B-tree: the newer meta page and every branch and leaf page it reaches (not the big values' pages)."
+    # A plain read follows these pages as they are (a value's stored size, a child's page number): any change to them, even
+    # one made in place that leaves the file's times as they were, is then another version, walked again in a child
+    h = hashlib.sha1()
+    with open(path, 'rb', buffering=0) as f:
+        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
+        head = os.pread(fd, 256, 0)
+        psize = struct.unpack_from('<I', head, 40)[0] if len(head) >= 44 else 4096
+        if not 512 <= psize <= 1 << 16: psize = 4096
+        metas = [m for m in (head, os.pread(fd, 256, psize)) if len(m) >= 152]
+        if not metas: return h.hexdigest()
+        meta = max(metas, key=lambda m: struct.unpack_from('<Q', m, 144)[0])  # the newer: the larger txnid
+        h.update(meta[:152])
+        todo, seen, npages = [(struct.unpack_from('<Q', meta, 128)[0], True)], set(), size // psize
+        while todo:
+            pg, main = todo.pop()
+            if pg in seen or len(seen) >= npages or len(todo) > 4 * npages + 4096: continue  # bounded on a garbled file
+            seen.add(pg)
+            if not 2 <= pg < npages: h.update(b'out of the file %d' % pg); continue
+            p = os.pread(fd, psize, pg * psize); h.update(p)
+            if len(p) < psize: continue  # shrunk since the stat: another version, walked
+            flags, lower = struct.unpack_from('<HH', p, 10)
+            ptrs = struct.unpack_from(f'<{max(0, min(lower, psize) - 16) // 2}H', p, 16)
+            for o in ptrs:
+                if o + 8 > psize: continue
+                lo, hi, nflags, ksize = struct.unpack_from('<4H', p, o)
+                if flags & _P_BRANCH: todo.append((lo | hi << 16 | nflags << 32, main))
+                elif flags & _P_LEAF and main and nflags & _F_SUBDATA and o + 8 + ksize + 48 <= psize:
+                    todo.append((struct.unpack_from('<Q', p, o + 8 + ksize + 40)[0], False))  # a named database's root
+    return h.hexdigest()
+
 def _version(path:Path) -> tuple:
     "What changes with any write to `path`, a copy or a move over it, and with any commit (even one leaving its times as they were)."
     st = path.stat()
-    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _meta_pages(path)
+    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _meta_pages(path), _tree_pages(path)
 
 def _cache() -> Path:
     "The folder of walk marks: `FASTAI_SHELVE_CACHE`, or fastai_shelve/walked in the user's cache."

@@ -11,6 +11,7 @@ import zlib, numpy as np, pandas as pd
 from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, seal_meta, unseal_meta
 from .interface import ShelfBase, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError, MissingShardError
 from .lmdb_shelf import Shelf
+from .lmdb_check import check_lmdb_file
 
 # %% auto #0
 __all__ = ['MANIFEST', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'claim_shard', 'count_shards',
@@ -110,7 +111,13 @@ class ShardedShelf(ShelfBase):
         self.n = self.manifest['n_shards']
         self.shards = []
         try:
-            for name in self.manifest['shards']: self.shards.append(Shelf(self.path/name, mode, **kwargs))
+            for name in self.manifest['shards']:
+                # A shard the manifest names that is not an LMDB file (emptied to 0 bytes, overwritten) is damage here, not a wrong path
+                try: (self.path/name).exists() and check_lmdb_file(self.path/name)  # a missing one: as `Shelf` says, for its mode
+                except ShelfError as e:
+                    if type(e) is ShelfError: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: {e}") from None
+                    raise
+                self.shards.append(Shelf(self.path/name, mode, **kwargs))
         except ShelfNotFoundError: self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
         except Exception: self.close(); raise
         try: self.notes = self._check_ids(); self.meta  # each shard the one its manifest names, and the shards agree: now, not at the first batch

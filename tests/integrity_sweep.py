@@ -4,11 +4,14 @@ Run as a script to print a campaign table (`python tests/integrity_sweep.py N [k
 which fastai_shelve it measures; tests/test_integrity.py runs it with small and (slow) large counts."""
 import os, sys, json, random, struct, subprocess, hashlib, tempfile
 from pathlib import Path
-import numpy as np
+import shutil
+import numpy as np, pandas as pd
 
 PSIZE = 4096
 P_BRANCH, P_LEAF, F_BIGDATA = 0x01, 0x02, 0x01
 KINDS = ('key_flip', 'pgno_flip', 'size_flip', 'page_swap', 'overflow_swap', 'random', 'truncate')
+META_KINDS = ('meta_flip', 'table_flip', 'order_flip', 'meta_delete', 'table_delete', 'order_delete')
+SHARD_KINDS = ('shard_copy', 'shard_foreign', 'shard_empty', 'shard_zero_bytes', 'shard_missing', 'manifest_flip')
 OUTCOMES = ('clean', 'intact', 'wrong', 'non_shelf', 'signal', 'hang', 'read_unchecked')
 
 def make_shelf(path, compression=None, n=280):
@@ -18,7 +21,10 @@ def make_shelf(path, compression=None, n=280):
     for i in range(n):
         side = 96 if i % 7 == 0 else 8
         recs[f'img{i:04d}'] = {'image': rng.integers(0, 16, (side, side), dtype=np.uint8), 'labels': np.array([i % 2, 1, 0], np.int8)}
-    with open_shelf(path, 'c', compression=compression) as s: s.put_many(recs)
+    with open_shelf(path, 'c', compression=compression) as s:
+        s.put_many(recs, meta={'mean': [0.5], 'std': [0.25]}, stats=np.ones((1, 256), np.int64))
+        s.set_table(pd.DataFrame({'PatientID': [f'p{i % 9}' for i in range(n)]}, index=list(recs)))
+        s.set_order(list(recs))
     return {k: [hashlib.sha1(r['image'].tobytes()).hexdigest(), r['image'].shape[0]] for k,r in recs.items()}
 
 def _nodes(data:bytes, keys) -> list:
@@ -81,6 +87,8 @@ prog, out = open(sys.argv[3], 'a'), open(sys.argv[4], 'a')
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.store import open_shelf
 from fastai_shelve import cli
+from fastai_shelve.info import shelf_info
+exec(os.environ['SWEEP_DIGEST'])
 hashes = {h for h,_ in orig.values()}
 def judge(k, img, res):
     h = hashlib.sha1(img.tobytes()).hexdigest()
@@ -89,7 +97,7 @@ def err(e, res):
     if isinstance(e, ShelfError): res['shelf_error'] += 1
     elif isinstance(e, KeyError): res['missing'] += 1
     else: res['other'].append(f'{type(e).__name__}: {e}'[:200])
-for i, path in todo:
+for i, path, orig_meta in todo:
     res = dict(i=i, equal=0, differ=0, other_key=0, missing=0, shelf_error=0, other=[], extra=0)
     print('R', i, flush=True, file=prog)
     try:
@@ -105,7 +113,13 @@ for i, path in todo:
                 except Exception as e: err(e, res)
         try: res['extra'] = len(set(s.keys()) - set(orig)) + len(s.keys()) - len(set(s.keys()))
         except Exception as e: err(e, res)
+        try: res['meta_differ'] = int(orig_meta is not None and meta_digest(s) != orig_meta)  # metadata read as changed, no error
+        except Exception as e: err(e, res)
     except Exception as e: err(e, res)
+    print('I', i, flush=True, file=prog)
+    try: shelf_info(path); res['info'] = 0
+    except ShelfError as e: res['info'] = 'ShelfError'
+    except Exception as e: res['info'] = f'{type(e).__name__}: {e}'[:200]
     print('V', i, flush=True, file=prog)
     try:
         with contextlib.redirect_stdout(io.StringIO()): cli.verify(path)
@@ -116,11 +130,67 @@ for i, path in todo:
     print(json.dumps(res), file=out, flush=True)
 '''
 
+META_DIGEST = """
+def meta_digest(s):
+    t, o = s.table, s.order
+    m = [s.meta, None if t is None else t.to_json(), None if o is None else o.to_json()]
+    return hashlib.sha1(json.dumps(m, sort_keys=True, default=str).encode()).hexdigest()
+"""
+exec(META_DIGEST)
+
+def damage_meta(src:Path, dst:Path, kind:str, rnd:random.Random):
+    "Shelf `src` copied to `dst` with one metadata entry deleted, or a bit flipped in it (in every copy LMDB left of it)."
+    import lmdb
+    name = kind.split('_')[0].encode()
+    if kind.endswith('_delete'):
+        shutil.copy(src, dst)
+        env = lmdb.open(str(dst), subdir=False, max_dbs=4, lock=False)
+        with env.begin(write=True) as txn: assert txn.delete(name, db=env.open_db(b'meta', txn=txn))
+        return env.close()
+    env = lmdb.open(str(src), subdir=False, readonly=True, max_dbs=4, lock=False)
+    with env.begin() as txn: entry = bytes(txn.get(name, db=env.open_db(b'meta', txn=txn)))
+    env.close()
+    b, at, bit = bytearray(src.read_bytes()), rnd.randrange(len(entry)), 1 << rnd.randrange(8)
+    starts, i = [], b.find(entry)
+    while i >= 0: starts.append(i); i = b.find(entry, i + 1)
+    assert starts, kind
+    for st in starts: b[st + at] ^= bit
+    dst.write_bytes(bytes(b))
+
+def make_sharded(d:Path, compression=None, n:int=280):
+    "A folder of 2 shards holding `make_shelf`'s records (another call: the same records, other shard ids)."
+    from fastai_shelve.store import open_shelf, write_manifest, claim_shard
+    write_manifest(d, 2)
+    for i in range(2): claim_shard(d, i)
+    rng, recs = np.random.default_rng(0), {}
+    for i in range(n):
+        side = 96 if i % 7 == 0 else 8
+        recs[f'img{i:04d}'] = {'image': rng.integers(0, 16, (side, side), dtype=np.uint8), 'labels': np.array([i % 2, 1, 0], np.int8)}
+    with open_shelf(d, 'w') as s: s.put_many(recs)
+
+def damage_shards(src:Path, foreign:Path, dst:Path, kind:str, rnd:random.Random):
+    "Sharded folder `src` copied to `dst`, its shard 1 or its manifest damaged one way."
+    from fastai_shelve.store import open_shelf
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns('*-lock'))
+    one = dst/'shard-001.shelf'
+    if kind == 'shard_copy': shutil.copy(dst/'shard-000.shelf', one)
+    elif kind == 'shard_foreign': shutil.copy(foreign/'shard-001.shelf', one)  # the same keys and pixels, another folder's
+    elif kind in ('shard_empty', 'shard_zero_bytes', 'shard_missing'):
+        one.unlink()
+        if kind == 'shard_empty': open_shelf(one, 'c').close()
+        if kind == 'shard_zero_bytes': one.write_bytes(b'')
+    elif kind == 'manifest_flip':
+        b = bytearray((dst/'manifest.json').read_bytes()); b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        (dst/'manifest.json').write_bytes(bytes(b))
+    else: raise ValueError(kind)
+
 def classify(r) -> str:
     "One outcome for a damaged copy's reads and verify result `r`."
     if r.get('died'): return 'signal' if r['died'] == 'signal' else 'hang'
     v = r['verify']
     verify_ok = v == 0
+    if r.get('meta_differ'): return 'wrong'  # metadata is checked on every read: a change read without an error is wrong
+    if r.get('info', 0) not in (0, 'ShelfError'): return 'non_shelf'
     if r['other_key'] or (verify_ok and (r['differ'] or r['missing'] or r['extra'] or r['shelf_error'])): return 'wrong'
     if r['other'] or (not verify_ok and v not in (1, 2, 'ShelfError')): return 'non_shelf'
     if r['differ']: return 'read_unchecked'  # pixels changed inside one record: a read does not check the crc; verify does
@@ -134,12 +204,22 @@ def sweep(tmp, n:int, kinds=KINDS, compression=None, seed:int=0, timeout:float=6
     data, keys, rnd = clean.read_bytes(), sorted(orig), random.Random(seed)
     (tmp/'orig.json').write_text(json.dumps(orig))
     jobs = []
+    if set(kinds) & set(SHARD_KINDS): make_sharded(tmp/'clean.sharded', compression); make_sharded(tmp/'foreign.sharded', compression)
     for kind in kinds:
         for c in range(n):
-            p = tmp/f'{kind}-{c}.shelf'; p.write_bytes(damage(data, kind, rnd, keys)); jobs.append((len(jobs), str(p), kind))
-    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp/'cache'), **({'SWEEP_FULL': '1'} if full else {})}
+            p = tmp/f'{kind}-{c}.shelf'
+            if kind in META_KINDS: damage_meta(clean, p, kind, rnd)
+            elif kind in SHARD_KINDS: damage_shards(tmp/'clean.sharded', tmp/'foreign.sharded', p, kind, rnd)
+            else: p.write_bytes(damage(data, kind, rnd, keys))
+            jobs.append((len(jobs), str(p), kind))
+    from fastai_shelve.store import open_shelf
+    digests = {}
+    for src in [clean] + ([tmp/'clean.sharded'] if set(kinds) & set(SHARD_KINDS) else []):
+        with open_shelf(src) as s: digests[src] = meta_digest(s)
+    digest_of = lambda kind: digests[tmp/'clean.sharded' if kind in SHARD_KINDS else clean]
+    env = {**os.environ, 'XDG_CACHE_HOME': str(tmp/'cache'), 'SWEEP_DIGEST': META_DIGEST, **({'SWEEP_FULL': '1'} if full else {})}
     prog, outf, results = tmp/'progress.txt', tmp/'results.jsonl', {}
-    todo = [(i, p) for i,p,_ in jobs]
+    todo = [(i, p, digest_of(kind)) for i,p,kind in jobs]
     while todo:
         (tmp/'todo.json').write_text(json.dumps(todo)); prog.write_text('')
         try:
@@ -154,7 +234,7 @@ def sweep(tmp, n:int, kinds=KINDS, compression=None, seed:int=0, timeout:float=6
         if died and last:
             i = int(last[-1][1]); results.setdefault(i, dict(i=i, died=died, phase=last[-1][0]))
         elif died: raise RuntimeError(f'the sweep child died ({died}) before it began')
-        todo = [(i, p) for i,p in todo if i not in results]
+        todo = [t for t in todo if t[0] not in results]
     table = {k: {o: 0 for o in OUTCOMES} for k in kinds}
     for i, p, kind in jobs: results[i]['kind'], results[i]['outcome'] = kind, classify(results[i]); table[kind][results[i]['outcome']] += 1
     return dict(table=table, details=[results[i] for i,_,_ in jobs])

@@ -9,7 +9,7 @@ from fastai_shelve.interface import DamagedStoreError, BadKeyError, ShelfNotFoun
 from fastai_shelve.sharded_shelf import MANIFEST, write_manifest
 from fastai_shelve.store import open_shelf
 sys.path.insert(0, str(Path(__file__).parent))
-from integrity_sweep import sweep, show, KINDS
+from integrity_sweep import sweep, show, KINDS, META_KINDS, SHARD_KINDS
 
 def _img(i, side=32): return np.random.default_rng(i).integers(0, 255, (side, side), dtype=np.uint8)
 
@@ -80,6 +80,20 @@ def test_damage_sweep_quick(tmp_path):
     res = sweep(tmp_path, 2)
     for kind, t in res['table'].items():
         assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']), res['details'])
+
+def test_metadata_and_shard_damage_sweep_quick(tmp_path):
+    "One copy of each metadata and shard damage: every read, info and verify a ShelfError, no signal, never changed metadata read."
+    res = sweep(tmp_path, 1, kinds=META_KINDS + SHARD_KINDS)
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == t['intact'] == 0, (kind, show(res['table']), res['details'])
+
+@pytest.mark.slow
+@pytest.mark.parametrize('compression', [None, 'zstd'])
+def test_metadata_and_shard_damage_sweep(tmp_path, compression):
+    res = sweep(tmp_path, 12, kinds=META_KINDS + SHARD_KINDS, compression=compression)
+    print(show(res['table']))
+    for kind, t in res['table'].items():
+        assert t['wrong'] == t['signal'] == t['hang'] == t['non_shelf'] == 0, (kind, show(res['table']))
 
 @pytest.mark.slow
 @pytest.mark.parametrize('compression, full', [(None, False), ('zstd', False), (None, True)])
@@ -353,6 +367,23 @@ def test_a_build_that_wrote_nothing_leaves_no_settings(tmp_path):
     assert r.written == 3
     with open_shelf(tmp_path/'o.shelf') as s: assert s['a1']['image'].shape == (24, 24) and s.meta['build']['size'] == 24
 
+def test_a_build_that_wrote_nothing_keeps_settings_another_build_committed(tmp_path):
+    "Build A ends with no record while build B commits records and settings: A clears `build` only in a transaction that sees none."
+    from fastai_shelve.build import _Writer
+    p = tmp_path/'o.shelf'
+    with open_shelf(p, 'c') as a:
+        a.update_meta(build={'size': 24})
+        def other_build():  # build B, another process's handle, commits between A's last commit and A's end
+            with open_shelf(p, 'w') as b: b.put_many({'x': {'image': _img(0, 8)}}, meta={'build': {'size': 24}})
+        class AsB:  # A's shelf, B committing at the first thing A's writer asks of it when it ends
+            def __init__(self): self.done = False
+            def _b(self):
+                if not self.done: self.done = True; other_build()
+            def __len__(self): n = len(a); self._b(); return n
+            def update_meta(self, **kw): self._b(); return a.update_meta(**kw)
+        with _Writer(AsB(), 8): pass
+    with open_shelf(p) as s: assert s.keys() == ['x'] and s.meta.get('build') == {'size': 24}
+
 def test_new_shelf_on_a_read_only_file_system_is_a_shelf_error(tmp_path):
     from fastai_shelve.interface import ReadOnlyError
     src, ro = tmp_path/'src', tmp_path/'ro'
@@ -391,3 +422,54 @@ def test_settings_an_older_build_kept_still_read():
     s = BuildSettings.from_meta(dict(schema=2, size=None, shortest_side=100, max_side=200, gray=True, scale='minmax', frame=0))
     assert s.out_size(400, 300) == (133, 100)
     with pytest.raises(ShelfError, match='one resize mode'): BuildSettings(shortest_side=100, max_side=200)
+
+def _big_node_sizes(data:bytes, keys) -> dict:
+    "key → offsets of the high 16 bits of its big (overflow) value's stored size, in leaf pages of `data` (every copy LMDB left)."
+    res = {}
+    for k in keys:
+        kb = k.encode(); at = data.find(kb)
+        while at >= 0:
+            pg = at // 4096 * 4096
+            if at - pg >= 24 and struct.unpack_from('<H', data, at-2)[0] == len(kb) and struct.unpack_from('<H', data, pg+10)[0] & 2 \
+               and struct.unpack_from('<H', data, at-4)[0] & 1:  # a leaf node (ksize before the key) with F_BIGDATA
+                res.setdefault(k, []).append(at - 6)
+            at = data.find(kb, at + 1)
+    return res
+
+READS = dict(get="open_shelf(p)[k]", batch="open_shelf(p).get_batch([k, k])", info="shelf_info(p)", verify="open_shelf(p).verify()")
+
+def _written_in_place(tmp_path, what):
+    "Finding 5: a record's stored size raised through a MAP_SHARED mapping after its version was walked (inode, size, times and "
+    "meta pages unchanged: the walk is skipped); then `what` in a child: (returncode, stdout, stderr), a SIGBUS a negative code."
+    import mmap
+    p = _shelf(tmp_path/'s.shelf', n=12, side=96)  # 96x96: each value on overflow pages
+    env = dict(XDG_CACHE_HOME=str(tmp_path/'cache'), FASTAI_SHELVE_CACHE=str(tmp_path/'cache'))
+    k, ats = sorted(_big_node_sizes(p.read_bytes(), [f'k{i}' for i in range(12)]).items())[-1]
+    for attempt in range(3):  # the kernel may write the dirty page back between the walk and the write: then its times change
+        with open(p, 'r+b') as f, mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED) as m:
+            for at in ats: m[at] = m[at]  # dirty the leaf's page first: the write fault is what updates mtime and ctime
+            rc, out, err = _run(f"from fastai_shelve.store import open_shelf; open_shelf({str(p)!r})[{k!r}]", **env)  # walked, remembered
+            assert rc == 0, err
+            before = os.stat(p)
+            for at in ats: m[at:at+2] = struct.pack('<H', 0x40)  # the value's size + 4 MiB: past the file's end, within LMDB's map
+            after = os.stat(p)
+            if (before.st_mtime_ns, before.st_ctime_ns, before.st_size) != (after.st_mtime_ns, after.st_ctime_ns, after.st_size): continue
+            if what == 'cli verify':
+                r = subprocess.run([str(Path(sys.executable).with_name('fastai-shelve')), 'verify', str(p)], capture_output=True, text=True,
+                                   timeout=120, env={**os.environ, **env})
+                return r.returncode, r.stdout, r.stderr
+            return _run(f"""
+                from fastai_shelve.store import open_shelf
+                from fastai_shelve.info import shelf_info
+                from fastai_shelve.codec import ShelfError
+                p, k = {str(p)!r}, {k!r}
+                try: {READS[what]}; print('read')
+                except ShelfError as e: print('ShelfError', e)""", **env)
+    pytest.fail('the page was written back each time: the change in place could not keep the times')
+
+@pytest.mark.parametrize('what', ['get', 'batch', 'info', 'verify', 'cli verify'])
+def test_a_file_written_in_place_is_an_error_not_sigbus(tmp_path, what):
+    "The remembered version covers the B-tree's pages: the changed one is walked again, so every read is a ShelfError (CLI exit 1)."
+    rc, out, err = _written_in_place(tmp_path, what)
+    if what == 'cli verify': assert rc == 1 and 'damaged store' in err and err.count('\n') == 1, (rc, out, err)
+    else: assert rc == 0 and out.startswith('ShelfError') and 'damaged store' in out, (rc, out, err)

@@ -87,3 +87,34 @@ def test_a_rebuild_after_the_files_were_deleted_under_an_open_handle(tmp_path):
     with open_shelf(p, 'c') as s: s['new'] = {'image': np.zeros((2, 2), np.uint8)}; assert len(s) == 1
     assert len(old) == 6; old.close()
     with open_shelf(p) as s: assert s.keys() == ['new']
+
+def _cli(*args):
+    import subprocess, sys
+    from pathlib import Path
+    exe = str(Path(sys.executable).with_name('fastai-shelve'))
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+def test_every_damage_is_exit_1_through_the_cli(tmp_path):
+    "README: 1 means damage found. Truncated, broken metadata (each entry), a dropped, emptied or copied shard, an edited manifest."
+    cases = {}
+    p = _shelf(tmp_path/'trunc.shelf', n=40); b = p.read_bytes(); p.write_bytes(b[:len(b)//2]); cases['truncated'] = p
+    for what, old, new in [('meta', b'"mean": [0.5]', b'"mean": [0.1]'), ('table', b'"p3"', b'"p1"'), ('order', b'"keys": ["k0"', b'"keys": ["k9"')]:
+        p = _shelf(tmp_path/f'{what}.shelf')
+        if what == 'order':
+            with open_shelf(p, 'w') as s: s.set_order([f'k{i}' for i in range(6)])
+        _edit(p, old, new); cases[what] = p
+    d = _sharded(tmp_path/'drop'); (d/'shard-001.shelf').unlink(); cases['dropped shard'] = d
+    d = _sharded(tmp_path/'empty'); (d/'shard-001.shelf').write_bytes(b''); cases['emptied shard (0 bytes)'] = d
+    d = _sharded(tmp_path/'copy'); shutil.copy(d/'shard-000.shelf', d/'shard-001.shelf'); cases['copied shard'] = d
+    d = _sharded(tmp_path/'man'); m = d/'manifest.json'; m.write_text(m.read_text().replace('"n_shards": 2', '"n_shards": 3'))
+    cases['edited manifest'] = d
+    for what, p in cases.items():
+        for cmd in ('info', 'verify'):
+            r = _cli(cmd, p)
+            assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'damaged' in r.stderr, (what, cmd, r.returncode, r.stderr)
+
+def test_a_truncated_file_is_damage_when_the_walk_is_skipped(tmp_path):
+    "The size check at open (check=False: no walk) says damage too, as the walk's child does."
+    p = _shelf(tmp_path/'s.shelf', n=40); b = p.read_bytes(); p.write_bytes(b[:len(b)//2])
+    with pytest.raises(DamagedStoreError, match='is truncated'): open_shelf(p, check=False)
+    with pytest.raises(DamagedStoreError, match='truncated'): open_shelf(p, 'w')
