@@ -553,8 +553,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                         'fastai_shelve/lmdb_batch.py'),
                                           'fastai_shelve.lmdb_batch._pool': ('lmdb_batch.html#_pool', 'fastai_shelve/lmdb_batch.py')},
             'fastai_shelve.lmdb_check': { 'fastai_shelve.lmdb_check._cache': ('lmdb_check.html#_cache', 'fastai_shelve/lmdb_check.py'),
-                                          'fastai_shelve.lmdb_check._meta_pages': ( 'lmdb_check.html#_meta_pages',
-                                                                                    'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._prune': ('lmdb_check.html#_prune', 'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._read_mark': ( 'lmdb_check.html#_read_mark',
                                                                                    'fastai_shelve/lmdb_check.py'),

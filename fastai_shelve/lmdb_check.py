@@ -97,18 +97,10 @@ _walked = {}  # file version -> {key: why} of records the full check found bad (
 _MARK_BYTES = 1 << 20  # a mark is at most this big (a full check's bad keys, cut short): a bigger one is walked again
 _MARKS_KEPT = 512      # marks kept in the cache folder: the oldest go
 
-def _meta_pages(path:Path) -> str:
-    "A digest of `path`'s two LMDB meta pages (last transaction, roots, last page): what every commit changes."
-    with open(path, 'rb', buffering=0) as f:
-        head = f.read(256)
-        psize = struct.unpack_from('<I', head, 40)[0] if len(head) >= 44 else 4096  # kept in the free DB's pad
-        second = os.pread(f.fileno(), 256, psize if 512 <= psize <= 1 << 16 else 4096)
-    return hashlib.sha1(head + second).hexdigest()
-
 _P_BRANCH, _P_LEAF, _F_BIGDATA, _F_SUBDATA = 0x01, 0x02, 0x01, 0x02
 
 def _tree_pages(path:Path) -> str:
-    "A digest of `path`'s B-tree: the newer meta page and every branch and leaf page it reaches (not the big values' pages)."
+    "A digest of `path`'s B-tree: both meta pages, and every branch and leaf page the newer one reaches (not the big values' pages)."
     # A plain read follows these pages as they are (a value's stored size, a child's page number): any change to them, even
     # one made in place that leaves the file's times as they were, is then another version, walked again in a child
     h = hashlib.sha1()
@@ -117,10 +109,11 @@ def _tree_pages(path:Path) -> str:
         head = os.pread(fd, 256, 0)
         psize = struct.unpack_from('<I', head, 40)[0] if len(head) >= 44 else 4096
         if not 512 <= psize <= 1 << 16: psize = 4096
-        metas = [m for m in (head, os.pread(fd, 256, psize)) if len(m) >= 152]
+        second = os.pread(fd, 256, psize)
+        h.update(head + second)  # both meta pages (last transaction, roots, last page): what every commit changes
+        metas = [m for m in (head, second) if len(m) >= 152]
         if not metas: return h.hexdigest()
         meta = max(metas, key=lambda m: struct.unpack_from('<Q', m, 144)[0])  # the newer: the larger txnid
-        h.update(meta[:152])
         todo, seen, npages = [(struct.unpack_from('<Q', meta, 128)[0], True)], set(), size // psize
         while todo:
             pg, main = todo.pop()
@@ -142,7 +135,7 @@ def _tree_pages(path:Path) -> str:
 def _version(path:Path) -> tuple:
     "What changes with any write to `path`, a copy or a move over it, and with any commit (even one leaving its times as they were)."
     st = path.stat()
-    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _meta_pages(path), _tree_pages(path)
+    return os.path.realpath(path), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _tree_pages(path)
 
 def _cache() -> Path:
     "The folder of walk marks: `FASTAI_SHELVE_CACHE`, or fastai_shelve/walked in the user's cache."

@@ -356,7 +356,8 @@ class Shelf(ShelfBase):
             meta = self._load(txn, b'meta')
             names = [bytes(k) for k in txn.cursor().iternext(values=False)]
             for name in names: self._load(txn, name, meta)
-            for name in meta.get('parts') or (): self._load(txn, name.encode(), meta)
+            for name in set(meta.get('parts') or ()) - {n.decode(errors='replace') for n in names}:  # listed, not there: damage
+                self._load(txn, name.encode(), meta)
         v = meta.get('format_version')
         if isinstance(v, int) and v >= _SEALED_FROM: return []
         return [f"{self.path}: its metadata ({', '.join(n.decode(errors='replace') for n in names)}) has no checksums (format {v}): "
