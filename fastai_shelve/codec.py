@@ -10,10 +10,11 @@ from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'MIN_LIMIT', 'MAX_EXPANSION', 'ShelfError',
-           'RecordError', 'FormatVersionError', 'RecordTooLargeError', 'check_compression', 'compress', 'decompress',
-           'encode_record', 'Field', 'Layout', 'seal_meta', 'unseal_meta', 'record_limit', 'record_version',
-           'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc', 'decode_record']
+__all__ = ['FORMAT_VERSION', 'SEALED_FROM', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'MIN_LIMIT', 'MAX_EXPANSION',
+           'ShelfError', 'RecordError', 'FormatVersionError', 'RecordTooLargeError', 'check_compression', 'compress',
+           'decompress', 'encode_record', 'Field', 'Layout', 'seal_meta', 'unseal_meta', 'record_limit',
+           'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc',
+           'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -23,6 +24,7 @@ class RecordTooLargeError(RecordError): "A record whose header declares more byt
 
 # %% ../nbs/00_codec.ipynb #2257f7e9
 FORMAT_VERSION = 4  # 3: a 4-byte key check after the buffers, and the crc bound to the key; 4: metadata sealed (records as 3)
+SEALED_FROM = 4  # the first format whose metadata entries (and shard manifests) carry a checksum bound to their names
 MAGIC = b'FSR'
 _prefix = struct.Struct('<3sBII')
 _CRC_AT = 8       # the crc's offset in the prefix: what the checksum skips

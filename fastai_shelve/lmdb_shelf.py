@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
-                                 seal_meta, unseal_meta, record_limit)
+                                 seal_meta, unseal_meta, record_limit, SEALED_FROM)
 from .interface import ShelfBase, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
@@ -27,7 +27,6 @@ _ANY_SIZE = 1 << 62  # a size limit no record reaches: a layout read to measure 
 _PREFIX = 12         # a record's magic, version, header size and crc: what two copies of one record share
 _KEYED_FROM = 3      # the first format whose crc covers the key
 _COUNTED_FROM = 3    # the first format whose metadata keeps the count of records, with every commit
-_SEALED_FROM = 4     # the first format whose metadata entries carry a checksum bound to their names
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)  # LMDB's words for damaged pages
 
 def _declared(buf) -> int:
@@ -277,7 +276,7 @@ class Shelf(ShelfBase):
             return None
         d, sealed = self._unseal(name, b)
         v = (d if name == b'meta' else meta or {}).get('format_version')
-        if not sealed and isinstance(v, int) and v >= _SEALED_FROM:
+        if not sealed and isinstance(v, int) and v >= SEALED_FROM:
             raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} has")
         return d
 
@@ -359,7 +358,7 @@ class Shelf(ShelfBase):
             for name in set(meta.get('parts') or ()) - {n.decode(errors='replace') for n in names}:  # listed, not there: damage
                 self._load(txn, name.encode(), meta)
         v = meta.get('format_version')
-        if isinstance(v, int) and v >= _SEALED_FROM: return []
+        if isinstance(v, int) and v >= SEALED_FROM: return []
         return [f"{self.path}: its metadata ({', '.join(n.decode(errors='replace') for n in names)}) has no checksums (format {v}): "
                 f"not checked; any write to the shelf adds them"]
 

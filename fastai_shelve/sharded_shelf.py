@@ -8,7 +8,7 @@ import os, json, uuid
 from pathlib import Path
 from collections import defaultdict
 import zlib, numpy as np, pandas as pd
-from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, seal_meta, unseal_meta
+from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, SEALED_FROM, seal_meta, unseal_meta
 from .interface import ShelfBase, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError, MissingShardError
 from .lmdb_shelf import Shelf
 from .lmdb_check import check_lmdb_file
@@ -28,7 +28,6 @@ def shard_names(n:int) -> list:
     "The file names of `n` shards."
     return [f'shard-{i:03d}.shelf' for i in range(n)]
 
-_SEALED_FROM = 4  # the first manifest format with a checksum
 
 def _load_manifest(f:Path) -> tuple:
     "(manifest, sealed) from file `f`; a `DamagedStoreError` if it changed since written."
@@ -39,7 +38,7 @@ def _load_manifest(f:Path) -> tuple:
         if b.startswith(b'{"crc32":'): raise DamagedStoreError(f"{f}: damaged manifest: {e}") from None
         raise ShelfError(f"{f}: not a readable shard manifest: {e}") from None
     v = m.get('format_version')
-    if not sealed and isinstance(v, int) and _SEALED_FROM <= v <= FORMAT_VERSION:
+    if not sealed and isinstance(v, int) and SEALED_FROM <= v <= FORMAT_VERSION:
         raise DamagedStoreError(f"{f}: damaged manifest: it has no checksum, which every manifest of format {v} has")
     return m, sealed
 
