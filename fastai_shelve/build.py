@@ -9,7 +9,7 @@ from pathlib import Path
 from contextlib import suppress
 import numpy as np, pandas as pd, cv2
 from PIL import Image
-from fastcore.basics import store_attr, ifnone, listify
+from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
@@ -18,20 +18,20 @@ from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask
-from .labels import read_source, encode_labels
+from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
 # Names users import from `build` since before `images` and `labels` had modules of their own.
 from .images import SCALES, DICOM_SUFFIXES, to_uint8, read_dicom, dicom_frames
 from .images import load_image, load_frames, target_size
 from .labels import block_kind
 _all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels']
+         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels', 'label_columns']
 
 # %% auto #0
 __all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
            'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom',
            'dicom_frames', 'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source',
-           'block_kind', 'encode_labels']
+           'block_kind', 'encode_labels', 'label_columns']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def frame_key(key:str, i:int) -> str:
@@ -219,13 +219,9 @@ def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> t
     masks = [str(mdir/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)]
     return files, masks, pref
 
-def _label_columns(df, label_col) -> list:
-    "The names of `df`'s label columns (`label_col` may give them by position)."
-    return [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
-
 def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
     "The table's columns that are neither ids nor labels (a patient id, a fold, `valid_col`), by key: what splitters read."
-    used = _label_columns(df, label_col) + [col, 'file']
+    used = label_columns(df, label_col) + [col, 'file']
     return df[[c for c in df.columns if c not in used]].set_axis(keys)
 
 def _frames_table(rec_keys, table):
@@ -329,7 +325,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
                           image_mode='L' if settings.gray else 'RGB', **_codec_meta(compression, level), **label_meta, valid_col=valid_col,
-                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=_label_columns(df, label_col),
+                          files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
         # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.

@@ -24,7 +24,7 @@ from .codec import ShelfError
 from .interface import ShelfBase
 from .store import open_shelf
 from .images import BuildSettings
-from .labels import block_kind
+from .labels import block_kind, label_columns
 from .build import record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
 from .splits import GroupSplitter, KeySplitter, shelf_splitter, VALID_PCT, SEED, VALID_COL
@@ -365,7 +365,7 @@ class ShelfDataLoaders(DataLoaders):
             is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None
             y_block = MultiCategoryBlock if is_multi else CategoryBlock
         pil = any(needs_pil(f) for f in L(item_tfms))
-        labels = [df.columns[c] if isinstance(c, int) else c for c in L(label_col)]
+        labels = label_columns(df, label_col)
         files = dict(fn_col=str(col), pref=str(Path(path) if folder is None else Path(path)/folder), suff=suff, label_col=labels, label_delim=label_delim)
         get_y = None if label_col is None else Pipeline([TableRow(df), ColReader(label_col, label_delim=label_delim)])
         db = _image_dblock(shelf, meta, pil, None if label_col is None else y_block, get_y, _df_splitter(df, valid_pct, seed, valid_col),

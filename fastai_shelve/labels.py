@@ -11,7 +11,7 @@ from fastcore.basics import listify
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['read_source', 'block_kind', 'encode_labels']
+__all__ = ['read_source', 'block_kind', 'label_columns', 'encode_labels']
 
 # %% ../nbs/02b_labels.ipynb #4bd13905
 def _id_column(cols, fn_col, source='the table'):
@@ -86,11 +86,15 @@ def _sorted(vals) -> list:
     try: return sorted(vals)
     except TypeError: return sorted(vals, key=str)
 
+def label_columns(df, label_col) -> list:
+    "The names of `df`'s label columns: `label_col` is one or a list, each a name or a position."
+    return [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     kind, n_out, bvocab = block_kind(y_block)
     vocab = vocab if vocab is not None else bvocab
-    cols = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+    cols = label_columns(df, label_col)
     if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]  # deprecated: a function of the row
     elif cols:
         miss = [c for c in cols if c not in df.columns]
