@@ -26,7 +26,8 @@ def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
         rng = np.random.default_rng(seed if seed is not None else int(torch.randint(0, 2**31 - 1, ())))
         order = sizes.index.to_numpy()[rng.permutation(len(sizes))]
         cum = sizes[order].cumsum().to_numpy()
-        n = int(np.searchsorted(cum, valid_pct*len(keys))) + 1 if valid_pct > 0 else 0
+        # The fewest groups holding the share; rounded, as 0.07*100 is 7.000000000000001 and must not ask for an eighth item
+        n = int(np.searchsorted(cum, round(valid_pct*len(keys), 9))) + 1 if valid_pct > 0 else 0
         if 0 < valid_pct < 1:  # as fastai's `RandomSplitter`, a share under 1 leaves items to train on
             if len(order) < 2: raise ShelfError(f"all {len(keys)} items are one group ({order[0]!r}): a group split needs two or more")
             n = min(n, len(order) - 1)
@@ -35,6 +36,7 @@ def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
         return L(np.where(~is_valid)[0].tolist()), L(np.where(is_valid)[0].tolist())
     return _inner
 
+# %% ../nbs/05a_splits.ipynb #783f891c
 def KeySplitter(valid_keys):
     "Validation set: the keys in `valid_keys`."
     valid = set(map(str, valid_keys))
@@ -51,6 +53,7 @@ def value_of(x): return x.value if isinstance(x, NotGiven) else x
 
 VALID_PCT, SEED, VALID_COL = NotGiven(0.2), NotGiven(None), NotGiven(None, "the build's")  # `from_shelf`'s split defaults
 
+# %% ../nbs/05a_splits.ipynb #361f76d4
 def named_split(split, path, how:str):
     "`split`, with its refusals, and a split that leaves nothing to train on, a `ShelfError` naming the shelf `path` and the split."
     def _inner(items):
@@ -61,6 +64,7 @@ def named_split(split, path, how:str):
         return train, valid
     return _inner
 
+# %% ../nbs/05a_splits.ipynb #2ecb2897
 def _split_args(path, built, valid_pct, seed, valid_col, group_col, valid_keys) -> tuple:
     "(what, argument): the split asked for, each argument with fastai's meaning; a `ShelfError` for a contradiction."
     pct, sd, col = map(value_of, (valid_pct, seed, valid_col))
@@ -78,12 +82,14 @@ def _split_args(path, built, valid_pct, seed, valid_col, group_col, valid_keys) 
     raise ShelfError(f"{path} was built with valid_col={built!r}, and {' and '.join(rand)} ask for a random split: pass "
                      f"valid_col=None with them to split at random (as from_df does), or leave them out to split on {built!r}")
 
+# %% ../nbs/05a_splits.ipynb #b281a89f
 def shelf_splitter(shelf, # an open shelf: its table and the build's `valid_col`
                    valid_pct:float=VALID_PCT, seed:int=SEED, valid_col:str=VALID_COL, group_col:str=None, valid_keys=None):
     "The splitter of `from_shelf`'s arguments, as fastai means them; without any, the build's `valid_col` (else `RandomSplitter`)."
     what, arg = _split_args(shelf.path, shelf.meta.get('valid_col'), valid_pct, seed, valid_col, group_col, valid_keys)
     pct, sd = value_of(valid_pct), value_of(seed)
-    how = {'valid_keys': 'valid_keys', 'random': f'valid_pct={pct}'}.get(what) or f'{what}={arg!r}' + (f', valid_pct={pct}' if what == 'group_col' else '')
+    how = ({'valid_keys': 'valid_keys', 'random': f'valid_pct={pct}'}.get(what)
+           or f'{what}={arg!r}' + (f', valid_pct={pct}' if what == 'group_col' else ''))  # what the error messages name
     if what == 'valid_keys': split = KeySplitter(arg)
     elif what == 'random': split = RandomSplitter(pct, sd)
     else:
