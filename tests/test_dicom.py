@@ -81,9 +81,55 @@ def test_per_frame_rescale(tmp_path):
     a0, a2 = load_image(f, frame=0), load_image(f, frame=2)
     np.testing.assert_array_equal(a0, a2); np.testing.assert_array_equal(a0, viewer(HU, *WINDOWS[0]))
 
+def _group(ds, frame, seq):
+    "Functional group sequence `seq`'s item for `frame`: the per-frame one over the shared one, else None."
+    for groups, i in (('PerFrameFunctionalGroupsSequence', frame), ('SharedFunctionalGroupsSequence', 0)):
+        g = ds.get(groups)
+        if g is not None and i < len(g) and g[i].get(seq): return g[i][seq][0]
+    return None
+
+def as_read(fn, frame=0):
+    "Frame `frame` of `fn` as a viewer shows it, from the file's own pixels, rescale and window; and the fewest levels it can have."
+    ds = pydicom.dcmread(fn)
+    px = ds.pixel_array
+    if int(ds.get('NumberOfFrames', 1)) > 1: px = px[frame]
+    rescale, window = _group(ds, frame, 'PixelValueTransformationSequence') or ds, _group(ds, frame, 'FrameVOILUTSequence') or ds
+    hu = px * float(rescale.get('RescaleSlope', 1)) + float(rescale.get('RescaleIntercept', 0))
+    if 'WindowCenter' not in window: return to_uint8(hu), min(len(np.unique(hu)), 256)
+    first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
+    c, w = first(window.WindowCenter), first(window.WindowWidth)
+    inside = np.unique(hu[(hu > c - 0.5 - (w - 1) / 2) & (hu <= c - 0.5 + (w - 1) / 2)])  # DICOM's linear window
+    # The fewest levels a linear window can give the values inside it: one each, or as many as their span covers
+    least = min(len(inside), int((inside.max() - inside.min()) * 255 / max(w - 1, 1))) if len(inside) else 0
+    return viewer(hu, c, w), least
+
+def test_as_read_is_what_a_viewer_shows(tmp_path):
+    "The expectation `as_read` computes from a file (the test below uses it on pydicom-data's file) on a file made here."
+    f = write_enhanced_ct(tmp_path/'ect.dcm')
+    for i,(c,w) in enumerate(WINDOWS):
+        want, least = as_read(f, i)
+        np.testing.assert_array_equal(want, viewer(HU, c, w))
+        np.testing.assert_array_equal(load_image(f, frame=i), want)
+        assert len(np.unique(want)) >= least
+    assert [as_read(f, i)[1] for i in range(3)] == [254, 84, 254]  # 399 HU values in the soft-tissue window, 500 in bone's
+
 def test_eCT_supplemental_if_installed():
-    a = load_image(pydicom_file('eCT_Supplemental.dcm'))
-    assert len(np.unique(a)) >= 200
+    "pydicom-data's enhanced CT: the frame as its own pixels and window show it, with a level for each value in the window."
+    f = pydicom_file('eCT_Supplemental.dcm')
+    a, (want, least) = load_image(f), as_read(f)
+    np.testing.assert_array_equal(a, want)
+    assert len(np.unique(a)) >= least > 1  # 132 values lie in that file's window: its own count, not a fixed one
+
+def test_percentile_window_clips_half_a_percent_at_each_end(tmp_path):
+    "scale='percentile' on a DICOM without a window: its own 0.5-99.5 percentile range over 0-255, half a percent clipped each end."
+    f = write_dicom(tmp_path/'ramp.dcm', np.arange(4000).reshape(40, 100))
+    got = load_image(f, scale='percentile')
+    raw = pydicom.dcmread(f).pixel_array.astype(np.float64)
+    lo, hi = np.percentile(raw, (0.5, 99.5))
+    want = np.clip(np.rint((raw - lo) * 255 / (hi - lo)), 0, 255)
+    assert np.abs(got - want).max() <= 1  # float32 in the package, float64 here: a rounding apart at most
+    assert 0.005 <= (got == 0).mean() < 0.01 and 0.005 <= (got == 255).mean() < 0.01, ((got == 0).mean(), (got == 255).mean())
+    assert (load_image(f) == 0).mean() < 0.005  # min-max clips nothing (8 values round to 0)
 
 RSS = textwrap.dedent('''
     import resource, sys
