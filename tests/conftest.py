@@ -1,5 +1,5 @@
-"Shared fixtures and helpers: real image files and shelves written to a temporary folder, killing a building process."
-import os, signal, subprocess, time
+"Shared fixtures and helpers: real image files and shelves written to a temporary folder, killing a build at a commit."
+import os, subprocess, time
 # One intra-op thread here and in every process a test starts (inherited): the tests' models are tiny, and on a small
 # machine a second OpenMP thread spin-waits for the other (a fifth of the training tests' CPU time, measured) and gains nothing.
 # DataLoader workers use one thread anyway (PyTorch sets it); torchrun sets the same for its ranks. A value set outside wins.
@@ -38,23 +38,27 @@ def bars_shelf(bars):
                 n_workers=0, progress=False)
     return folder/'bars.shelf', df
 
-def kill_when(cmd, shelf, n, extra=0., timeout=120):
-    "Start `cmd`; SIGKILL it `extra` seconds after `shelf` holds at least `n` records. Whether it was still running."
-    from fastai_shelve.store import open_shelf
-    from fastai_shelve.codec import ShelfError
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while p.poll() is None and time.time() - t0 < timeout:
-        if shelf.exists():
-            try:
-                with open_shelf(shelf, check=False) as s:  # polled while written: no walk of every version
-                    if len(s) >= n: break
-            except (ShelfError, FileNotFoundError): pass  # not created yet, or mid-creation
-        time.sleep(0.002)
-    time.sleep(extra)  # land between commits as well as right after one
-    running = p.poll() is None
-    p.send_signal(signal.SIGKILL); p.wait()
-    return running
+def kill_at_commit(cmd, n:int, during:bool=False, timeout:float=600) -> tuple:
+    "Run `cmd` ([python, script, args...]); SIGKILL it at the commit that brings its shelf to `n` records: after, or `during` it."
+    # tests/pause_at_commit.py runs the script and holds it there, alive, telling us on its stdout: the kill lands at a point
+    # the shelf names, not after a guessed delay. `timeout` only guards against a hang.
+    import select
+    from pathlib import Path
+    runner = Path(__file__).with_name('pause_at_commit.py')
+    p = subprocess.Popen([cmd[0], str(runner), str(n), 'during' if during else 'after', *map(str, cmd[1:])],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)  # unbuffered: select sees every line
+    line, t0 = [], time.monotonic()
+    try:
+        while not line or line[0] not in ('committed', 'open', 'ended'):
+            if not select.select([p.stdout], [], [], max(0., timeout - (time.monotonic() - t0)))[0]: line = ['hung']; break
+            out = p.stdout.readline()
+            if not out: line = ['exited', str(p.wait())]; break
+            line = out.decode().split()
+    finally:
+        p.kill(); p.wait(); p.stdin.close(); p.stdout.close()
+    assert line[0] in ('committed', 'open'), f"the build never reached {n} records: {' '.join(line)}"
+    assert line[0] == ('open' if during else 'committed'), f"the pause came at the wrong point: {' '.join(line)}"
+    return (line[0], *map(int, line[1:]))  # ('committed', records) or ('open', records before, records in the transaction)
 
 @pytest.fixture(scope='session', autouse=True)
 def scratch_tmp(tmp_path_factory):

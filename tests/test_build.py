@@ -5,7 +5,7 @@ from PIL import Image
 from fastai_shelve.build import build_shelf, load_image
 from fastai_shelve.store import open_shelf
 from fastai_shelve.codec import ShelfError
-from conftest import write_bars, kill_when
+from conftest import write_bars, kill_at_commit
 
 def test_bad_inputs_reported_exactly(tmp_path):
     df = write_bars(tmp_path, 12)
@@ -121,18 +121,18 @@ BUILD = textwrap.dedent('''
                 n_workers=int(sys.argv[4]), commit_every=5, progress=False)
 ''')
 
-@pytest.mark.parametrize('kill_after', [1, 25])
-def test_resume_after_kill(tmp_path, kill_after):
-    "SIGKILL a build mid-way: the shelf holds only whole records; rerunning finishes with exactly the expected keys."
+@pytest.mark.parametrize('kill_after,during', [(1, False), (25, False), (25, True)])
+def test_resume_after_kill(tmp_path, kill_after, during):
+    "SIGKILL a build at a commit (after it, or with it open): the shelf holds the committed records; a rerun finishes the rest."
     df = write_bars(tmp_path, 120, ext='.png')
     df.to_csv(tmp_path/'train.csv', index=False)
     (tmp_path/'build.py').write_text(BUILD)
     shelf = tmp_path/'s.shelf'
-    assert kill_when([sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), '1'],
-                     shelf, kill_after), 'the build finished before the kill'
+    at = kill_at_commit([sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), '1'],
+                        kill_after, during)
     with open_shelf(shelf) as s:
         done = s.keys()
-        assert len(done) < 120, 'the build finished before the kill: make the test slower'
+        assert len(done) == at[1] and (len(done) < kill_after if during else len(done) >= kill_after), at  # the open one: none
         assert not s.verify()  # every record present decodes and matches its checksum
     r = build_shelf(df, shelf, path=tmp_path, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
     assert r.existing == len(done) and r.written == 120 - len(done)

@@ -6,7 +6,7 @@ from fastai_shelve.codec import COMPRESSIONS, RecordError, encode_record, decode
 from fastai_shelve.store import open_shelf
 from fastai_shelve.info import shelf_info
 from fastai_shelve.build import build_shelf, convert_shelf
-from conftest import write_bars, kill_when
+from conftest import write_bars, kill_at_commit
 
 NEW = ('lz4hc', 'zstd-delta', 'lz4hc-delta')
 
@@ -136,10 +136,10 @@ def test_kill_during_delta_build_then_resume(tmp_path, i):
     rng = random.Random(200 + i)
     shelf = tmp_path/'z.shelf'
     cmd = [sys.executable, str(tmp_path/'build.py'), str(tmp_path/'train.csv'), str(shelf), str(tmp_path), str(rng.choice([0, 2])), mode]
-    assert kill_when(cmd, shelf, rng.randint(1, 120), rng.uniform(0, 0.03)), 'the build ended before the kill'
+    at = kill_at_commit(cmd, rng.randint(8, 120), during=i % 2 == 0)  # with a commit open, or right after one
     with open_shelf(shelf) as s, open_shelf(tmp_path/'clean.shelf') as clean:
         n = len(s)
-        assert 0 < n <= 150 and not s.verify()
+        assert n == at[1] and 0 < n < 150 and not s.verify(), at
         np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
     r = build_shelf(df, shelf, compression='zstd-delta', gray=mode == 'gray', **kw)
     assert (r.existing, r.written) == (n, 150 - n)

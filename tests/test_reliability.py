@@ -6,7 +6,7 @@ from pathlib import Path
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
 from fastai_shelve.codec import ShelfError
-from conftest import write_bars, kill_when
+from conftest import write_bars, kill_at_commit
 
 BUILD = textwrap.dedent('''
     import sys, pandas as pd
@@ -28,15 +28,15 @@ KILLS = [pytest.param(i, marks=pytest.mark.slow) if i >= 3 else i for i in range
 
 @pytest.mark.parametrize('i', KILLS)
 def test_kill_during_build_then_resume(kill_corpus, tmp_path, i):
-    "SIGKILL a build at a random point: only whole records, each equal to a clean build's; resuming completes it."
+    "SIGKILL a build at a commit, open or just done: the committed records, each equal to a clean build's; resuming completes it."
     d, df = kill_corpus
     rng = random.Random(i)
     shelf = tmp_path/'s.shelf'
     cmd = [sys.executable, str(d/'build.py'), str(d/'train.csv'), str(shelf), str(d), str(rng.choice([0, 2]))]
-    assert kill_when(cmd, shelf, rng.randint(1, 250), rng.uniform(0, 0.03)), 'the build ended before the kill'
+    at = kill_at_commit(cmd, rng.randint(8, 250), during=i % 2 == 1)
     with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
         n = len(s)
-        assert 0 < n <= 300 and not s.verify()  # no partial or corrupt record (the kill may follow the last commit)
+        assert n == at[1] and 0 < n < 300 and not s.verify(), at  # the committed records, none of an open transaction
         for k,r in zip(s.keys(), s.get_many(s.keys())): np.testing.assert_array_equal(r['image'], clean[k]['image'])
     r = build_shelf(df, shelf, path=d, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False)
     print(f'build kill {i}: {n} whole records survived, {r.written} resumed')
@@ -54,10 +54,10 @@ def test_kill_during_compressed_build_then_resume(kill_corpus, tmp_path, i):
     rng = random.Random(100 + i)
     shelf = tmp_path/'z.shelf'
     cmd = [sys.executable, str(tmp_path/'build.py'), str(d/'train.csv'), str(shelf), str(d), str(rng.choice([0, 2]))]
-    assert kill_when(cmd, shelf, rng.randint(1, 250), rng.uniform(0, 0.03)), 'the build ended before the kill'
+    at = kill_at_commit(cmd, rng.randint(8, 250), during=i % 2 == 0)
     with open_shelf(shelf) as s, open_shelf(d/'clean.shelf') as clean:
         n = len(s)
-        assert 0 < n <= 300 and not s.verify()
+        assert n == at[1] and 0 < n < 300 and not s.verify(), at
         np.testing.assert_array_equal(s.get_batch(s.keys())['image'], clean.get_batch(s.keys())['image'])
     r = build_shelf(df, shelf, path=d, suff='.png', label_col=['a', 'b', 'c'], size=96, n_workers=0, progress=False,
                     compression='zstd')
@@ -82,8 +82,8 @@ def test_kill_during_convert_then_resume(tmp_path, i):
         for k,v in recs.items(): db[k] = v
     (tmp_path/'convert.py').write_text(CONVERT)
     cmd = [sys.executable, str(tmp_path/'convert.py'), str(tmp_path/'old.db'), str(tmp_path/'new.shelf')]
-    assert kill_when(cmd, tmp_path/'new.shelf', int(rng.integers(1, 550)), float(rng.uniform(0, 0.01)))
-    with open_shelf(tmp_path/'new.shelf') as s: n = len(s); assert n < 600 and not s.verify()
+    at = kill_at_commit(cmd, int(rng.integers(17, 550)), during=i % 2 == 1)
+    with open_shelf(tmp_path/'new.shelf') as s: n = len(s); assert n == at[1] and 0 < n < 600 and not s.verify(), at
     assert convert_shelf(tmp_path/'old.db', tmp_path/'new.shelf', allow_pickle=True, progress=False) == 600 - n
     with open_shelf(tmp_path/'new.shelf') as s:
         assert s.keys() == sorted(recs)
@@ -386,42 +386,49 @@ def test_two_builds_with_other_settings_started_together(kill_corpus, tmp_path, 
         assert len(s) == 300 and {r['image'].shape for r in s.get_many(s.keys())} == {(size, size)}
 
 KILL_WORKERS = textwrap.dedent('''
-    import sys, time, pandas as pd
+    import os, sys, signal, pandas as pd
     import fastai_shelve.build as b
-    _load = b.BuildSettings.load
-    b.BuildSettings.load = lambda self, fn: (time.sleep(0.2), _load(self, fn))[1]  # slow decodes: the kill finds the workers busy
+    def busy(self, fn):
+        "A decode that says it started, on the build's stdout (the workers share it), and never ends: the kill finds it busy."
+        print('busy', os.getpid(), flush=True)
+        while True: signal.pause()
+    b.BuildSettings.load = busy
     b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
                   size=32, n_workers=2, progress=False)
 ''')
-
-def _children(pid) -> list:
-    from pathlib import Path as P
-    res = []
-    for p in P('/proc').glob('[0-9]*'):
-        try: st = (p/'stat').read_text()
-        except OSError: continue
-        if int(st.rsplit(')', 1)[1].split()[1]) == pid: res.append(int(p.name))
-    return res
 
 def _alive(pid) -> bool:
     from pathlib import Path as P
     try: return ') Z' not in (P('/proc')/str(pid)/'stat').read_text()  # a zombie has died
     except OSError: return False
 
+@pytest.mark.skipif(not hasattr(os, 'pidfd_open'), reason='waits on the workers with pidfds (Linux 5.3)')
 def test_kill_9_of_a_build_leaves_no_workers(kill_corpus, tmp_path):
-    import signal
+    "SIGKILL a build while both its decode workers are busy (each says so): both end with it, seen as their pidfds' events."
+    import select
     d, _ = kill_corpus
     (tmp_path/'k.py').write_text(KILL_WORKERS)
-    p = subprocess.Popen([sys.executable, str(tmp_path/'k.py'), str(d/'train.csv'), str(tmp_path/'s.shelf'), str(d)])
-    t0 = time.time()
-    while len(_children(p.pid)) < 2 and time.time() - t0 < 120: time.sleep(0.05)
-    workers = _children(p.pid)
-    assert len(workers) >= 2, 'the build never started its workers'
-    time.sleep(0.5)
-    p.send_signal(signal.SIGKILL); p.wait()
-    t0 = time.time()
-    while any(_alive(w) for w in workers) and time.time() - t0 < 10: time.sleep(0.1)
-    assert not [w for w in workers if _alive(w)], 'decode workers outlived their killed build'
+    p = subprocess.Popen([sys.executable, str(tmp_path/'k.py'), str(d/'train.csv'), str(tmp_path/'s.shelf'), str(d)],
+                         stdout=subprocess.PIPE, bufsize=0)  # unbuffered: a line read leaves the next in the pipe, for select
+    workers, fds = set(), {}
+    try:
+        while len(workers) < 2:  # the workers' own words, not a count of children after a delay; 600 s: a hang guard
+            assert select.select([p.stdout], [], [], 600)[0], 'the build never started two decodes'
+            line = p.stdout.readline().decode().split()
+            assert line, f'the build ended (exit code {p.wait()}) before two workers were busy'
+            if line[0] == 'busy': workers.add(int(line[1]))
+        fds = {os.pidfd_open(w): w for w in workers}  # before the kill: a pid the system reuses later is not ours
+        p.kill(); p.wait()
+        left, t0 = dict(fds), time.monotonic()
+        while left and time.monotonic() - t0 < 600:  # each pidfd turns readable when its process ends
+            for fd in select.select(list(left), [], [], 600)[0]: left.pop(fd)
+        assert not left and not [w for w in workers if _alive(w)], 'decode workers outlived their killed build'
+    finally:
+        if p.poll() is None: p.kill(); p.wait()
+        for w in workers:
+            if _alive(w): os.kill(w, 9)  # only if the test failed: the workers it started, by their pids
+        for fd in fds: os.close(fd)
+        p.stdout.close()
 
 GROW = textwrap.dedent('''
     import sys, numpy as np
