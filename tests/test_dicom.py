@@ -94,14 +94,19 @@ def as_read(fn, frame=0):
     px = ds.pixel_array
     if int(ds.get('NumberOfFrames', 1)) > 1: px = px[frame]
     rescale, window = _group(ds, frame, 'PixelValueTransformationSequence') or ds, _group(ds, frame, 'FrameVOILUTSequence') or ds
-    hu = px * float(rescale.get('RescaleSlope', 1)) + float(rescale.get('RescaleIntercept', 0))
+    slope, intercept = float(rescale.get('RescaleSlope', 1)), float(rescale.get('RescaleIntercept', 0))
+    hu = px * slope + intercept
     if 'WindowCenter' not in window: return to_uint8(hu), min(len(np.unique(hu)), 256)
     first = lambda v: float(v[0] if isinstance(v, pydicom.multival.MultiValue) else v)
     c, w = first(window.WindowCenter), first(window.WindowWidth)
+    from pydicom.pixels import apply_windowing
+    # the file's own bit depth and rescale: pydicom's window maps onto the range they give the stored values
+    v = item(PhotometricInterpretation='MONOCHROME2', BitsStored=ds.BitsStored, PixelRepresentation=ds.PixelRepresentation,
+             RescaleSlope=slope, RescaleIntercept=intercept, WindowCenter=c, WindowWidth=w)
     inside = np.unique(hu[(hu > c - 0.5 - (w - 1) / 2) & (hu <= c - 0.5 + (w - 1) / 2)])  # DICOM's linear window
     # The fewest levels a linear window can give the values inside it: one each, or as many as their span covers
     least = min(len(inside), int((inside.max() - inside.min()) * 255 / max(w - 1, 1))) if len(inside) else 0
-    return viewer(hu, c, w), least
+    return to_uint8(apply_windowing(hu.astype(np.float64), v)), least
 
 def test_as_read_is_what_a_viewer_shows(tmp_path):
     "The expectation `as_read` computes from a file (the test below uses it on pydicom-data's file) on a file made here."
