@@ -50,8 +50,8 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
                    holds_pickles=False, bytes=sum(f.stat().st_size for f in files))
         sizes = _stored_bytes(s.shards[0] if kind == 'sharded' else s)
         if sizes and sizes[1]:
-            res['compression'] = f"{s.meta.get('compression') or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
+            res['compression'] = f"{s.meta.compression or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
         t, o = s.table, s.order  # read, so their checksums are checked: damage there is found here too (exit 1), not only by verify
         if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
         if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
-        return res | dict(meta=dict(s.meta), sample=_fields(s[keys[0]]) if keys else None)
+        return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

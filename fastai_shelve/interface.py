@@ -14,7 +14,7 @@ from .codec import ShelfError
 # %% auto #0
 __all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
            'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'KeyTypeError', 'MissingShardError',
-           'MissingKeyError', 'ShelfBase', 'PixelStats']
+           'MissingKeyError', 'VerifyReport', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -38,6 +38,17 @@ class MissingShardError(DamagedStoreError, ShelfNotFoundError): "A shard the fol
 class MissingKeyError(ShelfError, KeyError): "A key the shelf does not hold (a `KeyError`, as a mapping's)."
 
 # %% ../nbs/00a_interface.ipynb #38600106
+class VerifyReport(list):
+    "What `verify` found: the list of (key, reason) of every bad record, with the records checked (`n`), `unbound`, `notes`."
+    # A list, so `shelf.verify() == []` and `for key, why in shelf.verify()` read as before the report had counts
+    def __init__(self, bad=(), # (key, reason) of every damaged or misplaced record
+                 n:int=0, # records checked
+                 unbound:int=0, # records of an older format, whose checksum does not cover their key
+                 notes=()): # what could not be checked (metadata with no checksums, an old manifest), one line each
+        super().__init__(bad); self.n, self.unbound, self.notes = n, unbound, list(notes)
+    @property
+    def bad(self) -> list: return list(self)  # its repr stays the list's: what scripts printed
+
 RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `MissingKeyError` (a `KeyError`)
 
 class ShelfBase(MutableMapping):
@@ -55,7 +66,7 @@ class ShelfBase(MutableMapping):
     def __contains__(self, key): ...
     @property
     @abstractmethod
-    def meta(self) -> dict: "The shelf's metadata (a dict)."
+    def meta(self): "The shelf's metadata (a `ShelfMeta`)."
     @abstractmethod
     def close(self): "Release this shelf's handles; using it afterwards raises `ShelfClosedError`."
 
@@ -76,14 +87,14 @@ class ShelfBase(MutableMapping):
         "Those of `keys` not in the shelf."
         return [k for k in keys if k not in self]
 
-    def verify(self, progress=None) -> list:
-        "(key, reason) for every record that cannot be read."
-        bad = []
-        for i,k in enumerate(self.keys()):
+    def verify(self, progress=None) -> VerifyReport:
+        "A `VerifyReport`: (key, reason) for every record that cannot be read."
+        bad, keys = [], self.keys()
+        for i,k in enumerate(keys):
             try: self.get_many([k])
             except ShelfError as e: bad.append((k, str(e)))
             if progress: progress(i)
-        return bad
+        return VerifyReport(bad, len(keys))
 
     def put_many(self, items): self._refuse('write records')
     def delete(self, key): self._refuse('delete records')
