@@ -27,7 +27,7 @@ def _stored_bytes(s) -> tuple:
     with s.txn() as txn:
         for i,(_,buf) in enumerate(txn.cursor()):
             if i >= 200: break
-            lay = s._layout(bytes(_).decode(errors='replace'), buf)
+            lay = s.layout(bytes(_).decode(errors='replace'), buf)
             stored += sum(f.stored for f in lay.fields); raw += sum(f.nbytes for f in lay.fields)
     return stored, raw
 

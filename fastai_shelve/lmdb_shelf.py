@@ -145,8 +145,8 @@ class Shelf(ShelfBase):
             raise RecordError(f"{self.path}: key {key!r}: {self._bad[key]} (found by the full check when it was opened)")
         return buf
 
-    def _layout(self, key, buf):
-        "`buf`'s layout, checked against the shelf and `key`."
+    def layout(self, key, buf):
+        "`buf`'s `Layout` (fields, where they lie, how stored), checked against the shelf and `key`: what a batch and `info` read."
         return self._checked(key, lambda: (record_layout(buf, self._version, self._limit), check_key(buf, key))[0])
 
     def _decode(self, key, buf, copy=True, check=False):
@@ -177,7 +177,7 @@ class Shelf(ShelfBase):
         # `out`, `rows`, `n`: fill rows `rows` of a batch of `n` (made here if `out` is None): how shards share one batch
         keys = list(keys)
         if not keys: return out or {}
-        fill = BatchFill(self.path, self._layout, ifnone(n, len(keys)), len(keys), out, fields)
+        fill = BatchFill(self.path, self.layout, ifnone(n, len(keys)), len(keys), out, fields)
         read, add = self._read, fill.add
         with self.txn() as txn:
             for k, row in zip(keys, ifnone(rows, range(len(keys)))): add(k, read(txn, k), row)
