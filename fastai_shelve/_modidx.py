@@ -613,8 +613,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                            'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf.Shelf._check_meta': ( 'lmdb_shelf.html#shelf._check_meta',
                                                                                           'fastai_shelve/lmdb_shelf.py'),
-                                          'fastai_shelve.lmdb_shelf.Shelf._check_size': ( 'lmdb_shelf.html#shelf._check_size',
-                                                                                          'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf.Shelf._check_version': ( 'lmdb_shelf.html#shelf._check_version',
                                                                                              'fastai_shelve/lmdb_shelf.py'),
                                           'fastai_shelve.lmdb_shelf.Shelf._checked': ( 'lmdb_shelf.html#shelf._checked',

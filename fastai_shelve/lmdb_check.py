@@ -58,10 +58,12 @@ def check_lmdb_file(path:Path):
     if len(head) < _MAGIC_AT + 4 or struct.unpack_from('<I', head, _MAGIC_AT)[0] != LMDB_MAGIC:
         raise ShelfError(f"{path} is not a shelf: neither an LMDB file nor a stdlib shelve file")
 
-def check_lmdb_size(path:Path, env):
-    "Raise if `path` is shorter than its last commit needs."
-    need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
-    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
+def check_lmdb_size(path:Path, env, fd:int=None, psize:int=None):
+    "Raise if `path` (or the file open as `fd`, with pages of `psize`) is shorter than `env`'s last commit needs: not a SIGBUS."
+    need = (env.info()['last_pgno'] + 1) * (psize or env.stat()['psize'])
+    have = os.path.getsize(path) if fd is None else os.fstat(fd).st_size
+    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}"
+                                            + (" (overwritten while open?)" if fd is not None else ''))
 
 # %% ../nbs/00c_lmdb_check.ipynb #3f0a0209
 _WALK_MIN_S = 600       # the least time a walk may take before it counts as stuck on a damaged page

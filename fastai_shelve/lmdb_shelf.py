@@ -11,7 +11,7 @@ import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
-                                 seal_meta, unseal_meta, record_limit, SEALED_FROM)
+                                 seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
 from .meta import ShelfMeta
 from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
@@ -25,9 +25,6 @@ __all__ = ['Shelf']
 
 # %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
 _ANY_SIZE = 1 << 62  # a size limit no record reaches: a layout read to measure a record, never to refuse it
-_PREFIX = 12         # a record's magic, version, header size and crc: what two copies of one record share
-_KEYED_FROM = 3      # the first format whose crc covers the key
-_COUNTED_FROM = 3    # the first format whose metadata keeps the count of records, with every commit
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)  # LMDB's words for damaged pages
 
 def _declared(buf) -> int:
@@ -90,10 +87,6 @@ class Shelf(ShelfBase):
         if fd is not None:
             with suppress(OSError): os.close(fd)
 
-    def _check_size(self, env):
-        "Refuse to read a file shorter than its last commit: not a SIGBUS."
-        need, have = (env.info()['last_pgno'] + 1) * self._psize, os.fstat(self._fd).st_size
-        if have < need: raise DamagedStoreError(f"{self.path} is truncated: {have} bytes, but its last commit needs {need} (overwritten while open?)")
 
     def _init_meta(self):
         "Both databases and the first metadata, in one transaction."
@@ -121,7 +114,7 @@ class Shelf(ShelfBase):
     def txn(self, write:bool=False, db=None, what:str='read'):
         "A transaction on `db` (records by default), errors naming the file."
         env = self.env
-        if not write: self._check_size(env)  # one fstat: a shrunken file is an error, not a SIGBUS
+        if not write: check_lmdb_size(self.path, env, self._fd, self._psize)  # one fstat: a shrunken file is an error, not a SIGBUS
         try:
             try: t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
             except lmdb.MapResizedError: env.set_mapsize(0); t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
@@ -332,15 +325,15 @@ class Shelf(ShelfBase):
                     if prev is not None and kb <= prev: raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
                     got = txn.get(kb)
                     if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
-                    if len(got) != len(buf) or got[:_PREFIX] != buf[:_PREFIX]: raise DamagedStoreError("lookup finds another record: damaged index")
+                    if len(got) != len(buf) or got[:PREFIX_BYTES] != buf[:PREFIX_BYTES]: raise DamagedStoreError("lookup finds another record: damaged index")
                     self._decode(k, got, copy=False, check=True)
-                    unbound += record_version(got) < _KEYED_FROM  # older formats: the crc does not cover the key
+                    unbound += record_version(got) < KEYED_FROM  # older formats: the crc does not cover the key
                 except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
                 except Exception as e: bad.append((k, str(e)))  # every bad record, not the first
                 prev = kb
                 if progress: progress(i)
             entries = txn.stat(self._recs)['entries']
-        want = self.meta.n_records if self._version >= _COUNTED_FROM else None
+        want = self.meta.n_records if self._version >= KEYED_FROM else None  # format 3 began the count too
         for what, m in (('the index holds', entries), ('the metadata says', want)):
             if m is not None and m != n:
                 raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
