@@ -13,7 +13,7 @@ from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
-from .interface import PixelStats, ReadOnlyError, key_bytes
+from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_file
 from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
@@ -27,19 +27,15 @@ from .labels import block_kind
 from .meta import ShelfMeta, record_meta
 _all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
          'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels', 'label_columns',
-         'record_meta']
+         'record_meta', 'frame_key']
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
            'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames',
            'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind',
-           'encode_labels', 'label_columns', 'record_meta']
+           'encode_labels', 'label_columns', 'record_meta', 'frame_key']
 
 # %% ../nbs/02_build.ipynb #24e46e08
-def frame_key(key:str, i:int) -> str:
-    "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
-    return f"{key}#{i:04d}"
-
 def pixel_hist(img:np.ndarray) -> np.ndarray:
     "Counts of each uint8 value, one row per channel: exact, cheap, and summable across a build and its resumptions."
     chans = [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])] if img.ndim == 3 else [img]
@@ -228,8 +224,8 @@ def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
 
 def _frames_table(rec_keys, table):
     "The table of a `frame='all'` shelf: a row per frame, its file's columns and 'file', the id (the group for `GroupSplitter`)."
-    fk = [k for k in rec_keys if k.rpartition('#')[0] in table.index]
-    files = [k.rpartition('#')[0] for k in fk]
+    fk = [k for k in rec_keys if frame_file(k) in table.index]
+    files = [frame_file(k) for k in fk]
     return table.reindex(files).set_axis(fk).assign(file=files)
 
 def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
@@ -256,7 +252,7 @@ def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
     "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
     if not listed and not frames: return len(shelf) - (len(valid) - len(shelf.missing(valid)))  # no walk of every key
     ids = set(valid)
-    keys = [k for k in shelf.keys() if (k.rpartition('#')[0] if frames else k) not in ids]
+    keys = [k for k in shelf.keys() if (frame_file(k) if frames else k) not in ids]
     return keys if listed else len(keys)
 
 def _prune(shelf, valid:list, frames:bool) -> int:

@@ -21,7 +21,7 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .interface import ShelfBase
+from .interface import ShelfBase, frame_file, shelf_here
 from .store import open_shelf
 from .images import BuildSettings
 from .labels import block_kind, label_columns
@@ -130,7 +130,7 @@ class ShelfGetter(ShelfReader):
         raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a DataFrame row, a PIL image or an array")
     def record(self, key:str) -> dict|None:
         "The record of `key`, or None if it is no key here, or the shelf is not here (an exported Learner elsewhere)."
-        if not os.path.exists(self.shelf.path): return None
+        if not shelf_here(self.shelf): return None
         try: return self.shelf[key]
         except KeyError: return None
     def file_of(self, row) -> Path:
@@ -249,7 +249,7 @@ def shelf_items(shelf:ShelfBase) -> list:
     ids = order.sort_values(kind='stable').index  # a sharded shelf's rows are the whole table's
     if (shelf.meta.build or {}).get('frame') == 'all':
         frames = {}
-        for k in keys: frames.setdefault(k.rpartition('#')[0], []).append(k)  # keys are sorted: frames in order
+        for k in keys: frames.setdefault(frame_file(k), []).append(k)  # keys are sorted: frames in order
         return [k for i in ids for k in frames.get(i, ())]
     have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
     return [k for k in ids if k in have]
@@ -381,5 +381,5 @@ class ShelfDataLoaders(DataLoaders):
         # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
         # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
         shelf = getattr(self.train, 'shelf', None)
-        no_shelf = shelf is None or not os.path.exists(shelf.path)
+        no_shelf = not shelf_here(shelf)
         return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)

@@ -12,9 +12,9 @@ import numpy as np
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'KeyTypeError', 'MissingShardError',
-           'MissingKeyError', 'VerifyReport', 'ShelfBase', 'PixelStats']
+__all__ = ['RAISE', 'key_bytes', 'frame_key', 'frame_file', 'shelf_here', 'PickleRefusedError', 'ShelfClosedError',
+           'ReadOnlyError', 'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError',
+           'KeyTypeError', 'MissingShardError', 'MissingKeyError', 'VerifyReport', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -23,6 +23,18 @@ def key_bytes(key) -> bytes|None:
     try: b = key.encode('utf-8')  # strict: a lone surrogate written would come back as U+FFFD, a key nobody can read
     except UnicodeEncodeError: return None
     return b if 0 < len(b) <= 511 else None
+
+def frame_key(key:str, i:int) -> str:
+    "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
+    return f"{key}#{i:04d}"
+
+def frame_file(key:str) -> str:
+    "The id of the file whose frame is the record `key` (a `frame_key`)."
+    return key.rpartition('#')[0]
+
+def shelf_here(shelf) -> bool:
+    "Whether `shelf` (a shelf, or None) is at its path: not in an exported Learner loaded where the shelf is absent."
+    return shelf is not None and os.path.exists(shelf.path)
 
 # %% ../nbs/00a_interface.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
