@@ -85,7 +85,8 @@ def compress(a, codec:str, level:int=None) -> bytes:
     a = np.ascontiguousarray(a) if isinstance(a, np.ndarray) else np.frombuffer(a, np.uint8)
     if codec.endswith('-delta'): u = _unsigned(a); a = lib.delta_encode(u, axis=_axis(u))  # PNG's SUB filter
     raw, level = a.reshape(-1).view(np.uint8), _LEVELS.get(codec) if level is None else level
-    if codec == 'lz4': return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
+    if codec == 'lz4':
+        return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
     if codec.startswith('lz4'): return lib.lz4_encode(raw, level, hc=True)
     return _zstd(raw, level, _DELTA_MIN_MATCH if codec == 'zstd-delta' else None)
 
@@ -191,7 +192,8 @@ class Layout:
         "Field `f` of `buf` as an array: a view for raw bytes, a new array for compressed ones."
         at = self.start + f.offset
         if f.codec is None: return np.frombuffer(buf, f.dtype, f.nbytes // f.dtype.itemsize, at).reshape(f.shape)
-        if f.codec in _BYTES_LIBS: return np.frombuffer(decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes), f.dtype).reshape(f.shape)
+        if f.codec in _BYTES_LIBS:
+            return np.frombuffer(decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes), f.dtype).reshape(f.shape)
         return decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes, np.empty(f.shape, f.dtype))
 
     def read_into(self, buf, f:Field, out:np.ndarray, row:int):
@@ -255,7 +257,8 @@ def unseal_meta(name:str, b) -> tuple:
             raise RecordError(f"metadata {name!r} does not match its checksum: changed since it was written")
     else: p = b
     try: d = json.loads(p)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e: raise RecordError(f"metadata {name!r} is not JSON: {str(e)[:100]}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise RecordError(f"metadata {name!r} is not JSON: {str(e)[:100]}") from None
     if not isinstance(d, dict): raise RecordError(f"metadata {name!r} is a {type(d).__name__}, not a dict")
     return d, sealed
 
@@ -283,7 +286,8 @@ def record_layout(buf, max_version:int=None, max_bytes:int=None) -> Layout:
     if max_version is not None and (version > max_version or version == 0):
         raise RecordError(f"record claims format {version}, which its shelf (format {max_version}) cannot hold: damaged")
     if version > FORMAT_VERSION:
-        raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): upgrade fastai_shelve")
+        raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): "
+                                 f"upgrade fastai_shelve")
     start = _prefix.size + hlen
     if start > n: raise RecordError(f"header of {hlen} bytes runs past the end of a {n}-byte record")
     head = bytes(buf[:start]); head = head[:_CRC_AT] + b'\0\0\0\0' + head[_prefix.size:]  # the crc is no part of the schema
@@ -295,7 +299,8 @@ def record_layout(buf, max_version:int=None, max_bytes:int=None) -> Layout:
                           f"but the record holds only {max(n-start, 0)} bytes of data")
     # A header is a promise about memory: refuse one that declares more than the shelf allows, before allocating anything
     want, limit = sum(f.nbytes for f in lay.fields), MAX_RECORD_BYTES if max_bytes is None else max_bytes
-    if want > limit: raise RecordTooLargeError(f"header declares {want} bytes of arrays, more than the {limit} this shelf allows (max_record_bytes)")
+    if want > limit:
+        raise RecordTooLargeError(f"header declares {want} bytes of arrays, more than the {limit} this shelf allows (max_record_bytes)")
     return lay
 
 # %% ../nbs/00_codec.ipynb #8311f13a

@@ -43,7 +43,8 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
                        holds_pickles=True, bytes=sum(f.stat().st_size for f in path.parent.glob(path.name + '*')))
             if allow_pickle and len(s): res['sample'] = _fields(s[k := s.keys()[0]], path, k)
             return res
-    with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
+    # Each file walked in a child process first: a damaged one is an error, not a crash
+    with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:
         keys = s.keys()
         files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
         res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),

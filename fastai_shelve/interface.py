@@ -41,7 +41,8 @@ class PickleRefusedError(ShelfError):
     "A stdlib shelve file (values are pickles) opened without `allow_pickle=True`."
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
-class DamagedStoreError(ShelfError): "A damaged shelf: pages LMDB cannot walk (found in a child process), metadata changed since written, a shard gone or swapped."
+class DamagedStoreError(ShelfError):
+    "A damaged shelf: pages LMDB cannot walk (found in a child process), metadata changed since written, a shard gone or swapped."
 class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
 class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
 class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
@@ -69,7 +70,8 @@ class ShelfBase(MutableMapping):
     cannot_write = "it is open read-only: open_shelf(path, mode='c') to write"  # why the write side is refused
 
     @abstractmethod
-    def get_many(self, keys, default=RAISE) -> list: "Records for `keys`, in order; a missing key raises `MissingKeyError` (a `KeyError`) unless `default` is given."
+    def get_many(self, keys, default=RAISE) -> list:
+        "Records for `keys`, in order; a missing key raises `MissingKeyError` (a `KeyError`) unless `default` is given."
     @abstractmethod
     def keys(self) -> list: "All keys, sorted."
     @abstractmethod

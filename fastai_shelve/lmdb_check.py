@@ -28,7 +28,7 @@ def check_regular(path):
     if not (stat.S_ISREG(m) or stat.S_ISDIR(m)): raise ShelfError(f"{path} is not a regular file (a FIFO, socket or device): not a shelf")
 
 def check_replaceable(path):
-    "Refuse, before touching anything, to replace `path` (mode 'n') unless it and its lock file are absent or regular files, `path` a shelf."
+    "Refuse, before touching anything, to replace `path` (mode 'n') unless it and its lock file are absent or regular, `path` a shelf."
     path = Path(path)
     for p in (path, Path(f'{path}-lock')):
         try: m = os.lstat(p).st_mode
@@ -193,8 +193,10 @@ def _remember(k, bad):
 def _walk(path:Path, lock:bool, timeout:float, full:bool):
     "Run the walk in a child; its {key: why} if `full`; a crash raises."
     args = [str(Path(fastai_shelve.__file__).parent.parent)] if full else []
-    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
+    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True,
+                            timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
     if r.returncode < 0:
         raise DamagedStoreError(f"{path}: damaged store: LMDB crashed reading its pages ({signal.Signals(-r.returncode).name})")
     if r.returncode:

@@ -42,7 +42,8 @@ class Shelf(ShelfBase):
             check_replaceable(path)  # before anything is touched: never a FIFO, a device, a link, a folder or another file
             # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves
             # neither shelf: the old one gone, the new one unopenable
-            if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, before replacing it with mode='n'")
+            if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, "
+                                              f"before replacing it with mode='n'")
             try:
                 for p in (path, lock_path(path)): p.unlink(missing_ok=True)
             except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
@@ -75,7 +76,8 @@ class Shelf(ShelfBase):
             self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
-            self._drop(); raise (DamagedStoreError if isinstance(e, _DAMAGE) else ShelfError)(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
+            self._drop(); err = DamagedStoreError if isinstance(e, _DAMAGE) else ShelfError
+            raise err(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
         except OSError as e: self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {e.strerror}") from None
         except Exception: self._drop(); raise
 
@@ -144,7 +146,8 @@ class Shelf(ShelfBase):
         return self._checked(key, lambda: (record_layout(buf, self._version, self._limit), check_key(buf, key))[0])
 
     def _decode(self, key, buf, copy=True, check=False):
-        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key, max_bytes=self._limit))
+        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key,
+                                                        max_bytes=self._limit))
 
     def _checked(self, key, f):
         "`f()`, its errors naming the file and `key`."
@@ -268,7 +271,8 @@ class Shelf(ShelfBase):
         d, sealed = self._unseal(name, b)
         v = d.get('format_version') if name == b'meta' else getattr(meta, 'format_version', None)
         if not sealed and isinstance(v, int) and v >= SEALED_FROM:
-            raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} has")
+            raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} "
+                                    f"has")
         return d
 
     def _get_meta(self, name:bytes):
@@ -323,10 +327,12 @@ class Shelf(ShelfBase):
                 try:
                     kb.decode()
                     # The index: keys strictly ascending (so unique), each found again by lookup, as a read finds it.
-                    if prev is not None and kb <= prev: raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
+                    if prev is not None and kb <= prev:
+                        raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
                     got = txn.get(kb)
                     if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
-                    if len(got) != len(buf) or got[:PREFIX_BYTES] != buf[:PREFIX_BYTES]: raise DamagedStoreError("lookup finds another record: damaged index")
+                    if len(got) != len(buf) or got[:PREFIX_BYTES] != buf[:PREFIX_BYTES]:
+                        raise DamagedStoreError("lookup finds another record: damaged index")
                     self._decode(k, got, copy=False, check=True)
                     unbound += record_version(got) < KEYED_FROM  # older formats: the crc does not cover the key
                 except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
@@ -337,7 +343,8 @@ class Shelf(ShelfBase):
         want = self.meta.n_records if self._version >= KEYED_FROM else None  # format 3 began the count too
         for what, m in (('the index holds', entries), ('the metadata says', want)):
             if m is not None and m != n:
-                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
+                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}"
+                                        + (f" ({len(bad)} bad records besides)" if bad else ''))
         return VerifyReport(bad, n, unbound, notes)
 
     def _check_meta(self) -> list:

@@ -9,7 +9,8 @@ from pathlib import Path
 from collections import defaultdict
 import zlib, numpy as np, pandas as pd
 from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, SEALED_FROM, seal_meta, unseal_meta
-from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError, MissingShardError
+from .interface import (ShelfBase, VerifyReport, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError,
+                                     BadKeyError, MissingShardError)
 from .lmdb_shelf import Shelf
 from .meta import ShelfMeta
 from .lmdb_check import check_lmdb_file
@@ -118,7 +119,8 @@ class ShardedShelf(ShelfBase):
                     if type(e) is ShelfError: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: {e}") from None
                     raise
                 self.shards.append(Shelf(self.path/name, mode, **kwargs))
-        except ShelfNotFoundError: self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
+        except ShelfNotFoundError:
+            self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
         except Exception: self.close(); raise
         try: self._check_ids(); self.meta  # each shard the one its manifest names, and the shards agree: now, not at the first batch
         except Exception: self.close(); raise
@@ -134,7 +136,8 @@ class ShardedShelf(ShelfBase):
             sh = s.meta.shard or {}
             if sh.get('id') is None: wrong.append(f"{name} carries no shard id (not claimed: claim_shard, or rerun build_sharded)")
             elif (sh.get('id'), sh.get('index', i), sh.get('n_shards', self.n)) != (ids[i], i, self.n):
-                wrong.append(f"{name} is not the shard the manifest names (id {sh.get('id')}, manifest {ids[i]}): swapped, repeated or another dataset's")
+                wrong.append(f"{name} is not the shard the manifest names (id {sh.get('id')}, manifest {ids[i]}): swapped, repeated or "
+                             f"another dataset's")
         if wrong: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: " + '; '.join(wrong[:5]))
         return []
 
@@ -172,7 +175,8 @@ class ShardedShelf(ShelfBase):
     def delete(self, key): self.shards[self._shard(key)].delete(key); self._recount()
     def _recount(self):
         "An old manifest's counts follow every write (a new one keeps none)."
-        if self.manifest.get('ids') is None and self.manifest.get('counts') is not None: count_shards(self.path); self.manifest = read_manifest(self.path)
+        if self.manifest.get('ids') is None and self.manifest.get('counts') is not None:
+            count_shards(self.path); self.manifest = read_manifest(self.path)
     def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
     def __len__(self): return sum(len(s) for s in self.shards)
     def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
@@ -210,11 +214,12 @@ class ShardedShelf(ShelfBase):
         return pd.concat(parts).sort_values(kind='stable') if parts else None
 
     def verify(self, progress=None) -> VerifyReport:
-        "Each shard's bad records; then identities as the manifest says, every key in the shard `shard_of` names (and an old manifest's counts)."
+        "Each shard's bad records; then identities as the manifest says, each key in the shard `shard_of` names (an old manifest: counts)."
         self.manifest = read_manifest(self.path)  # checked again: it may have changed since the open
         reports, m = [s.verify() for s in self.shards], self.manifest
         bad, notes = [b for r in reports for b in r], self._check_ids() + [n for r in reports for n in r.notes]
-        if not _load_manifest(self.path/MANIFEST)[1]: notes.append(f"{self.path/MANIFEST}: UNCHECKED: no checksum (format {m.get('format_version')})")
+        if not _load_manifest(self.path/MANIFEST)[1]:
+            notes.append(f"{self.path/MANIFEST}: UNCHECKED: no checksum (format {m.get('format_version')})")
         counts = m.get('counts') if m.get('ids') is None else None  # with ids, counts are the shards' own: an old manifest's went stale
         wrong = []
         for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
