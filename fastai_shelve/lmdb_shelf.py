@@ -23,7 +23,7 @@ import fastai_shelve
 # %% auto #0
 __all__ = ['Shelf']
 
-# %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
+# %% ../nbs/00e_lmdb_shelf.ipynb #e00e0002
 _ANY_SIZE = 1 << 62  # a size limit no record reaches: a layout read to measure a record, never to refuse it
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)  # LMDB's words for damaged pages
 
@@ -32,6 +32,7 @@ def _declared(buf) -> int:
     try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, _ANY_SIZE).fields)
     except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
 
+# %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file, read a batch at a time."
     def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
