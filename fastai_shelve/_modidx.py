@@ -420,6 +420,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_shelve.images._gray': ('images.html#_gray', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images._jpeg_scan_damage': ( 'images.html#_jpeg_scan_damage',
                                                                                   'fastai_shelve/images.py'),
+                                      'fastai_shelve.images._missing_plugins': ('images.html#_missing_plugins', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images._read_deep': ('images.html#_read_deep', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images._resize': ('images.html#_resize', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images._to_mode': ('images.html#_to_mode', 'fastai_shelve/images.py'),
