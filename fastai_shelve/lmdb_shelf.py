@@ -51,18 +51,17 @@ class Shelf(ShelfBase):
         if path.exists() or mode in ('r', 'w'): check_lmdb_file(path)
         # A reader walks each file version once, in a child: LMDB aborts or faults on damaged pages, and the child takes the blow
         check = ifnone(check, mode == 'r')
-        locked = needs_lock(path, mode == 'r', lock) if path.exists() else lock  # worked out once: the walk and the open both need it
-        self._bad = check_structure(path, locked, full=check == 'full') if check and path.exists() else {}
+        self._bad = check_structure(path, needs_lock(path, mode == 'r', lock), full=check == 'full') if check and path.exists() else {}
         if not path.exists() and not os.access(path.parent if path.parent.exists() else '.', os.W_OK):
             raise ReadOnlyError(f"{path}: cannot create a shelf here: the folder is not writable")
         store_attr('path,mode,lock,map_size,compression,level')
         self.readonly, self._pid, self._env, self._meta, self._closed = mode == 'r', None, None, None, False
-        self._open(locked)
+        self._open()
 
-    def _open(self, locked:bool=None):
-        "Open (or share) this process's environment and its databases (`locked`: whether to lock, if known)."
+    def _open(self):
+        "Open (or share) this process's environment and its databases."
         if getattr(self, '_fd', None) is not None: self._drop_fd()  # inherited through fork: ours to close
-        self._env = acquire_env(self.path, self.readonly, ifnone(locked, self.lock), self.map_size)
+        self._env = acquire_env(self.path, self.readonly, self.lock, self.map_size)
         self._locked = self._env.flags()['lock']
         self._pid, self._meta = os.getpid(), None
         try:
