@@ -13,7 +13,7 @@ from fastcore.basics import store_attr, ifnone
 from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
-from .interface import PixelStats, ReadOnlyError, key_bytes
+from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_file
 from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
@@ -24,20 +24,18 @@ from .workers import stream_map
 from .images import SCALES, DICOM_SUFFIXES, to_uint8, read_dicom, dicom_frames
 from .images import load_image, load_frames, target_size
 from .labels import block_kind
+from .meta import ShelfMeta, record_meta
 _all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels', 'label_columns']
+         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels', 'label_columns',
+         'record_meta', 'frame_key']
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
-           'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom',
-           'dicom_frames', 'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source',
-           'block_kind', 'encode_labels', 'label_columns']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
+           'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames',
+           'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind',
+           'encode_labels', 'label_columns', 'record_meta', 'frame_key']
 
 # %% ../nbs/02_build.ipynb #24e46e08
-def frame_key(key:str, i:int) -> str:
-    "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
-    return f"{key}#{i:04d}"
-
 def pixel_hist(img:np.ndarray) -> np.ndarray:
     "Counts of each uint8 value, one row per channel: exact, cheap, and summable across a build and its resumptions."
     chans = [np.ascontiguousarray(img[..., c]) for c in range(img.shape[2])] if img.ndim == 3 else [img]
@@ -110,7 +108,7 @@ class _Writer:
 
 class _Kept(Exception): "Records are there: the build settings stay."
 def _none_written(meta):
-    if meta.get('n_records'): raise _Kept()  # the count every commit writes from the B-tree, in its transaction
+    if meta.n_records: raise _Kept()  # the count every commit writes from the B-tree, in its transaction
 
 # %% ../nbs/02_build.ipynb #f3c335e8
 class BuildReport:
@@ -134,17 +132,17 @@ def _codec_meta(compression:str, level:int) -> dict:
     "The metadata naming a shelf's codec: its level only when given (None is the library's default)."
     return dict(compression=compression) | ({} if level is None else dict(compression_level=level))
 
-def _resume_codec(meta:dict, compression:str, level:int) -> tuple:
+def _resume_codec(meta:ShelfMeta, compression:str, level:int) -> tuple:
     "(compression, level) a build into the shelf with `meta` writes: on a resume, None keeps the shelf's."
-    if meta.get('build') is None: return compression, level
-    return (meta.get('compression') if compression is None else compression,
-            meta.get('compression_level') if level is None else level)
+    if meta.build is None: return compression, level
+    return (meta.compression if compression is None else compression,
+            meta.compression_level if level is None else level)
 
 def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:tuple=None):
     "A `check` for `update_meta`: refuse to resume a shelf built with other settings, labels or `codec` (compression, level)."
     def check(meta):
-        if meta.get('build') is None: return
-        old = BuildSettings.from_meta(meta['build'])
+        if meta.build is None: return
+        old = BuildSettings.from_meta(meta.build)
         if old != settings:
             diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
             raise ShelfError(f"{path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
@@ -155,7 +153,7 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
                 raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
         # Records in another codec would read back, but the shelf would no longer be what its metadata says
         if codec is None: return
-        was = (meta.get('compression'), meta.get('compression_level'))  # recorded when given: None is the library's default
+        was = (meta.compression, meta.compression_level)  # recorded when given: None is the library's default
         if was[0] != codec[0] or (codec[0] is not None and was[1] != codec[1]):
             raise ShelfError(f"{path} was built with compression={was[0]!r}, level={was[1]!r}, not compression={codec[0]!r}, "
                              f"level={codec[1]!r}: resume with compression=None (the shelf's), or recompress it: "
@@ -226,8 +224,8 @@ def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
 
 def _frames_table(rec_keys, table):
     "The table of a `frame='all'` shelf: a row per frame, its file's columns and 'file', the id (the group for `GroupSplitter`)."
-    fk = [k for k in rec_keys if k.rpartition('#')[0] in table.index]
-    files = [k.rpartition('#')[0] for k in fk]
+    fk = [k for k in rec_keys if frame_file(k) in table.index]
+    files = [frame_file(k) for k in fk]
     return table.reindex(files).set_axis(fk).assign(file=files)
 
 def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
@@ -254,7 +252,7 @@ def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
     "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
     if not listed and not frames: return len(shelf) - (len(valid) - len(shelf.missing(valid)))  # no walk of every key
     ids = set(valid)
-    keys = [k for k in shelf.keys() if (k.rpartition('#')[0] if frames else k) not in ids]
+    keys = [k for k in shelf.keys() if (frame_file(k) if frames else k) not in ids]
     return keys if listed else len(keys)
 
 def _prune(shelf, valid:list, frames:bool) -> int:
@@ -343,16 +341,6 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     if progress: print(report)
     return report
 
-# %% ../nbs/02_build.ipynb #175d2112
-def record_meta(rec:dict) -> dict:
-    "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
-    img, lab, meta = rec.get('image'), rec.get('labels'), {}
-    if isinstance(img, np.ndarray):  # a shelf from elsewhere scaled 16-bit input as schema-1 builds did: 'legacy'
-        meta.update(build=BuildSettings(size=list(img.shape[:2]), gray=img.ndim == 2, scale='legacy').as_meta(),
-                    image_mode='L' if img.ndim == 2 else 'RGB')
-    if isinstance(lab, np.ndarray): meta.update(label_kind='multi', label_names=[str(i) for i in range(lab.size)])
-    return meta
-
 # %% ../nbs/02_build.ipynb #3eddcfb7
 def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                   dst, # the new LMDB shelf (resumes if it exists)
@@ -373,9 +361,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
             for k,r in zip(ks, recs):
                 if not isinstance(r, dict): raise ShelfError(f"{src.path}: key {k!r} holds a {type(r).__name__}, not a record dict")
             out.put_many(zip(ks, recs))
-        ours = {k:v for k,v in src.meta.items() if k not in ('format', 'format_version', 'created', 'package_version', 'backend',
-                                                             'n_records', 'n_shards', 'compression', 'compression_level',
-                                                             'converted_from')}
+        ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
         out.update_meta(converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)})  # the count: every commit's
         if src.table is not None: out.set_table(src.table)

@@ -129,12 +129,12 @@ def verify(path:str, # the shelf to check
     if shelf_kind(path) == 'shelve' and not allow_pickle:
         raise PickleRefusedError(f"{path} holds pickles (a stdlib shelve file): verify it with --allow-pickle only if you trust it")
     with open_shelf(path, allow_pickle=allow_pickle, **({} if shelf_kind(path) == 'shelve' else dict(check=True))) as s:
-        n, bad = len(s), s.verify()
-    for k,why in bad: print(f"bad record {k!r}: {why}")
-    print(f"{path}: {n - len(bad)} of {n} records ok")
-    if getattr(s, 'unbound', 0): print(f"note: {s.unbound} records of an older format are not bound to their keys: convert the shelf to bind them")
-    for note in getattr(s, 'notes', []): print(f"note: {note}")
-    if bad: sys.exit(1)
+        rep = s.verify()
+    for k,why in rep: print(f"bad record {k!r}: {why}")
+    print(f"{path}: {rep.n - len(rep)} of {rep.n} records ok")
+    if rep.unbound: print(f"note: {rep.unbound} records of an older format are not bound to their keys: convert the shelf to bind them")
+    for note in rep.notes: print(f"note: {note}")
+    if rep: sys.exit(1)
 
 def convert(src:str, # a stdlib shelve file (e.g. the seed's training_data.db), or a shelf to recompress
             dst:str, # the LMDB shelf to write

@@ -10,11 +10,11 @@ from functools import lru_cache
 import numpy as np
 
 # %% auto #0
-__all__ = ['FORMAT_VERSION', 'SEALED_FROM', 'MAGIC', 'MAX_RECORD_BYTES', 'COMPRESSIONS', 'MIN_LIMIT', 'MAX_EXPANSION',
-           'ShelfError', 'RecordError', 'FormatVersionError', 'RecordTooLargeError', 'check_compression', 'compress',
-           'decompress', 'encode_record', 'Field', 'Layout', 'seal_meta', 'unseal_meta', 'record_limit',
-           'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key', 'bind_key', 'check_crc',
-           'decode_record']
+__all__ = ['FORMAT_VERSION', 'KEYED_FROM', 'SEALED_FROM', 'MAGIC', 'PREFIX_BYTES', 'MAX_RECORD_BYTES', 'COMPRESSIONS',
+           'MIN_LIMIT', 'MAX_EXPANSION', 'ShelfError', 'RecordError', 'FormatVersionError', 'RecordTooLargeError',
+           'check_compression', 'compress', 'decompress', 'encode_record', 'Field', 'Layout', 'seal_meta',
+           'unseal_meta', 'record_limit', 'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key',
+           'bind_key', 'check_crc', 'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -24,9 +24,11 @@ class RecordTooLargeError(RecordError): "A record whose header declares more byt
 
 # %% ../nbs/00_codec.ipynb #2257f7e9
 FORMAT_VERSION = 4  # 3: a 4-byte key check after the buffers, and the crc bound to the key; 4: metadata sealed (records as 3)
+KEYED_FROM = 3  # the first format whose records end with a key check and bind their crc to the key (and whose metadata counts them)
 SEALED_FROM = 4  # the first format whose metadata entries (and shard manifests) carry a checksum bound to their names
 MAGIC = b'FSR'
 _prefix = struct.Struct('<3sBII')
+PREFIX_BYTES = _prefix.size  # magic, version, header size and crc: what two copies of one record share
 _CRC_AT = 8       # the crc's offset in the prefix: what the checksum skips
 _TAIL = 4         # format 3: crc32 of the key the record is stored under, after its buffers
 MAX_RECORD_BYTES = 1 << 30  # what a record may expand to where its shelf keeps no limit of its own
@@ -83,7 +85,8 @@ def compress(a, codec:str, level:int=None) -> bytes:
     a = np.ascontiguousarray(a) if isinstance(a, np.ndarray) else np.frombuffer(a, np.uint8)
     if codec.endswith('-delta'): u = _unsigned(a); a = lib.delta_encode(u, axis=_axis(u))  # PNG's SUB filter
     raw, level = a.reshape(-1).view(np.uint8), _LEVELS.get(codec) if level is None else level
-    if codec == 'lz4': return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
+    if codec == 'lz4':
+        return lib.compress(raw, store_size=False, **({} if level is None else dict(mode='high_compression', compression=level)))
     if codec.startswith('lz4'): return lib.lz4_encode(raw, level, hc=True)
     return _zstd(raw, level, _DELTA_MIN_MATCH if codec == 'zstd-delta' else None)
 
@@ -189,7 +192,8 @@ class Layout:
         "Field `f` of `buf` as an array: a view for raw bytes, a new array for compressed ones."
         at = self.start + f.offset
         if f.codec is None: return np.frombuffer(buf, f.dtype, f.nbytes // f.dtype.itemsize, at).reshape(f.shape)
-        if f.codec in _BYTES_LIBS: return np.frombuffer(decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes), f.dtype).reshape(f.shape)
+        if f.codec in _BYTES_LIBS:
+            return np.frombuffer(decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes), f.dtype).reshape(f.shape)
         return decompress(memoryview(buf)[at:at+f.stored], f.codec, f.nbytes, np.empty(f.shape, f.dtype))
 
     def read_into(self, buf, f:Field, out:np.ndarray, row:int):
@@ -253,7 +257,8 @@ def unseal_meta(name:str, b) -> tuple:
             raise RecordError(f"metadata {name!r} does not match its checksum: changed since it was written")
     else: p = b
     try: d = json.loads(p)
-    except (ValueError, UnicodeDecodeError, RecursionError) as e: raise RecordError(f"metadata {name!r} is not JSON: {str(e)[:100]}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise RecordError(f"metadata {name!r} is not JSON: {str(e)[:100]}") from None
     if not isinstance(d, dict): raise RecordError(f"metadata {name!r} is a {type(d).__name__}, not a dict")
     return d, sealed
 
@@ -281,19 +286,21 @@ def record_layout(buf, max_version:int=None, max_bytes:int=None) -> Layout:
     if max_version is not None and (version > max_version or version == 0):
         raise RecordError(f"record claims format {version}, which its shelf (format {max_version}) cannot hold: damaged")
     if version > FORMAT_VERSION:
-        raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): upgrade fastai_shelve")
+        raise FormatVersionError(f"record format {version} is newer than this fastai_shelve reads ({FORMAT_VERSION}): "
+                                 f"upgrade fastai_shelve")
     start = _prefix.size + hlen
     if start > n: raise RecordError(f"header of {hlen} bytes runs past the end of a {n}-byte record")
     head = bytes(buf[:start]); head = head[:_CRC_AT] + b'\0\0\0\0' + head[_prefix.size:]  # the crc is no part of the schema
     lay = _parse_header(head, start)
-    n -= _TAIL if version >= 3 else 0  # the key check is no part of the data
+    n -= _TAIL if version >= KEYED_FROM else 0  # the key check is no part of the data
     if lay.end > n:
         f = next(f for f in lay.fields if start+f.offset+f.stored > n)
         raise RecordError(f"field {f.name!r} claims {f.dtype}{list(f.shape)} ({f.stored} bytes at offset {f.offset}) "
                           f"but the record holds only {max(n-start, 0)} bytes of data")
     # A header is a promise about memory: refuse one that declares more than the shelf allows, before allocating anything
     want, limit = sum(f.nbytes for f in lay.fields), MAX_RECORD_BYTES if max_bytes is None else max_bytes
-    if want > limit: raise RecordTooLargeError(f"header declares {want} bytes of arrays, more than the {limit} this shelf allows (max_record_bytes)")
+    if want > limit:
+        raise RecordTooLargeError(f"header declares {want} bytes of arrays, more than the {limit} this shelf allows (max_record_bytes)")
     return lay
 
 # %% ../nbs/00_codec.ipynb #8311f13a
@@ -306,19 +313,19 @@ def key_crc(key) -> int:
 def record_crc(buf) -> int:
     "crc32 of a record's bytes but the crc's own four (and, from format 3, the key check after the buffers)."
     mv = memoryview(buf)
-    end = len(mv) - (_TAIL if record_version(buf) >= 3 else 0)
+    end = len(mv) - (_TAIL if record_version(buf) >= KEYED_FROM else 0)
     return zlib.crc32(mv[_prefix.size:end], zlib.crc32(mv[:_CRC_AT]))
 
 def _tail(buf) -> int: return struct.unpack_from('<I', buf, len(buf)-_TAIL)[0]
 
 def check_key(buf, key):
     "Raise `RecordError` unless format-3 record `buf` was written under `key` (4 bytes compared: cheap, on every read)."
-    if buf[3] >= 3 and len(buf) >= _prefix.size + _TAIL and _tail(buf) != key_crc(key):
+    if buf[3] >= KEYED_FROM and len(buf) >= _prefix.size + _TAIL and _tail(buf) != key_crc(key):
         raise RecordError("this record was written under another key (a damaged key or page pointer)")
 
 def bind_key(buf, key) -> bytes:
     "Format-3 record `buf` bound to `key` instead of the key it was encoded with; older formats unchanged."
-    if record_version(buf) < 3: return bytes(buf)
+    if record_version(buf) < KEYED_FROM: return bytes(buf)
     out, kc = bytearray(buf), key_crc(key)
     crc = _prefix.unpack_from(out, 0)[3] ^ _tail(out) ^ kc  # the crc xors in the key's crc: swap the old one for the new
     struct.pack_into('<I', out, _CRC_AT, crc); struct.pack_into('<I', out, len(out)-_TAIL, kc)
@@ -328,7 +335,7 @@ def check_crc(buf, lay:Layout=None, key=None):
     "Raise `RecordError` unless `buf` matches its crc32 (format 1: its buffers; 2: all of it; 3: all of it and `key`)."
     lay = lay or record_layout(buf)
     want, mv, v = _prefix.unpack_from(buf, 0)[3], memoryview(buf), record_version(buf)
-    if v >= 3:
+    if v >= KEYED_FROM:
         check_key(buf, key)
         crc = record_crc(buf) ^ key_crc(key)
     elif v >= 2: crc = record_crc(buf)

@@ -21,11 +21,11 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .interface import ShelfBase
+from .interface import ShelfBase, frame_file, shelf_here
 from .store import open_shelf
 from .images import BuildSettings
 from .labels import block_kind, label_columns
-from .build import record_meta
+from .meta import ShelfMeta, record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
 from .splits import GroupSplitter, KeySplitter, shelf_splitter, VALID_PCT, SEED, VALID_COL
 _all_ = ['GroupSplitter', 'KeySplitter']  # where users found them before they had a module
@@ -130,7 +130,7 @@ class ShelfGetter(ShelfReader):
         raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a DataFrame row, a PIL image or an array")
     def record(self, key:str) -> dict|None:
         "The record of `key`, or None if it is no key here, or the shelf is not here (an exported Learner elsewhere)."
-        if not os.path.exists(self.shelf.path): return None
+        if not shelf_here(self.shelf): return None
         try: return self.shelf[key]
         except KeyError: return None
     def file_of(self, row) -> Path:
@@ -194,30 +194,30 @@ class ShelfRegressionSetup(RegressionSetup):
     def encodes_batch(self, o): return torch.from_numpy(o)
 
 # %% ../nbs/05_data.ipynb #d0737ea9
-def _meta_of(shelf:ShelfBase) -> dict:
+def _meta_of(shelf:ShelfBase) -> ShelfMeta:
     "The shelf's metadata; for a shelf from elsewhere (the seed's), with what a build would have written, from one record."
     meta = shelf.meta
-    if meta.get('label_kind') is not None or 'build' in meta or not len(shelf): return meta
-    return {**meta, **record_meta(shelf[shelf.keys()[0]])}
+    if meta.label_kind is not None or 'build' in meta or not len(shelf): return meta
+    return meta.merge(**record_meta(shelf[shelf.keys()[0]]))
 
-def _regression(shelf, meta:dict, n_out=None):
+def _regression(shelf, meta:ShelfMeta, n_out=None):
     "(block, get_y) reading the shelf's labels as floats: its float targets, a numeric category or 0/1 labels."
-    kind, names = meta.get('label_kind'), meta.get('label_names')
+    kind, names = meta.label_kind, meta.label_names
     if kind == 'category':
-        values = meta['vocab']
+        values = meta.vocab
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise ShelfError(f"{shelf.path}: its categories {values[:5]} are not numbers: rebuild it with y_block=RegressionBlock")
         n = 1
     elif kind in ('regression', 'multi'): n, values = len(names), None
     else: raise ShelfError(f"{shelf.path} has no labels for a RegressionBlock")
     if n_out is not None and n_out != n: raise ShelfError(f"RegressionBlock(n_out={n_out}), but {shelf.path} holds {n} targets per record")
-    return TransformBlock(type_tfms=ShelfRegressionSetup(c=n)), RegressionLabel(shelf, n, values, files=meta.get('files'))
+    return TransformBlock(type_tfms=ShelfRegressionSetup(c=n)), RegressionLabel(shelf, n, values, files=meta.files)
 
-def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, vocab=None, pil:bool=False):
+def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None, vocab=None, pil:bool=False):
     "(block, get_y) for the shelf's target field `y` ('labels' or 'mask'), as its metadata and `y_block` say; (None, None) for none."
-    if y == 'mask': return ShelfMaskBlock(ifnone(vocab, meta.get('codes')), pil), ShelfGetter(shelf, 'mask')
+    if y == 'mask': return ShelfMaskBlock(ifnone(vocab, meta.codes), pil), ShelfGetter(shelf, 'mask')
     if y != 'labels': raise ShelfError(f"y={y!r}: a shelf's targets are its records' labels (y='labels') or their mask (y='mask')")
-    kind = meta.get('label_kind')
+    kind = meta.label_kind
     want, n_out, bvocab = block_kind(y_block)
     # fastai's `CategoryBlock(vocab=)` sorts the names (`CategoryMap(sort=True)`); a block's vocab is as the block made it
     if vocab is not None and kind == 'category' and want in (None, 'category'): vocab = list(CategoryMap(list(vocab)))
@@ -227,29 +227,29 @@ def _label_getter(shelf:ShelfBase, meta:dict, y:str='labels', y_block=None, voca
         raise ShelfError(f"y_block asks for {want} targets, and {shelf.path} holds {kind or 'no'} labels: "
                          f"rebuild it with build_shelf(..., y_block=...), or read them with y_block=RegressionBlock")
     if kind == 'category':
-        vocab = meta['vocab'] if vocab is None else list(vocab)
-        missing = [v for v in meta['vocab'] if v not in vocab]
+        vocab = meta.vocab if vocab is None else list(vocab)
+        missing = [v for v in meta.vocab if v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
-        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), CategoryLabel(shelf, meta['vocab'], files=meta.get('files'))
+        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None
-    stored = names = meta.get('label_names')
+    stored = names = meta.label_names
     if vocab is not None:
         if len(vocab) != len(names): raise ShelfError(f"vocab has {len(vocab)} names, and {shelf.path}'s labels {len(names)}")
         # Tags: fastai's `MultiCategoryBlock(vocab=)` puts them in its order; the stored vectors follow the build's
-        if meta.get('label_delim') is not None and list(map(str, vocab)) != list(names):
+        if meta.label_delim is not None and list(map(str, vocab)) != list(names):
             raise ShelfError(f"vocab {list(vocab)[:5]} is not in {shelf.path}'s tag order {names[:5]}: leave it out, build with "
                              f"vocab= in your order, or read the tags from the table: ShelfDataLoaders.from_df(df, shelf, ...)")
         names = vocab
-    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.get('files'))
+    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.files)
 
 def shelf_items(shelf:ShelfBase) -> list:
     "The keys the latest build's table names, in its row order (a file's frames in frame order), as `from_df` takes rows."
     keys, order = shelf.keys(), shelf.order
     if order is None: return keys  # built before the order was kept (or not by `build_shelf`): every key, in key order
     ids = order.sort_values(kind='stable').index  # a sharded shelf's rows are the whole table's
-    if ((shelf.meta.get('build') or {}).get('frame')) == 'all':
+    if (shelf.meta.build or {}).get('frame') == 'all':
         frames = {}
-        for k in keys: frames.setdefault(k.rpartition('#')[0], []).append(k)  # keys are sorted: frames in order
+        for k in keys: frames.setdefault(frame_file(k), []).append(k)  # keys are sorted: frames in order
         return [k for i in ids for k in frames.get(i, ())]
     have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
     return [k for k in ids if k in have]
@@ -263,13 +263,13 @@ def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     return own
 
 # %% ../nbs/05_data.ipynb #a74e328a
-def _image_dblock(shelf, meta:dict, pil:bool, y_blk, get_y, splitter, item_tfms, batch_tfms, normalize:bool, files:dict) -> DataBlock:
+def _image_dblock(shelf, meta:ShelfMeta, pil:bool, y_blk, get_y, splitter, item_tfms, batch_tfms, normalize:bool, files:dict) -> DataBlock:
     "The `DataBlock` reading `shelf`'s images (and `get_y`'s targets, with `y_blk`), split by `splitter`."
-    settings = BuildSettings.from_meta(meta.get('build'))
+    settings = BuildSettings.from_meta(meta.build)
     # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
     # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
     if normalize is None: normalize = settings.gray
-    stats = meta.get('stats') or {}
+    stats = meta.stats or {}
     stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
     db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
@@ -303,7 +303,7 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
     meta = _meta_of(shelf)
     y_blk, get_y = _label_getter(shelf, meta, y, y_block, vocab, pil)
     return _image_dblock(shelf, meta, pil, y_blk, get_y, shelf_splitter(shelf, valid_pct, seed, valid_col, group_col, valid_keys),
-                         item_tfms, batch_tfms, normalize, meta.get('files'))
+                         item_tfms, batch_tfms, normalize, meta.files)
 
 def _df_splitter(df, valid_pct, seed, valid_col):
     "`from_df`'s splitter: `RandomSplitter` over the items, or `ColSplitter` over the items' rows of `df`."
@@ -355,8 +355,8 @@ class ShelfDataLoaders(DataLoaders):
         "`ImageDataLoaders.from_df`, the images read from `shelf`: the rows, targets and split are `df`'s, through fastai's blocks."
         shelf = _own_handle(shelf, allow_pickle, lock)
         meta = _meta_of(shelf)
-        if (meta.get('build') or {}).get('frame') == 'all': raise ShelfError(f"{shelf.path} holds frames, several records a row: use from_shelf")
-        if img_cls is not None and issubclass(img_cls, PILImageBW) != BuildSettings.from_meta(meta.get('build')).gray:
+        if (meta.build or {}).get('frame') == 'all': raise ShelfError(f"{shelf.path} holds frames, several records a row: use from_shelf")
+        if img_cls is not None and issubclass(img_cls, PILImageBW) != BuildSettings.from_meta(meta.build).gray:
             raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {'gray' if not issubclass(img_cls, PILImageBW) else 'RGB'} "
                              f"images: leave img_cls out, or build another shelf")
         col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
@@ -381,5 +381,5 @@ class ShelfDataLoaders(DataLoaders):
         # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
         # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
         shelf = getattr(self.train, 'shelf', None)
-        no_shelf = shelf is None or not os.path.exists(shelf.path)
+        no_shelf = not shelf_here(shelf)
         return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)

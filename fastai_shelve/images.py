@@ -153,6 +153,10 @@ def _check_whole(fn, ds):
     short = el.value_tell + el.length - size if el.value is None else el.length - len(el.value)  # deferred: still in the file
     if short > 0: raise ShelfError(f"{fn}: truncated file: its {el.tag} element needs {el.length} bytes, the file ends {short} bytes short")
 
+def _missing_plugins(dec) -> list:
+    "The packages pydicom says decoder `dec` lacks, as pip names them."
+    return [d.split(' - requires ')[-1].replace('numpy and ', '') for d in dec.missing_dependencies]
+
 def _check_decoder(fn, ts):
     "Raise a ShelfError naming what to install when no installed plugin decodes transfer syntax `ts`."
     from pydicom.pixels import get_decoder
@@ -161,7 +165,7 @@ def _check_decoder(fn, ts):
         raise ShelfError(f"{fn}: transfer syntax {ts.name} ({ts}): pydicom has no decoder for it: "
                          f"convert the file to one it reads (e.g. with dcmtk or gdcmconv)") from None
     if not dec.is_available:  # a decoder exists, its plugins are not installed: name them
-        needs = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in dec.missing_dependencies]
+        needs = _missing_plugins(dec)
         extra = " (pip install 'fastai_shelve[dicom]' installs pylibjpeg's)" if any('pylibjpeg' in n for n in needs) else ''
         raise ShelfError(f"{fn}: {ts.name} needs a decoder plugin and none is installed: pip install one of: {' | '.join(needs)}{extra}")
 
@@ -200,7 +204,7 @@ def _decode_failed(fn, ts, e) -> ShelfError:
     if isinstance(e, EOFError) or 'less than expected' in msg or 'truncated' in msg.lower():
         return ShelfError(f"{fn}: truncated file: {type(e).__name__}: {msg}"[:500])
     from pydicom.pixels import get_decoder
-    try: miss = [d.split(' - requires ')[-1].replace('numpy and ', '') for d in get_decoder(ts).missing_dependencies]
+    try: miss = _missing_plugins(get_decoder(ts))
     except Exception: miss = []
     hint = f" (plugins that may decode it, not installed: {' | '.join(miss)})" if miss else ''
     return ShelfError(f"{fn}: {ts.name} pixel data cannot be decoded{hint}: {type(e).__name__}: {msg}"[:600])

@@ -27,7 +27,7 @@ def _stored_bytes(s) -> tuple:
     with s.txn() as txn:
         for i,(_,buf) in enumerate(txn.cursor()):
             if i >= 200: break
-            lay = s._layout(bytes(_).decode(errors='replace'), buf)
+            lay = s.layout(bytes(_).decode(errors='replace'), buf)
             stored += sum(f.stored for f in lay.fields); raw += sum(f.nbytes for f in lay.fields)
     return stored, raw
 
@@ -43,15 +43,16 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
                        holds_pickles=True, bytes=sum(f.stat().st_size for f in path.parent.glob(path.name + '*')))
             if allow_pickle and len(s): res['sample'] = _fields(s[k := s.keys()[0]], path, k)
             return res
-    with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:  # each file walked in a child process first: a damaged one is an error, not a crash
+    # Each file walked in a child process first: a damaged one is an error, not a crash
+    with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:
         keys = s.keys()
         files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
         res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),
                    holds_pickles=False, bytes=sum(f.stat().st_size for f in files))
         sizes = _stored_bytes(s.shards[0] if kind == 'sharded' else s)
         if sizes and sizes[1]:
-            res['compression'] = f"{s.meta.get('compression') or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
+            res['compression'] = f"{s.meta.compression or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
         t, o = s.table, s.order  # read, so their checksums are checked: damage there is found here too (exit 1), not only by verify
         if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
         if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
-        return res | dict(meta=dict(s.meta), sample=_fields(s[keys[0]]) if keys else None)
+        return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

@@ -12,9 +12,9 @@ import numpy as np
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['RAISE', 'key_bytes', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError',
-           'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError', 'KeyTypeError', 'MissingShardError',
-           'MissingKeyError', 'ShelfBase', 'PixelStats']
+__all__ = ['RAISE', 'key_bytes', 'frame_key', 'frame_file', 'shelf_here', 'PickleRefusedError', 'ShelfClosedError',
+           'ReadOnlyError', 'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError',
+           'KeyTypeError', 'MissingShardError', 'MissingKeyError', 'VerifyReport', 'ShelfBase', 'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -24,12 +24,25 @@ def key_bytes(key) -> bytes|None:
     except UnicodeEncodeError: return None
     return b if 0 < len(b) <= 511 else None
 
+def frame_key(key:str, i:int) -> str:
+    "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
+    return f"{key}#{i:04d}"
+
+def frame_file(key:str) -> str:
+    "The id of the file whose frame is the record `key` (a `frame_key`)."
+    return key.rpartition('#')[0]
+
+def shelf_here(shelf) -> bool:
+    "Whether `shelf` (a shelf, or None) is at its path: not in an exported Learner loaded where the shelf is absent."
+    return shelf is not None and os.path.exists(shelf.path)
+
 # %% ../nbs/00a_interface.ipynb #e8c592b6
 class PickleRefusedError(ShelfError):
     "A stdlib shelve file (values are pickles) opened without `allow_pickle=True`."
 class ShelfClosedError(ShelfError): "A closed shelf was used."
 class ReadOnlyError(ShelfError): "A write to a shelf opened read-only, or one its backend cannot do."
-class DamagedStoreError(ShelfError): "A damaged shelf: pages LMDB cannot walk (found in a child process), metadata changed since written, a shard gone or swapped."
+class DamagedStoreError(ShelfError):
+    "A damaged shelf: pages LMDB cannot walk (found in a child process), metadata changed since written, a shard gone or swapped."
 class ShelfNotFoundError(ShelfError, FileNotFoundError): "No shelf (or shard) at a path."
 class ShelfAccessError(ShelfError, PermissionError): "A shelf this process may not read."
 class BadKeyError(ShelfError, KeyError): "A key no shelf can hold: empty, over 511 bytes, or not valid UTF-8."
@@ -38,6 +51,17 @@ class MissingShardError(DamagedStoreError, ShelfNotFoundError): "A shard the fol
 class MissingKeyError(ShelfError, KeyError): "A key the shelf does not hold (a `KeyError`, as a mapping's)."
 
 # %% ../nbs/00a_interface.ipynb #38600106
+class VerifyReport(list):
+    "What `verify` found: the list of (key, reason) of every bad record, with the records checked (`n`), `unbound`, `notes`."
+    # A list, so `shelf.verify() == []` and `for key, why in shelf.verify()` read as before the report had counts
+    def __init__(self, bad=(), # (key, reason) of every damaged or misplaced record
+                 n:int=0, # records checked
+                 unbound:int=0, # records of an older format, whose checksum does not cover their key
+                 notes=()): # what could not be checked (metadata with no checksums, an old manifest), one line each
+        super().__init__(bad); self.n, self.unbound, self.notes = n, unbound, list(notes)
+    @property
+    def bad(self) -> list: return list(self)  # its repr stays the list's: what scripts printed
+
 RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `MissingKeyError` (a `KeyError`)
 
 class ShelfBase(MutableMapping):
@@ -46,7 +70,8 @@ class ShelfBase(MutableMapping):
     cannot_write = "it is open read-only: open_shelf(path, mode='c') to write"  # why the write side is refused
 
     @abstractmethod
-    def get_many(self, keys, default=RAISE) -> list: "Records for `keys`, in order; a missing key raises `MissingKeyError` (a `KeyError`) unless `default` is given."
+    def get_many(self, keys, default=RAISE) -> list:
+        "Records for `keys`, in order; a missing key raises `MissingKeyError` (a `KeyError`) unless `default` is given."
     @abstractmethod
     def keys(self) -> list: "All keys, sorted."
     @abstractmethod
@@ -55,7 +80,7 @@ class ShelfBase(MutableMapping):
     def __contains__(self, key): ...
     @property
     @abstractmethod
-    def meta(self) -> dict: "The shelf's metadata (a dict)."
+    def meta(self): "The shelf's metadata (a `ShelfMeta`)."
     @abstractmethod
     def close(self): "Release this shelf's handles; using it afterwards raises `ShelfClosedError`."
 
@@ -76,14 +101,14 @@ class ShelfBase(MutableMapping):
         "Those of `keys` not in the shelf."
         return [k for k in keys if k not in self]
 
-    def verify(self, progress=None) -> list:
-        "(key, reason) for every record that cannot be read."
-        bad = []
-        for i,k in enumerate(self.keys()):
+    def verify(self, progress=None) -> VerifyReport:
+        "A `VerifyReport`: (key, reason) for every record that cannot be read."
+        bad, keys = [], self.keys()
+        for i,k in enumerate(keys):
             try: self.get_many([k])
             except ShelfError as e: bad.append((k, str(e)))
             if progress: progress(i)
-        return bad
+        return VerifyReport(bad, len(keys))
 
     def put_many(self, items): self._refuse('write records')
     def delete(self, key): self._refuse('delete records')

@@ -84,7 +84,8 @@ class BatchFill:
         "Put record `lay`'s JSON values in `row` of their lists."
         v = lay.new_values()
         if lay is not self.first and not all(nm in v for nm in self.values):
-            raise ShelfError(f"{self.path}: key {k!r} lacks values {[nm for nm in self.values if nm not in v]} the batch's first record has: use get_many")
+            raise ShelfError(f"{self.path}: key {k!r} lacks values {[nm for nm in self.values if nm not in v]} the batch's first record "
+                             f"has: use get_many")
         for nm in self.values: self.out[nm][row] = v[nm]
 
     def finish(self):

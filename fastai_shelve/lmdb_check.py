@@ -28,7 +28,7 @@ def check_regular(path):
     if not (stat.S_ISREG(m) or stat.S_ISDIR(m)): raise ShelfError(f"{path} is not a regular file (a FIFO, socket or device): not a shelf")
 
 def check_replaceable(path):
-    "Refuse, before touching anything, to replace `path` (mode 'n') unless it and its lock file are absent or regular files, `path` a shelf."
+    "Refuse, before touching anything, to replace `path` (mode 'n') unless it and its lock file are absent or regular, `path` a shelf."
     path = Path(path)
     for p in (path, Path(f'{path}-lock')):
         try: m = os.lstat(p).st_mode
@@ -58,10 +58,12 @@ def check_lmdb_file(path:Path):
     if len(head) < _MAGIC_AT + 4 or struct.unpack_from('<I', head, _MAGIC_AT)[0] != LMDB_MAGIC:
         raise ShelfError(f"{path} is not a shelf: neither an LMDB file nor a stdlib shelve file")
 
-def check_lmdb_size(path:Path, env):
-    "Raise if `path` is shorter than its last commit needs."
-    need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(path)
-    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}")
+def check_lmdb_size(path:Path, env, fd:int=None, psize:int=None):
+    "Raise if `path` (or the file open as `fd`, with pages of `psize`) is shorter than `env`'s last commit needs: not a SIGBUS."
+    need = (env.info()['last_pgno'] + 1) * (psize or env.stat()['psize'])
+    have = os.path.getsize(path) if fd is None else os.fstat(fd).st_size
+    if have < need: raise DamagedStoreError(f"{path} is truncated: {have} bytes, but its last commit needs {need}"
+                                            + (" (overwritten while open?)" if fd is not None else ''))
 
 # %% ../nbs/00c_lmdb_check.ipynb #3f0a0209
 _WALK_MIN_S = 600       # the least time a walk may take before it counts as stuck on a damaged page
@@ -191,8 +193,10 @@ def _remember(k, bad):
 def _walk(path:Path, lock:bool, timeout:float, full:bool):
     "Run the walk in a child; its {key: why} if `full`; a crash raises."
     args = [str(Path(fastai_shelve.__file__).parent.parent)] if full else []
-    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired: raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
+    try: r = subprocess.run([sys.executable, '-c', _WALK, str(path), '1' if lock else '0', *args], capture_output=True, text=True,
+                            timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise DamagedStoreError(f"{path}: damaged store: walking its pages did not end in {timeout:.0f}s") from None
     if r.returncode < 0:
         raise DamagedStoreError(f"{path}: damaged store: LMDB crashed reading its pages ({signal.Signals(-r.returncode).name})")
     if r.returncode:

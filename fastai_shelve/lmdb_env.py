@@ -115,6 +115,8 @@ def acquire_env(path:Path, readonly:bool, lock:bool=None, map_size:int=None):
         e.refs += 1
         return e.env
     _drop_inherited(k[1])
+    # A reader's environment is writable where its file is: one environment per path per process, and LMDB cannot reopen it
+    # read-write under its readers, so a writer opened later here (a build resumed while DataLoaders read) must share it
     readonly = readonly and not (lock is not False and path.exists() and os.access(path, os.W_OK) and not read_only_fs(path))
     size = os.path.getsize(path) if path.exists() else 0
     locked = needs_lock(path, readonly, lock)

@@ -11,8 +11,9 @@ import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
-                                 seal_meta, unseal_meta, record_limit, SEALED_FROM)
-from .interface import ShelfBase, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
+                                 seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
+from .meta import ShelfMeta
+from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
@@ -22,11 +23,8 @@ import fastai_shelve
 # %% auto #0
 __all__ = ['Shelf']
 
-# %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
+# %% ../nbs/00e_lmdb_shelf.ipynb #e00e0002
 _ANY_SIZE = 1 << 62  # a size limit no record reaches: a layout read to measure a record, never to refuse it
-_PREFIX = 12         # a record's magic, version, header size and crc: what two copies of one record share
-_KEYED_FROM = 3      # the first format whose crc covers the key
-_COUNTED_FROM = 3    # the first format whose metadata keeps the count of records, with every commit
 _DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.BadTxnError)  # LMDB's words for damaged pages
 
 def _declared(buf) -> int:
@@ -34,6 +32,7 @@ def _declared(buf) -> int:
     try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, _ANY_SIZE).fields)
     except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
 
+# %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file, read a batch at a time."
     def __init__(self, path, mode:str='r', lock:bool=None, map_size:int=None, compression:str=None, level:int=None, check=None):
@@ -44,7 +43,8 @@ class Shelf(ShelfBase):
             check_replaceable(path)  # before anything is touched: never a FIFO, a device, a link, a folder or another file
             # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves
             # neither shelf: the old one gone, the new one unopenable
-            if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, before replacing it with mode='n'")
+            if in_use(path): raise ShelfError(f"{path} is open (in this process or another): close it, and DataLoaders made from it, "
+                                              f"before replacing it with mode='n'")
             try:
                 for p in (path, lock_path(path)): p.unlink(missing_ok=True)
             except OSError as e: raise ReadOnlyError(f"{path}: cannot replace it with a new shelf: {e.strerror}") from None
@@ -76,7 +76,8 @@ class Shelf(ShelfBase):
             self._metadb = self._env.open_db(b'meta', create=False)
             self._check_version()
         except lmdb.Error as e:
-            self._drop(); raise (DamagedStoreError if isinstance(e, _DAMAGE) else ShelfError)(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
+            self._drop(); err = DamagedStoreError if isinstance(e, _DAMAGE) else ShelfError
+            raise err(f"{self.path}: cannot open as a shelf: {os_reason(e)}") from None
         except OSError as e: self._drop(); raise ShelfError(f"{self.path}: cannot open as a shelf: {e.strerror}") from None
         except Exception: self._drop(); raise
 
@@ -89,30 +90,22 @@ class Shelf(ShelfBase):
         if fd is not None:
             with suppress(OSError): os.close(fd)
 
-    def _check_size(self, env):
-        "Refuse to read a file shorter than its last commit: not a SIGBUS."
-        need, have = (env.info()['last_pgno'] + 1) * self._psize, os.fstat(self._fd).st_size
-        if have < need: raise DamagedStoreError(f"{self.path} is truncated: {have} bytes, but its last commit needs {need} (overwritten while open?)")
 
     def _init_meta(self):
         "Both databases and the first metadata, in one transaction."
-        meta = dict(format='fastai_shelve', format_version=FORMAT_VERSION, created=time.strftime('%Y-%m-%dT%H:%M:%S'),
-                    package_version=fastai_shelve.__version__)
+        meta = ShelfMeta(format='fastai_shelve', format_version=FORMAT_VERSION, created=time.strftime('%Y-%m-%dT%H:%M:%S'),
+                         package_version=fastai_shelve.__version__, n_records=0, parts=[])
         with self._env.begin(write=True) as txn:
             self._env.open_db(b'records', txn=txn); db = self._env.open_db(b'meta', txn=txn)
             # Another process may have created the shelf since we looked: never overwrite its metadata (a build's settings)
-            txn.put(b'meta', seal_meta('meta', meta | dict(n_records=0, parts=[])), db=db, overwrite=False)
+            txn.put(b'meta', seal_meta('meta', meta.as_meta()), db=db, overwrite=False)
 
     def _check_version(self):
-        v = self.meta.get('format_version')
+        v = self.meta.format_version  # a newer format is refused as the metadata is read (`ShelfMeta.from_meta`)
         if not isinstance(v, int): raise DamagedStoreError(f"{self.path}: damaged metadata: it has no format version")
-        if v > FORMAT_VERSION:
-            raise FormatVersionError(f"{self.path} was written in shelf format {v} by fastai_shelve "
-                f"{self.meta.get('package_version')}; this fastai_shelve {fastai_shelve.__version__} reads up to "
-                f"format {FORMAT_VERSION}: upgrade fastai_shelve")
         self._version = v
         # The largest record written: no header may promise more, nor more than the file can hold (a forged 1 TiB)
-        self._limit = record_limit(self.meta.get('max_record_bytes'), os.fstat(self._fd).st_size)
+        self._limit = record_limit(self.meta.max_record_bytes, os.fstat(self._fd).st_size)
 
     @property
     def env(self):
@@ -124,7 +117,7 @@ class Shelf(ShelfBase):
     def txn(self, write:bool=False, db=None, what:str='read'):
         "A transaction on `db` (records by default), errors naming the file."
         env = self.env
-        if not write: self._check_size(env)  # one fstat: a shrunken file is an error, not a SIGBUS
+        if not write: check_lmdb_size(self.path, env, self._fd, self._psize)  # one fstat: a shrunken file is an error, not a SIGBUS
         try:
             try: t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
             except lmdb.MapResizedError: env.set_mapsize(0); t = env.begin(db=ifnone(db, self._recs), write=write, buffers=True)
@@ -148,12 +141,13 @@ class Shelf(ShelfBase):
             raise RecordError(f"{self.path}: key {key!r}: {self._bad[key]} (found by the full check when it was opened)")
         return buf
 
-    def _layout(self, key, buf):
-        "`buf`'s layout, checked against the shelf and `key`."
+    def layout(self, key, buf):
+        "`buf`'s `Layout` (fields, where they lie, how stored), checked against the shelf and `key`: what a batch and `info` read."
         return self._checked(key, lambda: (record_layout(buf, self._version, self._limit), check_key(buf, key))[0])
 
     def _decode(self, key, buf, copy=True, check=False):
-        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key, max_bytes=self._limit))
+        return self._checked(key, lambda: decode_record(buf, copy=copy, check=check, max_version=self._version, key=key,
+                                                        max_bytes=self._limit))
 
     def _checked(self, key, f):
         "`f()`, its errors naming the file and `key`."
@@ -180,7 +174,7 @@ class Shelf(ShelfBase):
         # `out`, `rows`, `n`: fill rows `rows` of a batch of `n` (made here if `out` is None): how shards share one batch
         keys = list(keys)
         if not keys: return out or {}
-        fill = BatchFill(self.path, self._layout, ifnone(n, len(keys)), len(keys), out, fields)
+        fill = BatchFill(self.path, self.layout, ifnone(n, len(keys)), len(keys), out, fields)
         read, add = self._read, fill.add
         with self.txn() as txn:
             for k, row in zip(keys, ifnone(rows, range(len(keys)))): add(k, read(txn, k), row)
@@ -216,23 +210,23 @@ class Shelf(ShelfBase):
                     for k,v in ops:
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
-                    old = self._load(txn, b'meta')
+                    old = ShelfMeta.from_meta(self._load(txn, b'meta'), self.path)
                     if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
-                    new = {**old, **(meta or {})}
+                    new = old.merge(**(meta or {}))
                     # What is kept beside the records changes in their transaction: the count (the B-tree's), what a header
                     # may promise, the pixel histogram (added to, never overwritten: two builds may write at once)
-                    new['n_records'] = txn.stat(self._recs)['entries']
-                    if recs: new['max_record_bytes'] = max(big, old.get('max_record_bytes') or 0)
-                    if stats is not None: new['stats'] = PixelStats(old.get('stats')).add(stats).as_meta()
-                    if not isinstance(new.get('format_version'), int) or new['format_version'] < FORMAT_VERSION:
+                    new.n_records = txn.stat(self._recs)['entries']
+                    if recs: new.max_record_bytes = max(big, old.max_record_bytes or 0)
+                    if stats is not None: new.stats = PixelStats(old.stats).add(stats).as_meta()
+                    if not isinstance(new.format_version, int) or new.format_version < FORMAT_VERSION:
                         # Written by this version: every entry sealed, and the format says so (older versions refuse it, not
                         # write unsealed entries into it)
-                        new.update(format_version=FORMAT_VERSION, package_version=fastai_shelve.__version__)
+                        new.format_version, new.package_version = FORMAT_VERSION, fastai_shelve.__version__
                         self._reseal(txn)
-                    new['parts'] = [bytes(k).decode() for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']
-                    txn.put(b'meta', seal_meta('meta', new), db=self._metadb)
-                self._meta, self._version = new, new['format_version']
-                self._limit = record_limit(new.get('max_record_bytes'), os.fstat(self._fd).st_size)
+                    new.parts = [bytes(k).decode() for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']
+                    txn.put(b'meta', seal_meta('meta', new.as_meta()), db=self._metadb)
+                self._meta, self._version = new, new.format_version
+                self._limit = record_limit(new.max_record_bytes, os.fstat(self._fd).st_size)
                 return
             except lmdb.MapFullError: self.env.set_mapsize(self.env.info()['map_size'] * 2)
 
@@ -267,22 +261,23 @@ class Shelf(ShelfBase):
         try: return unseal_meta(name.decode(errors='replace'), b)
         except RecordError as e: raise DamagedStoreError(f"{self.path}: damaged metadata: {e}") from None
 
-    def _load(self, txn, name:bytes, meta:dict=None):
+    def _load(self, txn, name:bytes, meta:ShelfMeta=None):
         "Metadata entry `name` in `txn` (`meta`: the shelf's, for the others), checked; None if it has none."
         b = txn.get(name, db=self._metadb)
         if b is None:
-            if meta is not None and name.decode() in (meta.get('parts') or ()):
+            if meta is not None and name.decode() in (meta.parts or ()):
                 raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} is listed in the metadata but not there")
             return None
         d, sealed = self._unseal(name, b)
-        v = (d if name == b'meta' else meta or {}).get('format_version')
+        v = d.get('format_version') if name == b'meta' else getattr(meta, 'format_version', None)
         if not sealed and isinstance(v, int) and v >= SEALED_FROM:
-            raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} has")
+            raise DamagedStoreError(f"{self.path}: damaged metadata: {name.decode()!r} has no checksum, which every entry of format {v} "
+                                    f"has")
         return d
 
     def _get_meta(self, name:bytes):
         with self.txn(db=self._metadb) as txn:
-            meta = self._load(txn, b'meta')
+            meta = ShelfMeta.from_meta(self._load(txn, b'meta'), self.path)
             return meta if name == b'meta' else self._load(txn, name, meta)
 
     def _set_meta(self, name:bytes, d):
@@ -293,9 +288,9 @@ class Shelf(ShelfBase):
         self._commit(meta=kwargs, check=check)
 
     @property
-    def meta(self) -> dict:
-        "The shelf's metadata (a dict)."
-        if self._meta is None or self._pid != os.getpid(): self._meta = self._get_meta(b'meta') or {}
+    def meta(self) -> ShelfMeta:
+        "The shelf's metadata (a `ShelfMeta`: fields, and read as a mapping as well)."
+        if self._meta is None or self._pid != os.getpid(): self._meta = self._get_meta(b'meta')
         return self._meta
 
     def set_table(self, df):
@@ -320,11 +315,11 @@ class Shelf(ShelfBase):
         if d is None: return None
         return pd.Series(d.get('rows', range(len(d['keys']))), index=pd.Index(d['keys'], name='key'), dtype=np.int64)
 
-    def verify(self, progress=None) -> list:
-        "(key, reason) for every record that is damaged or misplaced."
+    def verify(self, progress=None) -> VerifyReport:
+        "A `VerifyReport`: (key, reason) for every record that is damaged or misplaced, and what could not be checked."
         check_structure(self.path, self._locked, fresh=True)  # never a remembered walk: a file changed in place is walked again
-        self.notes = self._check_meta()
-        bad, prev, n, self.unbound = [], None, 0, 0
+        notes = self._check_meta()
+        bad, prev, n, unbound = [], None, 0, 0
         with self.txn(what='verify') as txn:
             for i,(kb,buf) in enumerate(txn.cursor()):
                 kb, n = bytes(kb), n + 1
@@ -332,32 +327,35 @@ class Shelf(ShelfBase):
                 try:
                     kb.decode()
                     # The index: keys strictly ascending (so unique), each found again by lookup, as a read finds it.
-                    if prev is not None and kb <= prev: raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
+                    if prev is not None and kb <= prev:
+                        raise DamagedStoreError(f"key out of order after {prev.decode(errors='replace')!r}: damaged index")
                     got = txn.get(kb)
                     if got is None: raise DamagedStoreError("listed but not found by lookup: damaged index")
-                    if len(got) != len(buf) or got[:_PREFIX] != buf[:_PREFIX]: raise DamagedStoreError("lookup finds another record: damaged index")
+                    if len(got) != len(buf) or got[:PREFIX_BYTES] != buf[:PREFIX_BYTES]:
+                        raise DamagedStoreError("lookup finds another record: damaged index")
                     self._decode(k, got, copy=False, check=True)
-                    self.unbound += record_version(got) < _KEYED_FROM  # older formats: the crc does not cover the key
+                    unbound += record_version(got) < KEYED_FROM  # older formats: the crc does not cover the key
                 except UnicodeDecodeError: bad.append((k, "key is not valid UTF-8: damaged key"))
                 except Exception as e: bad.append((k, str(e)))  # every bad record, not the first
                 prev = kb
                 if progress: progress(i)
             entries = txn.stat(self._recs)['entries']
-        want = self.meta.get('n_records') if self._version >= _COUNTED_FROM else None
+        want = self.meta.n_records if self._version >= KEYED_FROM else None  # format 3 began the count too
         for what, m in (('the index holds', entries), ('the metadata says', want)):
             if m is not None and m != n:
-                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}" + (f" ({len(bad)} bad records besides)" if bad else ''))
-        return bad
+                raise DamagedStoreError(f"{self.path}: damaged index: {n} keys listed but {what} {m}"
+                                        + (f" ({len(bad)} bad records besides)" if bad else ''))
+        return VerifyReport(bad, n, unbound, notes)
 
     def _check_meta(self) -> list:
         "Check every metadata entry against its checksum (a `DamagedStoreError` if one changed); notes on what can't be checked."
         with self.txn(db=self._metadb, what='verify') as txn:
-            meta = self._load(txn, b'meta')
+            meta = ShelfMeta.from_meta(self._load(txn, b'meta'), self.path)
             names = [bytes(k) for k in txn.cursor().iternext(values=False)]
             for name in names: self._load(txn, name, meta)
-            for name in set(meta.get('parts') or ()) - {n.decode(errors='replace') for n in names}:  # listed, not there: damage
+            for name in set(meta.parts or ()) - {n.decode(errors='replace') for n in names}:  # listed, not there: damage
                 self._load(txn, name.encode(), meta)
-        v = meta.get('format_version')
+        v = meta.format_version
         if isinstance(v, int) and v >= SEALED_FROM: return []
         return [f"{self.path}: its metadata ({', '.join(n.decode(errors='replace') for n in names)}) has no checksums (format {v}): "
                 f"not checked; any write to the shelf adds them"]

@@ -9,8 +9,10 @@ from pathlib import Path
 from collections import defaultdict
 import zlib, numpy as np, pandas as pd
 from .codec import ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, SEALED_FROM, seal_meta, unseal_meta
-from .interface import ShelfBase, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError, BadKeyError, MissingShardError
+from .interface import (ShelfBase, VerifyReport, RAISE, key_bytes, PixelStats, DamagedStoreError, ShelfNotFoundError,
+                                     BadKeyError, MissingShardError)
 from .lmdb_shelf import Shelf
+from .meta import ShelfMeta
 from .lmdb_check import check_lmdb_file
 
 # %% auto #0
@@ -117,9 +119,10 @@ class ShardedShelf(ShelfBase):
                     if type(e) is ShelfError: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: {e}") from None
                     raise
                 self.shards.append(Shelf(self.path/name, mode, **kwargs))
-        except ShelfNotFoundError: self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
+        except ShelfNotFoundError:
+            self.close(); raise MissingShardError(f"{self.path}: shard {name} is missing: damaged sharded shelf") from None
         except Exception: self.close(); raise
-        try: self.notes = self._check_ids(); self.meta  # each shard the one its manifest names, and the shards agree: now, not at the first batch
+        try: self._check_ids(); self.meta  # each shard the one its manifest names, and the shards agree: now, not at the first batch
         except Exception: self.close(); raise
 
     def _check_ids(self) -> list:
@@ -130,10 +133,11 @@ class ShardedShelf(ShelfBase):
                     f"emptied is found only by its keys" + (" and the manifest's counts" if self.manifest.get('counts') else '')]
         wrong = []
         for i, (name, s) in enumerate(zip(names, self.shards)):
-            sh = s.meta.get('shard') or {}
+            sh = s.meta.shard or {}
             if sh.get('id') is None: wrong.append(f"{name} carries no shard id (not claimed: claim_shard, or rerun build_sharded)")
             elif (sh.get('id'), sh.get('index', i), sh.get('n_shards', self.n)) != (ids[i], i, self.n):
-                wrong.append(f"{name} is not the shard the manifest names (id {sh.get('id')}, manifest {ids[i]}): swapped, repeated or another dataset's")
+                wrong.append(f"{name} is not the shard the manifest names (id {sh.get('id')}, manifest {ids[i]}): swapped, repeated or "
+                             f"another dataset's")
         if wrong: raise DamagedStoreError(f"{self.path}: damaged sharded shelf: " + '; '.join(wrong[:5]))
         return []
 
@@ -171,7 +175,8 @@ class ShardedShelf(ShelfBase):
     def delete(self, key): self.shards[self._shard(key)].delete(key); self._recount()
     def _recount(self):
         "An old manifest's counts follow every write (a new one keeps none)."
-        if self.manifest.get('ids') is None and self.manifest.get('counts') is not None: count_shards(self.path); self.manifest = read_manifest(self.path)
+        if self.manifest.get('ids') is None and self.manifest.get('counts') is not None:
+            count_shards(self.path); self.manifest = read_manifest(self.path)
     def __contains__(self, key): return key_bytes(key) is not None and key in self.shards[shard_of(key, self.n)]
     def __len__(self): return sum(len(s) for s in self.shards)
     def keys(self) -> list: return sorted(k for s in self.shards for k in s.keys())
@@ -182,17 +187,18 @@ class ShardedShelf(ShelfBase):
         return [k for k in keys if k in miss]
 
     @property
-    def meta(self) -> dict:
+    def meta(self) -> ShelfMeta:
         "The shards' metadata merged: what must agree is checked, counts added, pixel statistics pooled."
         metas = [s.meta for s in self.shards]
         first = metas[0]
         for name, m in zip(self.manifest['shards'][1:], metas[1:]):
             for k in _SAME:
-                if m.get(k) != first.get(k) and None not in (m.get(k), first.get(k)):
-                    raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {m.get(k)!r} vs {first.get(k)!r}")
-        res = {**first, 'n_shards': self.n, 'n_records': sum(len(s) for s in self.shards)}
-        hists = [np.array(m['stats']['hist']) for m in metas if 'hist' in m.get('stats', {})]
-        if hists: res['stats'] = PixelStats().add(sum(hists)).as_meta()
+                mine, theirs = getattr(m, k), getattr(first, k)
+                if mine != theirs and None not in (mine, theirs):
+                    raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {mine!r} vs {theirs!r}")
+        res = first.merge(n_shards=self.n, n_records=sum(len(s) for s in self.shards))
+        hists = [np.array(m.stats['hist']) for m in metas if 'hist' in (m.stats or {})]
+        if hists: res.stats = PixelStats().add(sum(hists)).as_meta()
         return res
 
     @property
@@ -207,13 +213,13 @@ class ShardedShelf(ShelfBase):
         parts = [o for o in (s.order for s in self.shards) if o is not None]
         return pd.concat(parts).sort_values(kind='stable') if parts else None
 
-    def verify(self, progress=None) -> list:
-        "Each shard's bad records; then identities as the manifest says, every key in the shard `shard_of` names (and an old manifest's counts)."
+    def verify(self, progress=None) -> VerifyReport:
+        "Each shard's bad records; then identities as the manifest says, each key in the shard `shard_of` names (an old manifest: counts)."
         self.manifest = read_manifest(self.path)  # checked again: it may have changed since the open
-        bad, m = [b for s in self.shards for b in s.verify()], self.manifest
-        self.notes = self._check_ids() + [n for s in self.shards for n in s.notes]
-        if not _load_manifest(self.path/MANIFEST)[1]: self.notes.append(f"{self.path/MANIFEST}: UNCHECKED: no checksum (format {m.get('format_version')})")
-        self.unbound = sum(s.unbound for s in self.shards)
+        reports, m = [s.verify() for s in self.shards], self.manifest
+        bad, notes = [b for r in reports for b in r], self._check_ids() + [n for r in reports for n in r.notes]
+        if not _load_manifest(self.path/MANIFEST)[1]:
+            notes.append(f"{self.path/MANIFEST}: UNCHECKED: no checksum (format {m.get('format_version')})")
         counts = m.get('counts') if m.get('ids') is None else None  # with ids, counts are the shards' own: an old manifest's went stale
         wrong = []
         for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
@@ -221,6 +227,6 @@ class ShardedShelf(ShelfBase):
             strays = [k for k in s.keys() if shard_of(k, self.n) != i]
             if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
         if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
-        return bad
+        return VerifyReport(bad, sum(r.n for r in reports), sum(r.unbound for r in reports), notes)
     def close(self):
         for s in getattr(self, 'shards', []): s.close()

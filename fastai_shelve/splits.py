@@ -86,7 +86,7 @@ def _split_args(path, built, valid_pct, seed, valid_col, group_col, valid_keys) 
 def shelf_splitter(shelf, # an open shelf: its table and the build's `valid_col`
                    valid_pct:float=VALID_PCT, seed:int=SEED, valid_col:str=VALID_COL, group_col:str=None, valid_keys=None):
     "The splitter of `from_shelf`'s arguments, as fastai means them; without any, the build's `valid_col` (else `RandomSplitter`)."
-    what, arg = _split_args(shelf.path, shelf.meta.get('valid_col'), valid_pct, seed, valid_col, group_col, valid_keys)
+    what, arg = _split_args(shelf.path, shelf.meta.valid_col, valid_pct, seed, valid_col, group_col, valid_keys)
     pct, sd = value_of(valid_pct), value_of(seed)
     how = ({'valid_keys': 'valid_keys', 'random': f'valid_pct={pct}'}.get(what)
            or f'{what}={arg!r}' + (f', valid_pct={pct}' if what == 'group_col' else ''))  # what the error messages name

@@ -9,6 +9,7 @@ from pathlib import Path
 from fastcore.basics import store_attr
 from .codec import ShelfError
 from .interface import ShelfBase, PickleRefusedError, RAISE
+from .meta import ShelfMeta
 
 # %% auto #0
 __all__ = ['pickle_refusal', 'StdShelf']
@@ -70,7 +71,7 @@ class StdShelf(ShelfBase):
     def __len__(self): return len(self.db)
     def keys(self) -> list: return sorted(self.db.keys())
     @property
-    def meta(self) -> dict: return {'format': 'stdlib shelve', 'backend': self.backend}
+    def meta(self) -> ShelfMeta: return ShelfMeta(format='stdlib shelve', backend=self.backend)
     def close(self):
         if not self._closed and self._db is not None and self._pid == os.getpid(): self._db.close()
         self._closed, self._db = True, None

@@ -7,7 +7,8 @@ from __future__ import annotations
 import dbm
 from pathlib import Path
 from .codec import ShelfError
-from .interface import ShelfBase, PickleRefusedError, ShelfNotFoundError
+from .interface import ShelfBase, PickleRefusedError, ShelfNotFoundError, VerifyReport, frame_key, frame_file, shelf_here
+from .meta import ShelfMeta
 from .lmdb_check import check_regular, check_lmdb_file
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf, pickle_refusal

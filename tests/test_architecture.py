@@ -6,7 +6,7 @@ import numpy as np, pandas as pd, pytest
 PKG = Path(__file__).resolve().parents[1]/'fastai_shelve'
 MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 # The layers, bottom up: a module may import only from layers below its own (and `all`/`cli` sit on top).
-LAYERS = [['codec'], ['interface'], ['lmdb_env'], ['lmdb_check', 'lmdb_batch'], ['lmdb_shelf', 'std_shelf'], ['sharded_shelf'], ['store'],
+LAYERS = [['codec'], ['interface'], ['meta'], ['lmdb_env'], ['lmdb_check', 'lmdb_batch'], ['lmdb_shelf', 'std_shelf'], ['sharded_shelf'], ['store'],
           ['images', 'labels', 'workers'],
            ['build', 'augment', 'gpu_augment', 'distributed', 'info'], ['shards', 'fetch', 'splits'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
@@ -88,6 +88,7 @@ def _writes(s, key:str) -> dict:
 def test_backends_implement_the_interface(cls, tmp_path):
     "Every backend answers the read side alike, and implements each write or refuses it with a ReadOnlyError naming the file."
     import inspect, fastai_shelve.store as S
+    from fastai_shelve.meta import ShelfMeta
     c = getattr(S, cls)
     assert issubclass(c, S.ShelfBase) and not inspect.isabstract(c), getattr(c, '__abstractmethods__', None)
     s = _open(cls, tmp_path, 'w')
@@ -101,7 +102,7 @@ def test_backends_implement_the_interface(cls, tmp_path):
     with pytest.raises(KeyError, match='nope'): s.get_many(['nope'])
     b = s.get_batch(['k2', 'k5', 'k0'])
     np.testing.assert_array_equal(b['image'], np.stack([RECS[k]['image'] for k in ('k2', 'k5', 'k0')]))
-    assert isinstance(s.meta, dict) and s.verify() == []
+    assert isinstance(s.meta, ShelfMeta) and dict(s.meta)['format'] and s.verify() == []
     done = set()
     for name, f in _writes(s, 'k0').items():
         try: f(); done.add(name)

@@ -62,7 +62,8 @@ def test_old_manifest_without_ids_is_named_unchecked(tmp_path):
     d = _sharded(tmp_path/'sh')
     m = json.loads((d/'manifest.json').read_text()); del m['ids'], m['crc32']; m['format_version'] = 3
     (d/'manifest.json').write_text(json.dumps(m))
-    with open_shelf(d) as s: assert s.verify() == [] and any('UNCHECKED' in n for n in s.notes)
+    with open_shelf(d) as s: rep, n = s.verify(), len(s)
+    assert rep == [] and any('UNCHECKED' in n for n in rep.notes) and rep.n == n > 0
 
 def test_bad_build_arguments_refused_before_anything_is_written(tmp_path):
     from fastai_shelve.build import build_shelf

@@ -299,3 +299,12 @@ def test_get_batch_into_given_arrays(tmp_path):
         assert s.get_batch(['a', 'b'], out=out) is out and out['x'][1].tolist() == [1, 2, 3, 4]
         with pytest.raises(ShelfError, match="key 'c' has other fields, shapes or dtypes"): s.get_batch(['c', 'a'], out={'x': np.zeros((2, 4), np.int64)})
         with pytest.raises(ShelfError, match="key 'a' has other fields"): s.get_batch(['a'], out={'x': np.zeros((1, 4), np.int32)})
+
+def test_a_writer_opens_while_a_reader_of_this_process_holds_the_file(tmp_path):
+    "One environment per file per process: a reader's is writable where its file is, so a build resumed while DataLoaders read works."
+    p = tmp_path/'s.shelf'
+    with open_shelf(p, 'c') as s: s['a'] = {'x': np.arange(3)}
+    with open_shelf(p) as r:
+        with open_shelf(p, 'w') as w: w['b'] = {'x': np.arange(3)}
+        assert r.keys() == ['a', 'b'] and r.readonly
+        with pytest.raises(__import__("fastai_shelve.interface").interface.ReadOnlyError): r["c"] = {'x': np.arange(3)}
