@@ -32,9 +32,9 @@ _all_ = ['GroupSplitter', 'KeySplitter']  # where users found them before they h
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
-           'ShelfKey', 'TableRow', 'ShelfGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel', 'ShelfCategorize',
-           'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock', 'ShelfDataLoaders',
-           'GroupSplitter', 'KeySplitter']
+           'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel',
+           'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock',
+           'ShelfDataLoaders', 'GroupSplitter', 'KeySplitter']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -139,10 +139,14 @@ class ShelfGetter(ShelfReader):
         return Path(self.files['pref'])/f"{row[self.files['fn_col']]}{self.files['suff']}"
     def post(self, x): return x
 
-class MultiLabels(ShelfGetter):
+class TargetGetter(ShelfGetter):
+    "A getter of a record's targets, written once for a whole batch (`encodes_batch`): one record is a batch of one."
+    def post(self, x): return self.encodes_batch(np.asarray(x)[None])[0]
+
+class MultiLabels(TargetGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
     def __init__(self, shelf, field='labels', names=None, files=None): super().__init__(shelf, field, files=files); self.names = names
-    def post(self, x): return np.asarray(x).reshape(-1)
+    def encodes_batch(self, o): return o.reshape(len(o), -1)
     def from_row(self, row):
         v, delim = self.label_cols(row), self.files.get('label_delim')
         if delim is None: return v.to_numpy().astype(np.int8)  # 0/1 columns
@@ -151,47 +155,47 @@ class MultiLabels(ShelfGetter):
         unknown = sorted(set(tags) - set(self.names))
         if unknown: raise ShelfError(f"tags {unknown[:5]} are not among {self.shelf.path}'s: {self.names[:10]}")
         return np.isin(self.names, tags).astype(np.int8)
-    def encodes_batch(self, o): return o.reshape(len(o), -1)
 
-class CategoryLabel(ShelfGetter):
+class CategoryLabel(TargetGetter):
     "A record's category index, as its value from the shelf's vocab."
     # `names`, not `vocab`: fastai gathers every `vocab` in a pipeline, and `Categorize` owns that one.
     def __init__(self, shelf, names, field='labels', files=None): super().__init__(shelf, field, files=files); self.names = list(names)
-    def post(self, x): return self.names[int(x)]
+    def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).reshape(len(o)).tolist()]
     def from_row(self, row):
         v = self.label_cols(row).iloc[0]
         return v.item() if isinstance(v, np.generic) else v  # the value itself, as `ColReader` gives `Categorize`
-    def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).tolist()]
 
-class RegressionLabel(ShelfGetter):
+class RegressionLabel(TargetGetter):
     "A record's float targets: a float for one column (as fastai's `ColReader` gives it), else a vector."
     # `values`: a category shelf's numeric vocab, read as numbers; 0/1 multi-labels are floats as they are.
     def __init__(self, shelf, n:int, values=None, field='labels', files=None):
         super().__init__(shelf, field, files=files); self.n, self.values = n, values
-    def floats(self, x):
-        x = np.asarray(x)
-        return np.asarray(self.values, np.float32)[x.astype(np.int64)] if self.values is not None else x.astype(np.float32)
-    def post(self, x):
-        x = self.floats(x).reshape(-1)
-        return x[0] if self.n == 1 else x
+    def encodes_batch(self, o):
+        o = np.asarray(self.values, np.float32)[o.astype(np.int64)] if self.values is not None else o.astype(np.float32)
+        o = o.reshape(len(o), -1)
+        return np.ascontiguousarray(o[:, 0] if self.n == 1 else o)
     def from_row(self, row):
         x = self.label_cols(row).to_numpy(np.float32)  # the numbers themselves (a numeric category's too)
         return x[0] if self.n == 1 else x
-    def encodes_batch(self, o):
-        o = self.floats(o).reshape(len(o), -1)
-        return np.ascontiguousarray(o[:, 0] if self.n == 1 else o)
 
+# fastai's target transforms, each written once for a whole batch (`ShelfDL` runs them so); an item is a batch of one,
+# so the per-item path (`test_dl`, `predict`, item transforms) cannot disagree with it. `decodes` and `setups` are fastai's.
 class ShelfCategorize(Categorize):
-    "fastai's `Categorize`, with the batch version `ShelfDL` runs on whole batches."
-    def encodes_batch(self, o): return TensorCategory(torch.tensor([self.vocab.o2i[v] for v in o]))
+    "fastai's `Categorize`, on a batch of values at once."
+    def encodes(self, o): return self.encodes_batch([o])[0]
+    def encodes_batch(self, o):
+        try: return TensorCategory(torch.tensor([self.vocab.o2i[v] for v in o]))
+        except KeyError as e: raise KeyError(f"Label '{e.args[0]}' was not included in the training dataset") from e
 
 class ShelfMultiCategorize(EncodedMultiCategorize):
-    "fastai's `EncodedMultiCategorize`, with the batch version `ShelfDL` runs on whole batches."
+    "fastai's `EncodedMultiCategorize`, on a batch of 0/1 vectors at once."
+    def encodes(self, o): return self.encodes_batch(np.asarray(o)[None])[0]
     def encodes_batch(self, o): return TensorMultiCategory(torch.from_numpy(o).float())
 
 class ShelfRegressionSetup(RegressionSetup):
-    "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), with the batch version."
-    def encodes_batch(self, o): return torch.from_numpy(o)
+    "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), on a batch of targets at once."
+    def encodes(self, o): return self.encodes_batch(np.asarray(o)[None])[0]
+    def encodes_batch(self, o): return torch.from_numpy(o).float()
 
 # %% ../nbs/05_data.ipynb #d0737ea9
 def _meta_of(shelf:ShelfBase) -> dict:
