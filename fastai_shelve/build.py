@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, json, time, warnings
+import os, json, time
 from pathlib import Path
 from contextlib import suppress
 import numpy as np, pandas as pd, cv2
@@ -20,18 +20,10 @@ from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-# Names users import from `build` since before `images` and `labels` had modules of their own.
-from .images import SCALES, DICOM_SUFFIXES, to_uint8, read_dicom, dicom_frames
-from .images import load_image, load_frames, target_size
-from .labels import block_kind
-_all_ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-         'load_frames', 'target_size', 'load_mask', 'read_source', 'block_kind', 'encode_labels', 'label_columns']
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'frame_key', 'pixel_hist', 'BuildReport', 'old_spellings', 'build_shelf',
-           'record_meta', 'convert_shelf', 'SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom',
-           'dicom_frames', 'BuildSettings', 'load_image', 'load_frames', 'target_size', 'load_mask', 'read_source',
-           'block_kind', 'encode_labels', 'label_columns']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'frame_key', 'pixel_hist', 'BuildReport', 'refuse_retired',
+           'build_shelf', 'record_meta', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def frame_key(key:str, i:int) -> str:
@@ -166,24 +158,14 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
 MAX_WORKERS = 8  # decode processes by default, at most: every record goes through the one writer, so more would mostly wait
 LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
 
-def _deprecated(fn:str, old:str, new:str):
-    warnings.warn(f"{fn}({old}) is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=4)
+# The spellings 0.2.0 removed (see CHANGELOG.md), and what replaced them: a call with one fails naming its replacement.
+RETIRED = {'img_path': "path= (and folder=), as fastai's from_df", 'suffix': 'suff=', 'label_cols': 'label_col= (one or a list)',
+           'label_func': "a column: df['y'] = df.apply(f, axis=1); label_col='y'"}
 
-def old_spellings(dest, path, folder, suff, label_col, # as `fn` was given them, under today's names
-                  img_path=None, suffix:str=None, label_cols=None, label_func=None, # the deprecated spellings
-                  fn:str='build_shelf', # the function called, which its warnings name
-                 ) -> tuple:
-    "(dest, path, suff, label_col), each deprecated spelling warned of."
-    if dest is None:  # the old spelling: the second argument was the shelf
-        _deprecated(fn, 'source, path=<the shelf>', f"{fn}(source, dest, path=<image root>, ...)"); dest, path = path, '.'
-    if img_path is not None:
-        _deprecated(fn, 'img_path=', "path= (and folder=), as fastai's from_df")
-        if path != '.' or folder is not None: raise ShelfError("give path= (and folder=), not img_path= as well")
-        path = img_path
-    if suffix is not None: _deprecated(fn, 'suffix=', 'suff='); suff = suffix
-    if label_cols is not None: _deprecated(fn, 'label_cols=', 'label_col= (one or a list)'); label_col = label_cols
-    if label_func is not None: _deprecated(fn, 'label_func=', "a column: df['y'] = df.apply(f, axis=1); label_col='y'")
-    return dest, path, suff, label_col
+def refuse_retired(fn:str, kwargs:dict):
+    "A `TypeError`, as for any unknown argument, if `kwargs` holds a spelling 0.2.0 removed: it names the replacement."
+    old = [k for k in kwargs if k in RETIRED]
+    if old: raise TypeError(f"{fn}() got an unexpected keyword argument {old[0]!r}: since 0.2.0, {RETIRED[old[0]]}")
 
 def _image_cls_gray(img_cls) -> bool:
     "Is fastai's `img_cls` gray (`PILImageBW` and its subclasses: one channel) or not (`PILImage`: RGB)?"
@@ -240,7 +222,7 @@ def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
     if diff: raise ShelfError(f"{shelf.path}: the table gives {len(diff)} records already there other labels, e.g. {diff[:3]}: "
                               f"build to a new path to change labels")
 
-def _todo(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
+def _resume_tasks(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
     "(decode tasks for the ids not in `shelf` yet, how many are there): a resume, refused if the table changed their labels."
     # A file's frames commit in one transaction: its first frame there means all of them are
     probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
@@ -279,7 +261,7 @@ def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool
 # %% ../nbs/02_build.ipynb #e25177b3
 @delegates(BuildSettings)
 def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a list of image files
-                dest=None, # the shelf to write (a build into an existing one resumes it)
+                dest, # the shelf to write (a build into an existing one resumes it)
                 path='.', # as fastai's `from_df`: the image root, files are `path/folder/{fn}{suff}`
                 *,
                 folder=None, # the images' folder under `path`
@@ -301,17 +283,16 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
                 prune:bool=False, # delete the records no row of this table names (an earlier build's), instead of keeping them unserved
-                img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                 **kwargs, # the `BuildSettings`: size, shortest_side, max_side, gray, scale, frame
                ) -> BuildReport:
     "Decode and resize the images of `source` once, in worker processes, into the shelf `dest`; resumable."
     t0 = time.time()
-    dest, path, suff, label_col = old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func)
+    refuse_retired('build_shelf', kwargs)
     settings = BuildSettings(**(kwargs if img_cls is None else {**kwargs, 'gray': _image_cls_gray(img_cls)}))
     _check_args(dest, n_workers, commit_every, compression, level)
     if isinstance(source, (str, Path)) and not Path(source).exists() and (Path(path)/source).is_file(): source = Path(path)/source  # as `from_csv`
     df, keys, col = read_source(source, fn_col)
-    labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab, label_func)
+    labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab)
     _check_request(dest, df, valid_col, settings, mask_path)
     files, masks, pref = _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
     table = _other_columns(df, keys, col, label_col)
@@ -333,7 +314,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         frames = settings.frame == 'all'
         if not frames: shelf.set_table(table)
         shelf.keep_order(valid)  # `from_shelf`'s items, in the table's row order
-        tasks, existing = _todo(shelf, valid, keys, files, labels, masks, settings, (compression, level))
+        tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
         if frames: shelf.set_table(_frames_table(shelf.keys(), table))

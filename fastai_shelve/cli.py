@@ -17,7 +17,7 @@ from .images import BuildSettings
 from .build import build_shelf, convert_shelf
 
 # %% auto #0
-__all__ = ['COMMANDS', 'build', 'hist_summary', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
+__all__ = ['COMMANDS', 'RETIRED_FLAGS', 'build', 'hist_summary', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
 
 # %% ../nbs/07_cli.ipynb #f17e257c
 def _items(s:str, numbers:bool=False) -> list|None:
@@ -52,18 +52,12 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
           frame:str=None, # the frame of multi-frame DICOM files to keep (the first by default), or all: each frame a record (id#0000, ...)
           mask_path:str=None, # folder of segmentation masks under PATH, one per image, stored as 'mask'
           mask_suffix:str='.png', # appended to ids to name mask files
-          codes:str='', # comma-separated class names of the masks
-          img_path:str=None, # deprecated: --path (and --folder)
-          suffix:str=None, # deprecated: --suff
-          label_cols:str=None): # deprecated: --label-col
+          codes:str=''): # comma-separated class names of the masks
     "Decode and resize images listed in a CSV into a shelf (or a folder of shards)."
     # The build settings given, under `BuildSettings`' own names: those not given keep its defaults
     settings = {k: v for k,v in locals().items() if k in BuildSettings.fields and v is not None}
     if rgb: settings['gray'] = False
     if settings.get('frame', '').lstrip('-').isdigit(): settings['frame'] = int(settings['frame'])
-    for old, new, v in (('img-path', 'path', img_path), ('suffix', 'suff', suffix), ('label-cols', 'label-col', label_cols)):
-        if v is not None: print(f"fastai-shelve build: --{old} is deprecated and goes in the next release: use --{new}", file=sys.stderr)
-    path, suff, label_col = img_path or path, suffix if suffix is not None else suff, label_cols if label_cols is not None else label_col
     kw = dict(folder=folder, fn_col=int(fn_col) if fn_col.isdigit() else fn_col, suff=suff, label_col=_items(label_col),
               label_delim=label_delim, y_block=y_block, vocab=_items(vocab, numbers=True), valid_col=valid_col, strict=strict, prune=prune,
               compression=compression, level=level, mask_path=mask_path, mask_suffix=mask_suffix, codes=_items(codes), **settings)
@@ -166,6 +160,11 @@ def bench(out:str='bench_out', # folder for the benchmark's stores, JSON and cha
 
 # %% ../nbs/07_cli.ipynb #fe1f31d7
 COMMANDS = dict(build=build, info=info, verify=verify, convert=convert, demo=demo, bench=bench)
+RETIRED_FLAGS = {'--img-path': '--path (and --folder)', '--suffix': '--suff', '--label-cols': '--label-col'}  # removed in 0.2.0
+
+def _retired_flag(argv) -> str|None:
+    "The first flag of `argv` that 0.2.0 removed, or None."
+    return next((a.split('=')[0] for a in argv if a.split('=')[0] in RETIRED_FLAGS), None)
 
 def _one_line(e:BaseException) -> str:
     "An exception as one line: its message (a `KeyError`'s without quotes), the type named where it is not ours."
@@ -184,6 +183,8 @@ def main(argv=None):
         for k,f in COMMANDS.items(): print(f"  {k:8} {f.__doc__}", file=out)
         sys.exit(0 if asked else 2)
     cmd, f = argv[0], COMMANDS[argv[0]]
+    old = _retired_flag(argv[1:])  # one line naming the new flag, not argparse's usage text
+    if old: print(f"fastai-shelve {cmd}: error: {old} was removed in 0.2.0: use {RETIRED_FLAGS[old]}", file=sys.stderr); sys.exit(2)
     args = vars(anno_parser(f, prog=f'fastai-shelve {cmd}').parse_args(argv[1:]))
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's extras, not ours
     try: f(**args); sys.stdout.flush()  # flushed here: a closed pipe at the exit's own flush is caught below too

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_data.ipynb #87041646
 from __future__ import annotations
-import os, errno, pickle, warnings
+import os, errno, pickle
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -27,14 +27,13 @@ from .images import BuildSettings
 from .labels import block_kind, label_columns
 from .build import record_meta
 from .fetch import ShelfDL, ShelfReader, needs_pil
-from .splits import GroupSplitter, KeySplitter, shelf_splitter, VALID_PCT, SEED, VALID_COL
-_all_ = ['GroupSplitter', 'KeySplitter']  # where users found them before they had a module
+from .splits import shelf_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
            'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel',
            'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock',
-           'ShelfDataLoaders', 'GroupSplitter', 'KeySplitter']
+           'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -279,8 +278,16 @@ def _image_dblock(shelf, meta:dict, pil:bool, y_blk, get_y, splitter, item_tfms,
     db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
                    get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=files), get_y=get_y,
                    splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
-    db.shelf = shelf  # the handle its DataLoaders read
     return db
+
+def _shelf_dblock(shelf:ShelfBase, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
+                  normalize) -> DataBlock:
+    "`shelf_dblock` on a handle of our own (`_own_handle`)."
+    pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
+    meta = _meta_of(shelf)
+    y_blk, get_y = _label_getter(shelf, meta, y, y_block, vocab, pil)
+    return _image_dblock(shelf, meta, pil, y_blk, get_y, shelf_splitter(shelf, valid_pct, seed, valid_col, group_col, valid_keys),
+                         item_tfms, batch_tfms, normalize, meta.get('files'))
 
 def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of its own
                  valid_pct:float=VALID_PCT, # random validation share, as `RandomSplitter`'s (given: a random split, see `shelf_splitter`)
@@ -296,18 +303,10 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
                  normalize:bool=None, # None: a gray shelf's own statistics, RGB none (`vision_learner` adds ImageNet's if pretrained)
                  allow_pickle:bool=False, # open a stdlib shelve file (its values are pickles)
                  lock:bool=None, # LMDB's lock: None takes it unless the file system is read-only
-                 label_names=None, # deprecated: `vocab`
                 ) -> DataBlock:
     "A fastai `DataBlock` over a shelf's keys: image → target, each batch read by `ShelfDL`."
-    if label_names is not None:
-        warnings.warn("label_names= is deprecated and goes in the next release: vocab=", DeprecationWarning, stacklevel=2)
-        vocab = ifnone(vocab, label_names)
-    shelf = _own_handle(shelf, allow_pickle, lock)
-    pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
-    meta = _meta_of(shelf)
-    y_blk, get_y = _label_getter(shelf, meta, y, y_block, vocab, pil)
-    return _image_dblock(shelf, meta, pil, y_blk, get_y, shelf_splitter(shelf, valid_pct, seed, valid_col, group_col, valid_keys),
-                         item_tfms, batch_tfms, normalize, meta.get('files'))
+    return _shelf_dblock(_own_handle(shelf, allow_pickle, lock), valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab,
+                         item_tfms, batch_tfms, normalize)
 
 def _df_splitter(df, valid_pct, seed, valid_col):
     "`from_df`'s splitter: `RandomSplitter` over the items, or `ColSplitter` over the items' rows of `df`."
@@ -332,17 +331,17 @@ class ShelfDataLoaders(DataLoaders):
                    y:str='labels', y_block=None, vocab=None, item_tfms=None, batch_tfms=None, normalize:bool=None,
                    allow_pickle:bool=False, lock:bool=None,
                    num_workers:int=None, # loader processes (default: 0 without item transforms, else fastai's)
-                   label_names=None, **kwargs):
+                   **kwargs):
         "`DataLoaders` from a shelf: the latest build's table, in the shape of `ImageDataLoaders.from_df` (`shelf_dblock`'s arguments)."
-        if label_names is not None:  # warned here, so that the warning names the user's line
-            warnings.warn("label_names= is deprecated and goes in the next release: vocab=", DeprecationWarning, stacklevel=2)
-            vocab, label_names = ifnone(vocab, label_names), None
+        # fastai's loaders take unknown keywords quietly: the spelling 0.2.0 removed fails here, naming its replacement
+        if 'label_names' in kwargs: raise TypeError("from_shelf() got an unexpected keyword argument 'label_names': since 0.2.0, vocab=")
         # Without item transforms a batch is one read and one copy, and `ShelfDL` reads it in this process whatever
         # `num_workers` says (workers would add a copy into shared memory). With augmentation they pay for themselves.
         if num_workers is None: num_workers = None if item_tfms else 0
-        db = shelf_dblock(shelf, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
-                          normalize, allow_pickle, lock)
-        items = [ShelfKey(k) for k in shelf_items(db.shelf)]
+        shelf = _own_handle(shelf, allow_pickle, lock)  # the DataBlock's handle: its items are read here
+        db = _shelf_dblock(shelf, valid_pct=valid_pct, seed=seed, valid_col=valid_col, group_col=group_col, valid_keys=valid_keys, y=y,
+                           y_block=y_block, vocab=vocab, item_tfms=item_tfms, batch_tfms=batch_tfms, normalize=normalize)
+        items = [ShelfKey(k) for k in shelf_items(shelf)]
         dls = cls.from_dblock(db, items, num_workers=num_workers, **kwargs)
         return cls(*dls.loaders, path=dls.path, device=dls.device)
 

@@ -90,31 +90,29 @@ def label_columns(df, label_col) -> list:
     "The names of `df`'s label columns: `label_col` is one or a list, each a name or a position."
     return [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
 
-def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None, label_func=None) -> tuple:
+def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     kind, n_out, bvocab = block_kind(y_block)
     vocab = vocab if vocab is not None else bvocab
     cols = label_columns(df, label_col)
-    if label_func is not None: vals = [label_func(r) for _,r in df.iterrows()]  # deprecated: a function of the row
-    elif cols:
-        miss = [c for c in cols if c not in df.columns]
-        if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
-        # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
-        err = _nan_refusal(df, cols, keys) if label_delim is None else None
-        if err: raise err
-        if kind is None: kind = 'multi' if len(cols) > 1 or label_delim is not None else 'category'  # as `from_df` picks
-        if kind == 'regression': return _regression(df[cols], keys, cols, n_out)
-        if kind == 'multi' and label_delim is not None: return _tags(df[cols[0]] if len(cols) == 1 else None, keys, cols, label_delim, vocab)
-        if kind == 'multi':
-            if len(cols) == 1: raise ShelfError(f"one column {cols[0]!r} as multi-label: give label_delim (tags in one column) or several 0/1 columns")
-            return _multi(df[cols].to_numpy(), keys, cols if vocab is None else vocab)
-        if len(cols) > 1: raise ShelfError(f"{len(cols)} label columns are multi-label (or y_block=RegressionBlock), not one category")
-        vals = df[cols[0]].tolist()
-        if df[cols[0]].dtype.kind == 'f':  # 0.0/1.0/2.0 too: fastai's vocab is then [0.0, 1.0, 2.0], not the ints a user may mean
-            warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
-                          f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target, or cast the column "
-                          f"to int (or str) for classes", stacklevel=3)
-    else: return [None]*len(keys), dict(label_kind='none')
+    if not cols: return [None]*len(keys), dict(label_kind='none')
+    miss = [c for c in cols if c not in df.columns]
+    if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
+    # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
+    err = _nan_refusal(df, cols, keys) if label_delim is None else None
+    if err: raise err
+    if kind is None: kind = 'multi' if len(cols) > 1 or label_delim is not None else 'category'  # as `from_df` picks
+    if kind == 'regression': return _regression(df[cols], keys, cols, n_out)
+    if kind == 'multi' and label_delim is not None: return _tags(df[cols[0]] if len(cols) == 1 else None, keys, cols, label_delim, vocab)
+    if kind == 'multi':
+        if len(cols) == 1: raise ShelfError(f"one column {cols[0]!r} as multi-label: give label_delim (tags in one column) or several 0/1 columns")
+        return _multi(df[cols].to_numpy(), keys, cols if vocab is None else vocab)
+    if len(cols) > 1: raise ShelfError(f"{len(cols)} label columns are multi-label (or y_block=RegressionBlock), not one category")
+    vals = df[cols[0]].tolist()
+    if df[cols[0]].dtype.kind == 'f':  # 0.0/1.0/2.0 too: fastai's vocab is then [0.0, 1.0, 2.0], not the ints a user may mean
+        warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
+                      f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target, or cast the column "
+                      f"to int (or str) for classes", stacklevel=3)
     if vals and all(np.ndim(v) == 1 for v in vals):
         widths = {len(v) for v in vals}
         if len(widths) > 1:

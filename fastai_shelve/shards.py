@@ -12,7 +12,7 @@ from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
-from .build import build_shelf, old_spellings, BuildReport
+from .build import build_shelf, refuse_retired, BuildReport
 from .workers import mp_context
 
 # %% auto #0
@@ -44,17 +44,14 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
                   scheduler:str=None, # a dask.distributed scheduler address; None: local processes
                   n_workers:int=None, # local processes (default: cores)
                   progress:bool=False, # print each shard's report when the build is done
-                  img_path=None, suffix:str=None, label_cols=None, label_func=None, # deprecated: `path`, `suff`, `label_col`, a column
                   **kwargs) -> list: # `build_shelf`'s: label_delim, y_block, vocab, size, compression, ...
     "Build `source` into `n_shards` shard shelves in folder `dest`, one Dask task each; a report per shard."
     import dask
-    # Here, not in the tasks: a warning in a Dask worker reaches no one
-    dest, path, suff, label_col = old_spellings(dest, path, folder, suff, label_col, img_path, suffix, label_cols, label_func,
-                                                fn='build_sharded')
+    refuse_retired('build_sharded', kwargs)  # here, not in a Dask worker
     # Records go to shards by their own key: a file's frames would scatter, away from the shard its id names
     if kwargs.get('frame') == 'all': raise ShelfError("frame='all' is for build_shelf: shards place records by key, not by file")
     df, keys, col = read_source(source, fn_col)
-    lab = dict(label_col=label_col, label_func=label_func, **{k: kwargs.get(k) for k in ('label_delim', 'y_block', 'vocab')})
+    lab = dict(label_col=label_col, **{k: kwargs.get(k) for k in ('label_delim', 'y_block', 'vocab')})
     _, label_meta = encode_labels(df, keys, **lab)
     BuildSettings(**{k: v for k,v in kwargs.items() if k in BuildSettings.fields})  # checked before anything is written
     m = write_manifest(dest, n_shards)
@@ -62,7 +59,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     shard = np.array([shard_of(k, n_shards) for k in keys])
     _keep_orders(dest, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
-    kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col, 'label_func': label_func,
+    kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
