@@ -267,7 +267,8 @@ class BuildSettings:
             v = getattr(self, name)
             if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
         modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
-        if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
+        if len(modes) > 1:
+            raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
         f = self.frame
         if f != 'all' and (not isinstance(f, (int, np.integer)) or isinstance(f, bool)):
             raise ShelfError(f"frame must be a frame index (0 the first, -1 the last) or 'all' (each frame a record), not {f!r}")
@@ -278,7 +279,8 @@ class BuildSettings:
         d = dict(d or {})
         v = d.pop('schema', 1)
         if not isinstance(v, int) or v > cls.schema:
-            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): upgrade fastai_shelve")
+            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): "
+                                     f"upgrade fastai_shelve")
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - set(cls.fields)
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")
