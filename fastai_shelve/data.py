@@ -138,6 +138,7 @@ class ShelfGetter(ShelfReader):
         return Path(self.files['pref'])/f"{row[self.files['fn_col']]}{self.files['suff']}"
     def post(self, x): return x
 
+# %% ../nbs/05_data.ipynb #b33d64d1
 class TargetGetter(ShelfGetter):
     "A getter of a record's targets, written once for a whole batch (`encodes_batch`): one record is a batch of one."
     def post(self, x): return self.encodes_batch(np.asarray(x)[None])[0]

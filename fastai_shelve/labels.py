@@ -75,6 +75,7 @@ def block_kind(y_block) -> tuple:
         if isinstance(t, Categorize): return 'category', None, vocab
     raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
 
+# %% ../nbs/02b_labels.ipynb #c89023ea
 def _nan_refusal(df, cols, keys):
     "A `ShelfError` naming the first label column with empty (NaN) values and some of their ids, or None."
     for c in cols:
