@@ -182,15 +182,18 @@ class RegressionLabel(TargetGetter):
 # so the per-item path (`test_dl`, `predict`, item transforms) cannot disagree with it. `decodes` and `setups` are fastai's.
 class ShelfCategorize(Categorize):
     "fastai's `Categorize`, on a batch of values at once."
-    def encodes(self, o): return self.encodes_batch([o])[0]
-    def encodes_batch(self, o):
-        try: return TensorCategory(torch.tensor([self.vocab.o2i[v] for v in o]))
+    def codes(self, o) -> torch.Tensor:
+        "The vocab indices of values `o`, as fastai's `Categorize` finds one (a KeyError in its words)."
+        try: return torch.tensor([self.vocab.o2i[v] for v in o])
         except KeyError as e: raise KeyError(f"Label '{e.args[0]}' was not included in the training dataset") from e
+    def encodes(self, o): return TensorCategory(self.codes([o])[0])  # typed after indexing: a `TensorBase` index is slow
+    def encodes_batch(self, o): return TensorCategory(self.codes(o))
 
 class ShelfMultiCategorize(EncodedMultiCategorize):
     "fastai's `EncodedMultiCategorize`, on a batch of 0/1 vectors at once."
-    def encodes(self, o): return self.encodes_batch(np.asarray(o)[None])[0]
-    def encodes_batch(self, o): return TensorMultiCategory(torch.from_numpy(o).float())
+    def floats(self, o:np.ndarray) -> torch.Tensor: return torch.from_numpy(o).float()
+    def encodes(self, o): return TensorMultiCategory(self.floats(np.asarray(o)[None])[0])
+    def encodes_batch(self, o): return TensorMultiCategory(self.floats(o))
 
 class ShelfRegressionSetup(RegressionSetup):
     "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), on a batch of targets at once."

@@ -60,6 +60,7 @@ def _read_deep(fn) -> np.ndarray:
     if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
     return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
 
+# %% ../nbs/02a_images.ipynb #1fff16b9
 # Markers that cannot follow a JPEG's entropy-coded data: SOI, TEM, the reserved 0x02-0xBF, a frame header (SOFn)
 _NOT_AFTER_SCAN = frozenset([0xD8, 0x01, *range(0x02, 0xC0), *(c for c in range(0xC0, 0xD0) if c not in (0xC4, 0xC8, 0xCC))])
 
@@ -97,6 +98,7 @@ def _jpeg_scan_damage(buf:bytes) -> str|None:
         if code in _NOT_AFTER_SCAN: return f"marker 0xFF{code:02X} inside the image data at byte {pos}: garbled or spliced bytes"
     return None
 
+# %% ../nbs/02a_images.ipynb #2bb6db2f
 def _resize(a:np.ndarray, out) -> np.ndarray:
     "`a` resized to `out` (w, h): a new, writable array."
     if a.shape[1::-1] == out: return a.copy()  # writable, so torch can wrap it without a warning
