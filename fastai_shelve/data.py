@@ -285,7 +285,7 @@ def _image_dblock(shelf, meta:dict, pil:bool, y_blk, get_y, splitter, item_tfms,
                    splitter=splitter, item_tfms=item_tfms, batch_tfms=batch_tfms)
     return db
 
-def _shelf_dblock(shelf:ShelfBase, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
+def _shelf_dblock(shelf:ShelfBase, *, valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab, item_tfms, batch_tfms,
                   normalize) -> DataBlock:
     "`shelf_dblock` on a handle of our own (`_own_handle`)."
     pil = any(needs_pil(f) for f in L(item_tfms))  # fastai's own item transforms: items become PIL images, as files do
@@ -310,8 +310,9 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
                  lock:bool=None, # LMDB's lock: None takes it unless the file system is read-only
                 ) -> DataBlock:
     "A fastai `DataBlock` over a shelf's keys: image → target, each batch read by `ShelfDL`."
-    return _shelf_dblock(_own_handle(shelf, allow_pickle, lock), valid_pct, seed, valid_col, group_col, valid_keys, y, y_block, vocab,
-                         item_tfms, batch_tfms, normalize)
+    return _shelf_dblock(_own_handle(shelf, allow_pickle, lock), valid_pct=valid_pct, seed=seed, valid_col=valid_col, group_col=group_col,
+                         valid_keys=valid_keys, y=y, y_block=y_block, vocab=vocab, item_tfms=item_tfms, batch_tfms=batch_tfms,
+                         normalize=normalize)
 
 def _df_splitter(df, valid_pct, seed, valid_col):
     "`from_df`'s splitter: `RandomSplitter` over the items, or `ColSplitter` over the items' rows of `df`."
