@@ -10,12 +10,14 @@ from .codec import ShelfError, RecordError, FormatVersionError
 from .interface import PickleRefusedError, ShelfClosedError, ReadOnlyError
 from .store import open_shelf
 from .info import shelf_info
-from .build import build_shelf, convert_shelf, BuildSettings
+from .images import BuildSettings
+from .build import build_shelf, convert_shelf
 from .shards import build_sharded
 from .distributed import cpu_distributed
 from .augment import AlbumentationsTransform, FastPiecewiseAffine, xray_augs, xray_valid_augs
 from .gpu_augment import xray_gpu_augs
-from .data import ShelfDataLoaders, shelf_dblock, GroupSplitter, KeySplitter
+from .splits import GroupSplitter, KeySplitter
+from .data import ShelfDataLoaders, shelf_dblock
 from .demo import RANZCR_LABELS, make_demo_data, run_demo
 # What a user calls, and nothing of fastai's names: everything else is importable from its module.
 __all__ = ['ShelfError', 'RecordError', 'FormatVersionError', 'PickleRefusedError', 'ShelfClosedError', 'ReadOnlyError',

@@ -16,7 +16,6 @@ from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
 from .interface import ShelfBase
-from .distributed import cpu_distributed  # where users found it before it had a module
 
 # %% auto #0
 __all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'one_ahead', 'batch_tensors',

@@ -60,6 +60,7 @@ def _read_deep(fn) -> np.ndarray:
     if a is None: raise ShelfError(f"{fn}: 16-bit colour that OpenCV cannot decode")
     return a if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., 0]  # BGR(A) to RGB
 
+# %% ../nbs/02a_images.ipynb #1fff16b9
 # Markers that cannot follow a JPEG's entropy-coded data: SOI, TEM, the reserved 0x02-0xBF, a frame header (SOFn)
 _NOT_AFTER_SCAN = frozenset([0xD8, 0x01, *range(0x02, 0xC0), *(c for c in range(0xC0, 0xD0) if c not in (0xC4, 0xC8, 0xCC))])
 
@@ -97,6 +98,7 @@ def _jpeg_scan_damage(buf:bytes) -> str|None:
         if code in _NOT_AFTER_SCAN: return f"marker 0xFF{code:02X} inside the image data at byte {pos}: garbled or spliced bytes"
     return None
 
+# %% ../nbs/02a_images.ipynb #2bb6db2f
 def _resize(a:np.ndarray, out) -> np.ndarray:
     "`a` resized to `out` (w, h): a new, writable array."
     if a.shape[1::-1] == out: return a.copy()  # writable, so torch can wrap it without a warning
@@ -271,7 +273,8 @@ class BuildSettings:
             v = getattr(self, name)
             if v is not None and not ok(v): raise ShelfError(f"{name} must be from 1 to {self.max_side_px}, not {v!r}")
         modes = [n for n in ('size', 'shortest_side', 'max_side') if getattr(self, n) is not None]
-        if len(modes) > 1: raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
+        if len(modes) > 1:
+            raise ShelfError(f"choose one resize mode, not {' and '.join(modes)}: size squares, shortest_side and max_side keep the aspect")
         f = self.frame
         if f != 'all' and (not isinstance(f, (int, np.integer)) or isinstance(f, bool)):
             raise ShelfError(f"frame must be a frame index (0 the first, -1 the last) or 'all' (each frame a record), not {f!r}")
@@ -282,7 +285,8 @@ class BuildSettings:
         d = dict(d or {})
         v = d.pop('schema', 1)
         if not isinstance(v, int) or v > cls.schema:
-            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): upgrade fastai_shelve")
+            raise FormatVersionError(f"build settings schema {v!r} is newer than this fastai_shelve reads ({cls.schema}): "
+                                     f"upgrade fastai_shelve")
         if v == 1: d.update(scale='legacy', frame=0)  # schema 1 shelves scaled 16-bit input by a fixed divide
         unknown = set(d) - set(cls.fields)
         if unknown: raise ShelfError(f"build settings hold unknown fields {sorted(unknown)}")

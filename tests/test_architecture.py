@@ -144,9 +144,22 @@ def test_store_keeps_the_names_users_imported_from_it():
         missing = [n for n in mod.__all__ if getattr(S, n, None) is not getattr(mod, n)]
         assert not missing, (mod.__name__, missing)
 
-def test_build_keeps_the_names_users_imported_from_it():
-    "Images and labels moved to modules of their own; `from fastai_shelve.build import load_image` (and the rest) still works."
-    import fastai_shelve.build as B, fastai_shelve.images as I, fastai_shelve.labels as L
-    for mod in (I, L):
-        missing = [n for n in mod.__all__ if getattr(B, n, None) is not getattr(mod, n) or n not in B.__all__]
-        assert not missing, (mod.__name__, missing)
+def _defined(mod:str) -> set:
+    "The names `mod` defines at its top level (functions, classes, assignments), not those it imports."
+    names = set()
+    for node in ast.parse((PKG/f'{mod}.py').read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target]):
+                names |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+def test_each_name_has_one_home():
+    "Since 0.2.0 no module re-exports another's names for old import paths: its `__all__` is what it defines (`all` gathers)."
+    import importlib
+    assert 'load_image' not in _defined('build') and 'build_shelf' in _defined('build')  # the check reads what it thinks it reads
+    for mod in MODULES:
+        if mod == 'all': continue
+        assert '_all_' not in _defined(mod), f"{mod} re-exports names through nbdev's _all_"
+        foreign = set(importlib.import_module(f'fastai_shelve.{mod}').__all__) - _defined(mod)
+        assert not foreign, (mod, foreign)

@@ -2,7 +2,8 @@
 import subprocess, sys, textwrap, warnings
 from pathlib import Path
 import numpy as np, pandas as pd, pytest, cv2
-from fastai_shelve.build import build_shelf, load_image, load_frames, read_dicom, to_uint8, frame_key, BuildSettings
+from fastai_shelve.build import build_shelf, frame_key
+from fastai_shelve.images import load_image, load_frames, read_dicom, to_uint8, BuildSettings
 from fastai_shelve.store import open_shelf
 from fastai_shelve.codec import ShelfError
 
@@ -138,7 +139,7 @@ def test_percentile_window_clips_half_a_percent_at_each_end(tmp_path):
 
 RSS = textwrap.dedent('''
     import resource, sys
-    from fastai_shelve.build import load_image, load_frames
+    from fastai_shelve.images import load_image, load_frames
     small, big = sys.argv[1:3]
     load_image(small, frame=1); sum(1 for _ in load_frames(small))  # imports and pydicom's decoders, before measuring
     peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -244,7 +245,7 @@ def test_missing_plugin_named():
     code = textwrap.dedent('''
         import sys
         for m in ('pylibjpeg', 'libjpeg', 'gdcm', 'jpeg_ls'): sys.modules[m] = None
-        from fastai_shelve.build import load_image
+        from fastai_shelve.images import load_image
         try: load_image(sys.argv[1])
         except Exception as e: print(e)
     ''')

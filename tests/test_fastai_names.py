@@ -131,25 +131,22 @@ def test_label_delim_as_fastai_from_df(tmp_path):
     (x, y), (u, v) = (d.test_dl(df.iloc[8:14], with_labels=True).one_batch() for d in (dls, ref))  # tags read from the rows
     assert torch.equal(x, u) and torch.equal(y, v) and type(y) == type(v)
 
-def test_deprecated_spellings_warn_and_work(bars, capsys):
+def test_retired_spellings_fail_naming_the_new_one(bars, capsys):
+    "0.2.0 removed 0.1.0's spellings: each fails loudly, before anything is written, naming what replaced it."
     path, df = bars
-    new = build_shelf(df, path/'new.shelf', path, suff='.jpg', label_col=['a', 'b', 'c'], size=32, n_workers=0, progress=False)
-    with pytest.warns(DeprecationWarning, match='img_path'):
-        old = build_shelf(df, path=path/'old.shelf', img_path=path, suffix='.jpg', label_cols=['a', 'b', 'c'], size=32,
-                          n_workers=0, progress=False)
-    assert old.written == new.written == 48
-    with open_shelf(path/'old.shelf') as a, open_shelf(path/'new.shelf') as b:
-        assert np.array_equal(a.get_batch(a.keys())['image'], b.get_batch(b.keys())['image'])
-        assert a.meta['label_names'] == b.meta['label_names'] == ['a', 'b', 'c']
-    with pytest.warns(DeprecationWarning, match='vocab'):
-        dls = ShelfDataLoaders.from_shelf(path/'old.shelf', label_names=['x', 'y', 'z'], bs=4)
-    assert list(dls.vocab) == ['x', 'y', 'z']
+    kw = dict(size=32, n_workers=0, progress=False)
+    with pytest.raises(TypeError, match="required positional argument: 'dest'"): build_shelf(df, path=path/'old.shelf', **kw)
+    for old, new in [('img_path', 'path='), ('suffix', 'suff='), ('label_cols', 'label_col='), ('label_func', 'a column')]:
+        with pytest.raises(TypeError, match=f"'{old}': since 0.2.0, {new}"): build_shelf(df, path/'old.shelf', path, **{old: 'x'}, **kw)
+    assert not (path/'old.shelf').exists()
+    with pytest.raises(TypeError, match="'label_names': since 0.2.0, vocab="): ShelfDataLoaders.from_shelf(path, label_names=['x'])
+    with pytest.raises(TypeError, match='label_names'): shelf_dblock(path, label_names=['x'])
     df.to_csv(path/'t.csv', index=False)
-    main(['build', str(path/'t.csv'), str(path/'cli.shelf'), '--img-path', str(path), '--suffix', '.jpg',
-              '--label-cols', 'a,b,c', '--size', '32', '--quiet'])
-    err = capsys.readouterr().err
-    assert '--img-path is deprecated' in err and '--suffix is deprecated' in err
-    with open_shelf(path/'cli.shelf') as s: assert len(s) == 48 and s.meta['label_names'] == ['a', 'b', 'c']
+    for flag, new in [('--img-path', '--path'), ('--suffix', '--suff'), ('--label-cols', '--label-col')]:
+        with pytest.raises(SystemExit) as e: main(['build', str(path/'t.csv'), str(path/'cli.shelf'), flag, 'x', '--quiet'])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count('\n') == 1 and f'{flag} was removed in 0.2.0: use {new}' in err, err
+    assert not (path/'cli.shelf').exists()
 
 def test_cli_build_with_fastai_names(tmp_path):
     df = _planet(tmp_path)

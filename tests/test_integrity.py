@@ -420,7 +420,7 @@ def test_full_check_at_open_refuses_records_with_changed_pixels(tmp_path):
 
 def test_settings_an_older_build_kept_still_read():
     "Settings checked on a new build; an older shelf's (two resize modes, as the CLI once allowed) still read as built."
-    from fastai_shelve.build import BuildSettings
+    from fastai_shelve.images import BuildSettings
     s = BuildSettings.from_meta(dict(schema=2, size=None, shortest_side=100, max_side=200, gray=True, scale='minmax', frame=0))
     assert s.out_size(400, 300) == (133, 100)
     with pytest.raises(ShelfError, match='one resize mode'): BuildSettings(shortest_side=100, max_side=200)

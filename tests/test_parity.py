@@ -7,7 +7,8 @@ from torch import nn
 from fastai.vision.all import (Learner, ImageDataLoaders, PILImage, PILImageBW, Resize, RandomResizedCrop, FlipItem, set_seed,
                                BCEWithLogitsLossFlat, CrossEntropyLossFlat, Flatten, load_learner, unet_learner, resnet18)
 from fastai_shelve.build import build_shelf
-from fastai_shelve.data import ShelfDataLoaders, GroupSplitter
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.splits import GroupSplitter
 from fastai_shelve.codec import ShelfError
 from conftest import write_bars
 
@@ -150,7 +151,7 @@ def test_dicom_as_radiology_reads_it(tmp_path):
     "pydicom's own test files: colour, palette, multi-frame with `frame=`, compressed; files that can't be read say why."
     pydicom = pytest.importorskip('pydicom')
     from pydicom.data import get_testdata_file
-    from fastai_shelve.build import load_image
+    from fastai_shelve.images import load_image
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         rgb2 = get_testdata_file('SC_rgb_rle_2frame.dcm')
@@ -199,7 +200,7 @@ NO_DICOM_PLUGINS = textwrap.dedent('''
 ''')
 
 def test_16_bit_and_float_inputs_keep_their_range(tmp_path):
-    from fastai_shelve.build import load_image
+    from fastai_shelve.images import load_image
     Image.fromarray(np.tile(np.arange(0, 300, 3, dtype=np.uint16), (10, 1))).save(tmp_path/'low.png')  # 0..297 in 16 bits
     Image.fromarray(np.tile(np.linspace(0, 1, 100, dtype=np.float32), (10, 1))).save(tmp_path/'unit.tiff')  # float in 0..1
     for f in ('low.png', 'unit.tiff'):

@@ -80,19 +80,14 @@ def test_dataloaders_and_cli_on_shards(sharded):
     with open_shelf(d/'sh2') as s: assert len(s) == 40 and s.n == 2
 
 def test_build_sharded_names_as_build_shelf(tmp_path):
-    "As `build_shelf`: `dest` the shards folder, `path` the image root; the old `img_path=` warns and still works."
+    "As `build_shelf`: `dest` the shards folder, `path` the image root; 0.1.0's spellings fail here, in the caller's process."
     df = write_bars(tmp_path, 12)
     new = build_sharded(df, tmp_path/'new', 2, tmp_path, n_workers=1, **KW)  # positional: dest, n_shards, path
-    with pytest.warns(DeprecationWarning, match=r'build_sharded\(img_path=') as w:
-        old = build_sharded(df, tmp_path/'old', 2, img_path=tmp_path, n_workers=1, **KW)
-    assert w[0].filename == __file__  # the warning names the caller's line
-    assert [r['written'] for r in new] == [r['written'] for r in old] and sum(r['written'] for r in new) == 12
-    with open_shelf(tmp_path/'new') as a, open_shelf(tmp_path/'old') as b:
-        assert a.keys() == b.keys() and len(a) == 12
-        np.testing.assert_array_equal(a.get_batch(a.keys())['image'], b.get_batch(b.keys())['image'])
-    with pytest.raises(ShelfError, match='not img_path= as well'), pytest.warns(DeprecationWarning):
-        build_sharded(df, tmp_path/'x', 2, path=tmp_path, img_path=tmp_path, **KW)
-    # Old label spellings warn here, in the caller's process, not in a Dask worker where no one sees it
-    with pytest.warns(DeprecationWarning, match=r'build_sharded\(label_cols='):
-        again = build_sharded(df, tmp_path/'new', 2, tmp_path, n_workers=1, **{**KW, 'label_col': None, 'label_cols': ['a', 'b', 'c']})
-    assert [r['existing'] for r in again] == [r['written'] for r in new]  # the same labels: a resume with nothing to do
+    assert sum(r['written'] for r in new) == 12
+    with open_shelf(tmp_path/'new') as a: assert len(a) == 12
+    # Refused before the manifest is written or a Dask task starts: an error in a worker would reach no one
+    with pytest.raises(TypeError, match=r"build_sharded\(\) got an unexpected keyword argument 'img_path': since 0.2.0, path="):
+        build_sharded(df, tmp_path/'old', 2, img_path=tmp_path, n_workers=1, **KW)
+    with pytest.raises(TypeError, match="'label_cols': since 0.2.0, label_col="):
+        build_sharded(df, tmp_path/'old', 2, tmp_path, n_workers=1, **{**KW, 'label_col': None, 'label_cols': ['a', 'b', 'c']})
+    assert not (tmp_path/'old').exists()

@@ -2,7 +2,6 @@
 in its order; every split argument means what fastai means; `vocab=` is sorted as `CategoryBlock` sorts it;
 `ShelfDataLoaders.from_df` reads a DataFrame's rows from a shelf; a training key the shelf lacks is a `ShelfError`.
 Each test compares with fastai on the same real files (gray JPEGs and PNGs made here) and a real LMDB shelf."""
-import warnings
 import numpy as np, pandas as pd, pytest, torch
 from PIL import Image
 from fastai.vision.all import (ImageDataLoaders, PILImageBW, CategoryBlock, MultiCategoryBlock, RegressionBlock)
@@ -108,15 +107,6 @@ def test_vocab_sorted_as_fastai_sorts_it(table):
     assert list(MultiCategoryBlock(vocab=['c', 'a', 'b']).type_tfms[0].vocab) == ['c', 'a', 'b']  # fastai keeps a tag vocab's order
     with pytest.raises(ShelfError, match="tag order"): ShelfDataLoaders.from_shelf(path/'t.shelf', vocab=['c', 'a', 'b'])
     assert list(ShelfDataLoaders.from_shelf(path/'t.shelf', vocab=['a', 'b', 'c']).vocab) == ['a', 'b', 'c']
-
-def test_label_names_warning_points_at_the_callers_line(table):
-    path, df = table
-    _build(path, df)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter('always')
-        ShelfDataLoaders.from_shelf(path/'s.shelf', label_names=['cat', 'dog', 'eel'], bs=4)
-    dep = [o for o in w if issubclass(o.category, DeprecationWarning) and 'label_names' in str(o.message)]
-    assert len(dep) == 1 and dep[0].filename == __file__, [(o.filename, str(o.message)) for o in dep]
 
 @pytest.mark.parametrize('nw', [0, 2])
 @pytest.mark.parametrize('case', ['category', 'tags', 'regression'])
