@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np, torch
 from functools import partial
-from fastcore.basics import ifnone, merge, store_attr, noop, patch
+from fastcore.basics import ifnone, merge, store_attr, noop
 from fastai.torch_core import to_device
 from fastai.data.load import _loaders
 from fastai.data.core import TfmdDL
@@ -251,104 +251,87 @@ class ShelfDL(AheadDL):
         items = getattr(self.dataset.items, 'iloc', self.dataset.items)  # a DataFrame's rows: `test_dl(df)`
         return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
 
-# %% ../nbs/03_fetch.ipynb #8ab357d9
-@patch
-def whole_keys(self:ShelfDL, idxs) -> list|None:
-    "The keys of the items at `idxs` if the batch can be read whole: every transform has a batch version, every item is a key."
-    keys = self.keys_of(idxs) if self.plans else []
-    return keys if keys and len(keys) == len(idxs) else None
+    def whole_keys(self, idxs) -> list|None:
+        "The keys of the items at `idxs` if the batch can be read whole: every transform has a batch version, every item is a key."
+        keys = self.keys_of(idxs) if self.plans else []
+        return keys if keys and len(keys) == len(idxs) else None
 
-@patch
-def read_call(self:ShelfDL, keys):
-    "`get_batch` of `keys` into batch arrays no one holds: a call to make here or on the read-ahead thread."
-    pin = self.ahead_device() is not None  # pinned buffers where batches go to a GPU ahead
-    if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
-    return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self._pool.get(len(keys)))
+    def read_call(self, keys):
+        "`get_batch` of `keys` into batch arrays no one holds: a call to make here or on the read-ahead thread."
+        pin = self.ahead_device() is not None  # pinned buffers where batches go to a GPU ahead
+        if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
+        return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self._pool.get(len(keys)))
 
-@patch
-def start_read(self:ShelfDL, idxs):
-    "The read of the batch at `idxs` started on this process's read-ahead thread (a future), or None."
-    keys = self.whole_keys(idxs)
-    if keys is None: return None
-    job = self.pending[tuple(idxs)] = ahead_thread().submit(self.read_call(keys))
-    return job
+    def start_read(self, idxs):
+        "The read of the batch at `idxs` started on this process's read-ahead thread (a future), or None."
+        keys = self.whole_keys(idxs)
+        if keys is None: return None
+        job = self.pending[tuple(idxs)] = ahead_thread().submit(self.read_call(keys))
+        return job
 
-@patch
-def read(self:ShelfDL, idxs) -> dict|None:
-    "`get_batch`'s arrays for the items at `idxs` (read ahead, or now), or None: the batch goes item by item."
-    job = self.pending.pop(tuple(idxs), None)
-    keys = None if job is not None else self.whole_keys(idxs)
-    if job is None and keys is None: return None
-    try: arrs = job.result() if job is not None else self.read_call(keys)()
-    except (ShelfError, KeyError): self.plans = None; return None  # records differ in shape: item by item for the rest of the epoch
-    self._pool.learn(arrs)
-    return arrs
+    def read(self, idxs) -> dict|None:
+        "`get_batch`'s arrays for the items at `idxs` (read ahead, or now), or None: the batch goes item by item."
+        job = self.pending.pop(tuple(idxs), None)
+        keys = None if job is not None else self.whole_keys(idxs)
+        if job is None and keys is None: return None
+        try: arrs = job.result() if job is not None else self.read_call(keys)()
+        except (ShelfError, KeyError): self.plans = None; return None  # records differ in shape: item by item for the rest of the epoch
+        self._pool.learn(arrs)
+        return arrs
 
-@patch
-def chunkify(self:ShelfDL, b):
-    chunks = super(ShelfDL, self).chunkify(b)
-    # Read ahead only where there is a device to overlap with: on the CPU the model's step wants the cores the copy uses
-    return read_ahead(chunks, self.start_read) if self.plans and self.ahead_device() is not None else chunks
+    def chunkify(self, b):
+        chunks = super().chunkify(b)
+        # Read ahead only where there is a device to overlap with: on the CPU the model's step wants the cores the copy uses
+        return read_ahead(chunks, self.start_read) if self.plans and self.ahead_device() is not None else chunks
 
-# %% ../nbs/03_fetch.ipynb #2c8fa3c2
-@patch
-def assemble(self:ShelfDL, arrs:dict) -> tuple:
-    "The batch from `get_batch`'s arrays: each part's batch functions, then the item transforms' batch versions."
-    parts, items = self.plans
-    out = []
-    for field, fns in parts:
-        o = arrs[field]
-        for fn in fns: o = fn(o)
-        out.append(o)
-    b = tuple(out)
-    for f, fn in zip(self.after_item.fs, items):  # as fastai calls them: an ItemTransform on the tuple, others on each part
-        b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
-    return b
+    def assemble(self, arrs:dict) -> tuple:
+        "The batch from `get_batch`'s arrays: each part's batch functions, then the item transforms' batch versions."
+        parts, items = self.plans
+        out = []
+        for field, fns in parts:
+            o = arrs[field]
+            for fn in fns: o = fn(o)
+            out.append(o)
+        b = tuple(out)
+        for f, fn in zip(self.after_item.fs, items):  # as fastai calls them: an ItemTransform on the tuple, others on each part
+            b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
+        return b
 
-@patch
-def item_batch(self:ShelfDL, idxs):
-    "The batch of `idxs` through fastai's per-item pipeline (`do_item`, collation), its records read in one `get_many`."
-    keys = self.keys_of(idxs)  # none: files or arrays (`test_dl`), no shelf needed
-    with self.shelf.batch(keys) if keys else nullcontext():
-        b = [o for o in map(super(ShelfDL, self).do_item, idxs) if o is not None]
-    # fastai's `do_batch`, which would call this class's `create_batch`: the items are collated as fastai does
-    return self.retain(super(ShelfDL, self).create_batch(self.before_batch(b)), b) if b else None
+    def item_batch(self, idxs):
+        "The batch of `idxs` through fastai's per-item pipeline (`do_item`, collation), its records read in one `get_many`."
+        keys = self.keys_of(idxs)  # none: files or arrays (`test_dl`), no shelf needed
+        with self.shelf.batch(keys) if keys else nullcontext():
+            b = [o for o in map(super().do_item, idxs) if o is not None]
+        # fastai's `do_batch`, which would call this class's `create_batch`: the items are collated as fastai does
+        return self.retain(super().create_batch(self.before_batch(b)), b) if b else None
 
-@patch
-def create_batches(self:ShelfDL, samps):
-    # A batch whose items all skip (`SkipItemException`) is no batch, as fastai's filter of items would make it
-    yield from (b for b in super(ShelfDL, self).create_batches(samps) if b is not None)
+    def create_batches(self, samps):
+        # A batch whose items all skip (`SkipItemException`) is no batch, as fastai's filter of items would make it
+        yield from (b for b in super().create_batches(samps) if b is not None)
 
-# %% ../nbs/03_fetch.ipynb #7dde76f7
-@patch
-def reads_whole(self:ShelfDL) -> bool:
-    "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
-    if self.prebatched or not self.shelf_here() or self.batch_plans() is None: return False
-    items = getattr(self.dataset, 'items', None)
-    return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
+    def reads_whole(self) -> bool:
+        "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
+        if self.prebatched or not self.shelf_here() or self.batch_plans() is None: return False
+        items = getattr(self.dataset, 'items', None)
+        return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
 
-@patch
-def __iter__(self:ShelfDL):
-    # Whole batches need no worker processes: `get_batch` copies (and decodes) on threads, while processes would add a
-    # copy of every batch into shared memory
-    if not self.fake_l.num_workers or not self.reads_whole(): return super(ShelfDL, self).__iter__()
-    return self.in_process()
+    def __iter__(self):
+        # Whole batches need no worker processes: `get_batch` copies (and decodes) on threads, while processes would add a
+        # copy of every batch into shared memory
+        if not self.fake_l.num_workers or not self.reads_whole(): return super().__iter__()
+        return self.in_process()
 
-@patch
-def in_process(self:ShelfDL):
-    "fastai's iteration, in this process: its iterator is made without workers, on the first batch."
-    it = super(ShelfDL, self).__iter__()
-    with self.fake_l.no_multiproc(): b = next(it, it)  # `it` itself marks an empty epoch
-    if b is it: return
-    yield b
-    yield from it
+    def in_process(self):
+        "fastai's iteration, in this process: its iterator is made without workers, on the first batch."
+        it = super().__iter__()
+        with self.fake_l.no_multiproc(): b = next(it, it)  # `it` itself marks an empty epoch
+        if b is it: return
+        yield b
+        yield from it
 
-@patch
-def new(self:ShelfDL, dataset=None, cls=None, **kwargs):
-    return super(ShelfDL, self).new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
+    def new(self, dataset=None, cls=None, **kwargs):
+        return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
 
-@patch
-def __getstate__(self:ShelfDL):  # batch arrays kept for reuse and reads in flight never travel (a worker, an exported Learner)
-    return {k:v for k,v in self.__dict__.items() if k not in ('_pool', 'pending')} | {'pending': {}}
-@patch
-def __setstate__(self:ShelfDL, d): self.__dict__.update(d)
+    def __getstate__(self):  # batch arrays kept for reuse and reads in flight never travel (a worker, an exported Learner)
+        return {k:v for k,v in self.__dict__.items() if k not in ('_pool', 'pending')} | {'pending': {}}
+    def __setstate__(self, d): self.__dict__.update(d)
