@@ -271,11 +271,13 @@ class ShelfDL(AheadDL):
 
     def read(self, idxs) -> dict|None:
         "`get_batch`'s arrays for the items at `idxs` (read ahead, or now), or None: the batch goes item by item."
-        job = self.pending.pop(tuple(idxs), None)
+        job = self.pending.pop(tuple(idxs), None)  # a read started ahead after an earlier batch failed is left (waited for at the end)
         keys = None if job is not None else self.whole_keys(idxs)
-        if job is None and keys is None: return None
+        if not self.plans or (job is None and keys is None): return None
         try: arrs = job.result() if job is not None else self.read_call(keys)()
-        except (ShelfError, KeyError): self.plans = None; return None  # records differ in shape: item by item for the rest of the epoch
+        except (ShelfError, KeyError):  # records differ in shape: item by item for the rest of the epoch
+            self.plans = None
+            return None
         self._pool.learn(arrs)
         return arrs
 
