@@ -5,6 +5,7 @@
 # %% ../nbs/03_fetch.ipynb #65c53d8b
 from __future__ import annotations
 import os, threading, weakref
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np, torch
 from functools import partial
@@ -15,11 +16,11 @@ from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
-from .interface import ShelfBase
+from .interface import ShelfBase, shelf_here
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'make_pil', 'one_ahead', 'batch_tensors',
-           'CudaAhead', 'AheadDL', 'BatchPool', 'ShelfDL']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'items_need_pil', 'type_tfms', 'one_ahead',
+           'batch_tensors', 'CudaAhead', 'AheadDL', 'BatchPool', 'ahead_thread', 'read_ahead', 'ShelfDL']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -36,7 +37,7 @@ def find_shelf(dataset) -> ShelfBase|None:
             if isinstance(f, ShelfReader): return f.shelf
     return None
 
-# %% ../nbs/03_fetch.ipynb #d35e5af5
+# %% ../nbs/03_fetch.ipynb #2d13ca45
 # fastai's item transforms that leave tensors as they are: `ToTensor` converts PIL images, `AddMaskCodes` only decodes
 _TENSOR_NOOPS = (ToTensor, AddMaskCodes)
 
@@ -58,11 +59,13 @@ def needs_pil(tfm) -> bool:
     # Any item transform without a batch version runs in fastai's per-item pipeline, which must be the files' one
     return batch_fn(tfm) is None
 
-def make_pil(dataset):
-    "Have `dataset`'s type transforms make PIL images, as files give."
-    for tl in getattr(dataset, 'tls', [dataset]):
-        for f in getattr(getattr(tl, 'tfms', None), 'fs', []):
-            if hasattr(f, 'makes_pil'): f.makes_pil = True
+def items_need_pil(item_tfms) -> bool:
+    "Do item transforms `item_tfms` need PIL images: one runs per item, after a `ToTensor` (a `DataBlock`'s always has one)?"
+    return any(map(needs_pil, item_tfms)) and any(isinstance(f, ToTensor) for f in item_tfms)
+
+def type_tfms(dataset) -> list:
+    "The type transforms of each part of `dataset`."
+    return [f for tl in getattr(dataset, 'tls', [dataset]) for f in getattr(getattr(tl, 'tfms', None), 'fs', [])]
 
 # %% ../nbs/03_fetch.ipynb #b7d1a0e3
 _END = object()
@@ -142,7 +145,7 @@ class AheadDL(TfmdDL):
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **merge(dict(ahead=self.ahead), kwargs))
 
-# %% ../nbs/03_fetch.ipynb #fc72c5a8
+# %% ../nbs/03_fetch.ipynb #2dd6b7cb
 class BatchPool:
     "Batch arrays filled again once nothing made from them is alive."
     # Fresh arrays cost a page fault per 4 KiB: 1 ms a batch of 32 704² images.
@@ -175,26 +178,45 @@ class BatchPool:
         e['refs'] = [weakref.ref(o) for o in owners.values()]
         return {k: o.reshape((e['n'],) + self.spec[k][1]) for k,o in owners.items()}
 
+# %% ../nbs/03_fetch.ipynb #e9ffe579
 _AHEAD = 'fastai_shelve_ahead'
 _aheads = {}  # pid -> the thread reading the next whole batch (threads don't survive fork)
 
-def _ahead() -> ThreadPoolExecutor:
+def ahead_thread() -> ThreadPoolExecutor:
+    "This process's thread for reading whole batches ahead."
     p = _aheads.get(os.getpid())
     if p is None: p = _aheads[os.getpid()] = ThreadPoolExecutor(1, thread_name_prefix=_AHEAD)
     return p
 
-class ShelfDL(AheadDL):
-    "A `TfmdDL` reading each batch with one `get_many` from its shelf; whole batches are read one ahead, on a thread."
-    def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
-        self.shelf = ifnone(shelf, find_shelf(dataset))
-        super().__init__(dataset, **kwargs)
-        fs = self.after_item.fs  # a files pipeline has `ToTensor`, to make tensors of PIL images
-        if self.shelf is not None and any(map(needs_pil, fs)) and any(isinstance(f, ToTensor) for f in fs): make_pil(self.dataset)
+def read_ahead(chunks, start):
+    "Each of `chunks` with `start(next chunk)` called before it is handed on; the futures `start` returns waited for at the end."
+    # Stopped early (`one_batch`, a break): the read in flight ends before anything else uses the shelf
+    it, jobs = iter(chunks), []
+    try:
+        cur = next(it, None)
+        if cur is not None: jobs.append(start(cur))
+        while cur is not None:
+            nxt = next(it, None)
+            if nxt is not None: jobs = [j for j in jobs if j is not None and not j.done()] + [start(nxt)]
+            yield cur
+            cur = nxt
+    finally:
+        if not threading.current_thread().name.startswith(_AHEAD): wait([j for j in jobs if j is not None])
 
-    def keys_of(self, idxs) -> list:
-        "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
-        items = getattr(self.dataset.items, 'iloc', self.dataset.items)  # a DataFrame's rows: `test_dl(df)`
-        return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
+# %% ../nbs/03_fetch.ipynb #6cb31aac
+class ShelfDL(AheadDL):
+    "A `TfmdDL` reading each batch with one `get_many` from its shelf: `do_item` keeps the index, `create_batch` reads."
+    def __init__(self, dataset=None, shelf:ShelfBase=None, **kwargs):
+        self.shelf, self.reading, self.plans, self.pending = ifnone(shelf, find_shelf(dataset)), False, None, {}
+        super().__init__(dataset, **kwargs)
+        if self.shelf is None: return
+        # The type transforms decide what they make (PIL images, as files give, for item transforms that run per item)
+        for f in type_tfms(self.dataset):
+            if hasattr(f, 'for_item_tfms'): f.for_item_tfms(self.after_item.fs)
+
+    def shelf_here(self) -> bool:
+        "Is there a shelf to read (not in an exported Learner loaded where the shelf is absent)?"
+        return shelf_here(self.shelf)
 
     def batch_plans(self):
         "(`batch_plan` per part, item transforms' batch versions), or None."
@@ -203,34 +225,69 @@ class ShelfDL(AheadDL):
         plans = [batch_plan(tl) for tl in getattr(self.dataset, 'tls', [])]
         return (plans, items) if plans and all(plans) and all(items) else None
 
-    def shelf_here(self) -> bool:
-        "Is there a shelf to read (not in an exported Learner loaded where the shelf is absent)?"
-        return self.shelf is not None and os.path.exists(self.shelf.path)
+    def before_iter(self):
+        "Decide for the epoch: read batches from the shelf (`reading`), whole where `plans` says how."
+        super().before_iter()
+        # No shelf here (an exported Learner elsewhere): fastai's own per-item path, the getter reads files
+        self.reading = not self.prebatched and self.shelf_here()
+        self.plans, self.pending = self.batch_plans() if self.reading else None, {}
 
-    def reads_whole(self) -> bool:
-        "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
-        if self.prebatched or not self.shelf_here() or self.batch_plans() is None: return False
-        items = getattr(self.dataset, 'items', None)
-        return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
+    def do_item(self, s):
+        # As fastai's `TabDataLoader`: the index, for `create_batch` to read the whole batch in one call
+        return s if self.reading else super().do_item(s)
 
-    def start_read(self, plans, keys):
-        "`get_batch` of `keys` started on this process's read-ahead thread, into batch arrays no one holds: a future."
-        # Only the pure fetch runs ahead: transforms, and any randomness, stay on this thread in fastai's order.
+    def do_batch(self, b):
+        # `b` is indices, not items: `before_batch` runs on the items `item_batch` makes
+        return self.create_batch(b) if self.reading else super().do_batch(b)
+
+    def create_batch(self, b):
+        if not self.reading: return super().create_batch(b)  # items made by fastai's `do_item`: its collation
+        arrs = self.read(b)
+        return self.item_batch(b) if arrs is None else self.assemble(arrs)
+
+    def keys_of(self, idxs) -> list:
+        "The shelf keys among the items at `idxs` (test items may also be files or arrays)."
+        items = getattr(self.dataset.items, 'iloc', self.dataset.items)  # a DataFrame's rows: `test_dl(df)`
+        return [o for o in (items[i] for i in idxs) if isinstance(o, str)]
+
+    def whole_keys(self, idxs) -> list|None:
+        "The keys of the items at `idxs` if the batch can be read whole: every transform has a batch version, every item is a key."
+        keys = self.keys_of(idxs) if self.plans else []
+        return keys if keys and len(keys) == len(idxs) else None
+
+    def read_call(self, keys):
+        "`get_batch` of `keys` into batch arrays no one holds: a call to make here or on the read-ahead thread."
         pin = self.ahead_device() is not None  # pinned buffers where batches go to a GPU ahead
         if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
-        return _ahead().submit(self.shelf.get_batch, keys, fields={f for f,_ in plans[0]}, out=self._pool.get(len(keys)))
+        return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self._pool.get(len(keys)))
 
-    def arrays(self, job) -> dict|None:
-        "The arrays `job` read, or None if there was no job or its records differ in shape (or an item is not a key)."
-        if job is None: return None
-        try: arrs = job.result()
-        except (ShelfError, KeyError): return None
+    def start_read(self, idxs):
+        "The read of the batch at `idxs` started on this process's read-ahead thread (a future), or None."
+        keys = self.whole_keys(idxs)
+        if keys is None: return None
+        job = self.pending[tuple(idxs)] = ahead_thread().submit(self.read_call(keys))
+        return job
+
+    def read(self, idxs) -> dict|None:
+        "`get_batch`'s arrays for the items at `idxs` (read ahead, or now), or None: the batch goes item by item."
+        job = self.pending.pop(tuple(idxs), None)  # a read started ahead after an earlier batch failed is left (waited for at the end)
+        keys = None if job is not None else self.whole_keys(idxs)
+        if not self.plans or (job is None and keys is None): return None
+        try: arrs = job.result() if job is not None else self.read_call(keys)()
+        except (ShelfError, KeyError):  # records differ in shape: item by item for the rest of the epoch
+            self.plans = None
+            return None
         self._pool.learn(arrs)
         return arrs
 
-    def assemble(self, plans, arrs:dict) -> tuple:
+    def chunkify(self, b):
+        chunks = super().chunkify(b)
+        # Read ahead only where there is a device to overlap with: on the CPU the model's step wants the cores the copy uses
+        return read_ahead(chunks, self.start_read) if self.plans and self.ahead_device() is not None else chunks
+
+    def assemble(self, arrs:dict) -> tuple:
         "The batch from `get_batch`'s arrays: each part's batch functions, then the item transforms' batch versions."
-        parts, items = plans
+        parts, items = self.plans
         out = []
         for field, fns in parts:
             o = arrs[field]
@@ -241,39 +298,31 @@ class ShelfDL(AheadDL):
             b = fn(b) if isinstance(f, ItemTransform) else tuple(fn(o) for o in b)
         return b
 
-    def item_batch(self, idxs, keys):
-        "The batch of `idxs` through fastai's per-item pipeline, its records read in one `get_many`."
-        if not keys: b = [o for o in map(self.do_item, idxs) if o is not None]  # files or arrays: no shelf needed
-        else:
-            with self.shelf.batch(keys): b = [o for o in map(self.do_item, idxs) if o is not None]
-        return self.do_batch(b) if b else None
+    def item_batch(self, idxs):
+        "The batch of `idxs` through fastai's per-item pipeline (`do_item`, collation), its records read in one `get_many`."
+        keys = self.keys_of(idxs)  # none: files or arrays (`test_dl`), no shelf needed
+        with self.shelf.batch(keys) if keys else nullcontext():
+            b = [o for o in map(super().do_item, idxs) if o is not None]
+        # fastai's `do_batch`, which would call this class's `create_batch`: the items are collated as fastai does
+        return self.retain(super().create_batch(self.before_batch(b)), b) if b else None
 
     def create_batches(self, samps):
-        # No shelf here (an exported Learner elsewhere): fastai's own per-item path, the getter reads files
-        if self.prebatched or not self.shelf_here(): yield from super().create_batches(samps); return
-        plans = self.batch_plans()
-        chunks = ((idxs, self.keys_of(idxs)) for idxs in self.chunkify(samps))
-        start = lambda c: self.start_read(plans, c[1]) if c and plans and len(c[1]) == len(c[0]) else None
-        nxt = next(chunks, None); job = start(nxt)
-        try:
-            while nxt is not None:
-                (idxs, keys), whole = nxt, plans
-                arrs, job = self.arrays(job), None
-                if arrs is None: plans = None  # shapes differ, or items aren't keys: don't retry whole batches this epoch
-                # The next batch is read on the thread while this one is assembled and used (no job while items are read here)
-                nxt = next(chunks, None); job = start(nxt)
-                b = self.assemble(whole, arrs) if arrs is not None else self.item_batch(idxs, keys)
-                if b is not None: yield b
-        finally:  # stopped early (`one_batch`, a break): the read in flight ends before anything else uses the shelf
-            if job is not None and not threading.current_thread().name.startswith(_AHEAD): wait([job])
+        # A batch whose items all skip (`SkipItemException`) is no batch, as fastai's filter of items would make it
+        yield from (b for b in super().create_batches(samps) if b is not None)
+
+    def reads_whole(self) -> bool:
+        "Will every batch be one `get_batch`: the shelf is here, every transform has a batch version and every item is a key?"
+        if self.prebatched or not self.shelf_here() or self.batch_plans() is None: return False
+        items = getattr(self.dataset, 'items', None)
+        return items is not None and not hasattr(items, 'iloc') and all(isinstance(o, str) for o in items)
 
     def __iter__(self):
-        # Whole batches need no worker processes: `get_batch` copies (and decodes) on threads and the read-ahead thread
-        # overlaps it with the training step, while processes would add a copy of every batch into shared memory.
+        # Whole batches need no worker processes: `get_batch` copies (and decodes) on threads, while processes would add a
+        # copy of every batch into shared memory
         if not self.fake_l.num_workers or not self.reads_whole(): return super().__iter__()
-        return self._in_process()
+        return self.in_process()
 
-    def _in_process(self):
+    def in_process(self):
         "fastai's iteration, in this process: its iterator is made without workers, on the first batch."
         it = super().__iter__()
         with self.fake_l.no_multiproc(): b = next(it, it)  # `it` itself marks an empty epoch
@@ -284,6 +333,6 @@ class ShelfDL(AheadDL):
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
 
-    def __getstate__(self):  # batch arrays kept for reuse never travel (a spawned worker, an exported Learner)
-        return {k:v for k,v in self.__dict__.items() if k != '_pool'}
+    def __getstate__(self):  # batch arrays kept for reuse and reads in flight never travel (a worker, an exported Learner)
+        return {k:v for k,v in self.__dict__.items() if k not in ('_pool', 'pending')} | {'pending': {}}
     def __setstate__(self, d): self.__dict__.update(d)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from abc import abstractmethod
 from contextlib import contextmanager
+from contextvars import ContextVar
 from collections.abc import MutableMapping
 import numpy as np
 from .codec import ShelfError
@@ -63,10 +64,12 @@ class VerifyReport(list):
     def bad(self) -> list: return list(self)  # its repr stays the list's: what scripts printed
 
 RAISE = object()  # `get_many(keys, default=RAISE)`: a missing key raises `MissingKeyError` (a `KeyError`)
+# Records `ShelfBase.batch` serves, by shelf: per thread and per block, so two loaders on one shelf never see each other's
+_served = ContextVar('fastai_shelve_served', default={})
 
 class ShelfBase(MutableMapping):
     "The shelf interface: the read side every backend implements; the write side implemented or refused with a `ReadOnlyError`."
-    _batch, table, order = None, None, None  # `order`: the build table's row of each key (a Series), None if not kept
+    table, order = None, None  # `order`: the build table's row of each key (a Series), None if not kept
     cannot_write = "it is open read-only: open_shelf(path, mode='c') to write"  # why the write side is refused
 
     @abstractmethod
@@ -126,9 +129,8 @@ class ShelfBase(MutableMapping):
     def _refuse(self, what): raise ReadOnlyError(f"{self.path}: cannot {what}: {self.cannot_write}")
 
     def __getitem__(self, key):
-        if self._batch is not None:
-            rec = self._batch.get(key)
-            if rec is not None: return rec
+        rec = _served.get().get(id(self), {}).get(key)
+        if rec is not None: return rec
         return self.get_many([key])[0]
     def __setitem__(self, key, rec): self.put_many([(key, rec)])
     def __delitem__(self, key): self.delete(key)
@@ -137,9 +139,10 @@ class ShelfBase(MutableMapping):
     def batch(self, keys):
         "Within this block `self[k]` for `k` in `keys` is served from one `get_many`; missing keys are left to fail later."
         recs = self.get_many(keys, default=None)
-        self._batch = {k:r for k,r in zip(keys, recs) if r is not None}
-        try: yield self._batch
-        finally: self._batch = None
+        recs = {k:r for k,r in zip(keys, recs) if r is not None}
+        token = _served.set(_served.get() | {id(self): recs})  # a copy: the blocks around this one keep theirs
+        try: yield recs
+        finally: _served.reset(token)
 
     def __iter__(self): return iter(self.keys())
     def __enter__(self): return self

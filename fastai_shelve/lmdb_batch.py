@@ -56,7 +56,7 @@ class BatchFill:
         want = self.fit(k, lay)
         raw = [(self.out[f.name], f.dtype, f.nbytes // f.dtype.itemsize, lay.start + f.offset, f.shape) for f in want if f.codec is None]
         plan = lay, raw, [(f, self.out[f.name]) for f in want if f.codec is not None]
-        if self.first is None: self.start(plan)
+        if self.first is None: self.take_first(plan)
         return plan
 
     def alloc(self, lay) -> dict:
@@ -73,7 +73,7 @@ class BatchFill:
             raise ShelfError(f"{self.path}: key {k!r} has other fields, shapes or dtypes than the batch's: use get_many")
         return want
 
-    def start(self, plan):
+    def take_first(self, plan):
         "Take the first record's plan, values, and whether copies use threads."
         self.first, self.first_plan = plan[0], plan
         self.values = [nm for nm in plan[0].values if nm in self.out]
