@@ -7,7 +7,7 @@ from fastai_shelve.shards import build_sharded
 from fastai_shelve.sharded_shelf import ShardedShelf, shard_of
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.data import ShelfDataLoaders
-from conftest import write_bars, kill_when
+from conftest import write_bars, kill_at_commit
 
 KW = dict(suff='.jpg', label_col=['a', 'b', 'c'], size=48)
 
@@ -51,8 +51,8 @@ def test_kill_one_shards_task_then_rerun_finishes_only_it(sharded):
     shard1 = d/'sh'/'shard-001.shelf'
     for p in (shard1, d/'sh'/'shard-001.shelf-lock'): p.unlink()
     part.to_csv(d/'part1.csv', index=False); (d/'task.py').write_text(KILLED_SHARD)
-    assert kill_when([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)], shard1, 3)
-    with open_shelf(shard1) as s: n = len(s); assert 0 < n < len(part) and not s.verify()
+    _, committed = kill_at_commit([sys.executable, str(d/'task.py'), str(d/'part1.csv'), str(shard1), str(d)], 3)
+    with open_shelf(shard1) as s: n = len(s); assert n == committed and 0 < n < len(part) and not s.verify()
     reports = build_sharded(df, d/'sh', 3, d, n_workers=2, **KW)
     assert [r['written'] for r in reports] == [0, len(part) - n, 0]
     with open_shelf(d/'sh') as sh: assert len(sh) == 40 and not sh.verify()
