@@ -26,14 +26,14 @@ from .store import open_shelf
 from .images import BuildSettings
 from .labels import block_kind, label_columns
 from .meta import ShelfMeta, record_meta
-from .fetch import ShelfDL, ShelfReader, needs_pil, items_need_pil
+from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
 from .splits import shelf_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
-__all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'PilWhenNeeded', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock',
-           'ShelfMaskBlock', 'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel',
-           'RegressionLabel', 'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items',
-           'shelf_dblock', 'ShelfDataLoaders']
+__all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
+           'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel',
+           'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock',
+           'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -46,15 +46,8 @@ class PILImageGray(PILImageBW):
     "A one-channel PIL image that becomes a `TensorImageGray`."
     _tensor_cls = TensorImageGray
 
-class PilWhenNeeded:
-    "A type transform that makes PIL images (`makes_pil`) when the loader's item transforms need what fastai's files give."
-    def for_item_tfms(self, item_tfms):
-        "Told by `ShelfDL` which item transforms follow: decide whether to make PIL images."
-        if items_need_pil(item_tfms): self.makes_pil = True
-
 class ArrayToImage(PilWhenNeeded, Transform):
     "uint8 (H,W) → `TensorImageGray` (1,H,W); (H,W,C) → `TensorImage` (C,H,W), no copy; with `pil`, PIL images (fastai's item tfms)."
-    def __init__(self, pil:bool=False): super().__init__(); self.makes_pil = pil
     def encodes(self, o:np.ndarray):
         if self.makes_pil: return (PILImageGray if o.ndim == 2 else PILImage).create(o)
         t = torch.from_numpy(o)
@@ -67,7 +60,6 @@ class ArrayToImage(PilWhenNeeded, Transform):
 class ArrayToMask(PilWhenNeeded, Transform):
     "An integer (H,W) array → `TensorMask` (with `pil`, a `PILMask`, for fastai's item transforms)."
     loss_func = CrossEntropyLossFlat(axis=1)  # what fastai's `MaskBlock` gives `unet_learner` to infer
-    def __init__(self, pil:bool=False): super().__init__(); self.makes_pil = pil
     def encodes(self, o:np.ndarray): return PILMask.create(o) if self.makes_pil else TensorMask(torch.from_numpy(o))
     def encodes_batch(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
 

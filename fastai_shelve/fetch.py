@@ -19,8 +19,8 @@ from .codec import ShelfError
 from .interface import ShelfBase, shelf_here
 
 # %% auto #0
-__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'items_need_pil', 'type_tfms', 'one_ahead',
-           'batch_tensors', 'CudaAhead', 'AheadDL', 'BatchPool', 'ahead_thread', 'read_ahead', 'ShelfDL']
+__all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'items_need_pil', 'PilWhenNeeded', 'type_tfms',
+           'one_ahead', 'batch_tensors', 'CudaAhead', 'AheadDL', 'BatchPool', 'ahead_thread', 'read_ahead', 'ShelfDL']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -62,6 +62,14 @@ def needs_pil(tfm) -> bool:
 def items_need_pil(item_tfms) -> bool:
     "Do item transforms `item_tfms` need PIL images: one runs per item, after a `ToTensor` (a `DataBlock`'s always has one)?"
     return any(map(needs_pil, item_tfms)) and any(isinstance(f, ToTensor) for f in item_tfms)
+
+class PilWhenNeeded:
+    "A type transform making PIL images (`makes_pil`, or `pil`) when the item transforms after it need what fastai's files give."
+    # The transform decides, told by `ShelfDL` which item transforms follow: the loader sets no attribute of another module's
+    def __init__(self, pil:bool=False): super().__init__(); self.makes_pil = pil
+    def for_item_tfms(self, item_tfms):
+        "Make PIL images if `item_tfms` need them."
+        if items_need_pil(item_tfms): self.makes_pil = True
 
 def type_tfms(dataset) -> list:
     "The type transforms of each part of `dataset`."
