@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
 from .codec import COMPRESSIONS
-from .lmdb_shelf import DECODE_THREADS
+from .lmdb_batch import DECODE_THREADS
 from .store import open_shelf
 from .workers import stream_map
 

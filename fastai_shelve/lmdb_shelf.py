@@ -9,7 +9,7 @@ from pathlib import Path
 from contextlib import contextmanager, suppress
 import numpy as np, pandas as pd, lmdb
 from fastcore.basics import store_attr, ifnone
-from .codec import (ShelfError, RecordError, FormatVersionError, FORMAT_VERSION, encode_record, decode_record,
+from .codec import (ShelfError, RecordError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
                                  seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
 from .meta import ShelfMeta
@@ -17,7 +17,6 @@ from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError,
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
-from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM  # users imported them from here
 import fastai_shelve
 
 # %% auto #0

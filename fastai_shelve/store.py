@@ -7,19 +7,12 @@ from __future__ import annotations
 import dbm
 from pathlib import Path
 from .codec import ShelfError
-from .interface import ShelfBase, PickleRefusedError, ShelfNotFoundError, VerifyReport, frame_key, frame_file, shelf_here
-from .meta import ShelfMeta
+from .interface import ShelfBase, PickleRefusedError, ShelfNotFoundError
 from .lmdb_check import check_regular, check_lmdb_file
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf, pickle_refusal
 from .sharded_shelf import ShardedShelf, MANIFEST
-# Names users import from `store` since before the backends had modules of their own.
-from .interface import (RAISE, key_bytes, PixelStats, ShelfClosedError, ReadOnlyError, DamagedStoreError,
-                                     ShelfAccessError, BadKeyError, MissingKeyError, KeyTypeError, MissingShardError)
-from .lmdb_env import LOCK_BYTES, read_only_fs, prepare_lock, os_reason
-from .lmdb_check import LMDB_MAGIC, check_lmdb_size, check_structure, check_replaceable
-from .lmdb_batch import DECODE_THREADS, COPY_THREADS_FROM
-from .sharded_shelf import shard_of, shard_names, read_manifest, write_manifest, claim_shard, count_shards
+
 
 # %% auto #0
 __all__ = ['shelf_kind', 'open_shelf']

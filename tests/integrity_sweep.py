@@ -159,7 +159,8 @@ def damage_meta(src:Path, dst:Path, kind:str, rnd:random.Random):
 
 def make_sharded(d:Path, compression=None, n:int=280):
     "A folder of 2 shards holding `make_shelf`'s records (another call: the same records, other shard ids)."
-    from fastai_shelve.store import open_shelf, write_manifest, claim_shard
+    from fastai_shelve.store import open_shelf
+    from fastai_shelve.sharded_shelf import write_manifest, claim_shard
     write_manifest(d, 2)
     for i in range(2): claim_shard(d, i)
     rng, recs = np.random.default_rng(0), {}

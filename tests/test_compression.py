@@ -154,7 +154,7 @@ def test_big_batch_copies_on_threads_equal_items(tmp_path, codec):
     "A batch over `COPY_THREADS_FROM` bytes copies its raw fields on the decode threads: the same arrays, every field and value."
     import cv2
     from skimage import data
-    from fastai_shelve.lmdb_shelf import COPY_THREADS_FROM, DECODE_THREADS
+    from fastai_shelve.lmdb_batch import COPY_THREADS_FROM, DECODE_THREADS
     base = cv2.resize(data.camera(), (640, 480))
     with open_shelf(tmp_path/'b.shelf', 'n', compression=codec) as s:
         for i in range(24):

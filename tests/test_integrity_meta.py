@@ -3,7 +3,8 @@ import os, json, shutil
 import numpy as np, pandas as pd, pytest
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.interface import DamagedStoreError
-from fastai_shelve.store import open_shelf, write_manifest, claim_shard
+from fastai_shelve.store import open_shelf
+from fastai_shelve.sharded_shelf import write_manifest, claim_shard
 
 def _shelf(p, n=6):
     with open_shelf(p, 'c') as s:
