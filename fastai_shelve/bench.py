@@ -749,7 +749,8 @@ def format_table(rows, targets, facts) -> str:
     for sec, g in df.groupby('section', sort=True):
         g = g.dropna(axis=1, how='all').drop(columns='section')
         out += ['', f'== {sec}', g.to_string(index=False, float_format=lambda v: f'{v:.4g}')]
-    if any(str(r.get('name', '')).startswith('FFCV') for r in rows): out += ['', FFCV_MOVES]
+    # the note explains the median columns: runs from before they were measured have none
+    if any(str(r.get('name', '')).startswith('FFCV') and 'img_s_median' in r for r in rows): out += ['', FFCV_MOVES]
     out += ['', '== targets'] + [f"{'MET ' if ok else 'MISS'}  {t}: {m}" for t,m,ok,_ in targets]
     return '\n'.join(out)
 
