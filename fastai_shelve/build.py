@@ -17,10 +17,10 @@ from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_fi
 from .lmdb_shelf import Shelf
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
-from .images import BuildSettings, is_dicom, load_mask
+from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-from .meta import ShelfMeta, record_meta
+from .meta import ShelfMeta
 
 # %% auto #0
 __all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'BuildReport', 'refuse_retired', 'build_shelf',

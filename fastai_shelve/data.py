@@ -23,9 +23,9 @@ from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
 from .interface import ShelfBase, frame_file, shelf_here
 from .store import open_shelf
-from .images import BuildSettings
+from .images import BuildSettings, record_meta
 from .labels import block_kind, label_columns
-from .meta import ShelfMeta, record_meta
+from .meta import ShelfMeta
 from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
 from .splits import shelf_splitter, VALID_PCT, SEED, VALID_COL
 

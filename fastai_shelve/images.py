@@ -13,8 +13,8 @@ from fastcore.meta import delegates
 from .codec import ShelfError, FormatVersionError
 
 # %% auto #0
-__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'load_image',
-           'load_frames', 'target_size', 'load_mask']
+__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'record_meta',
+           'load_image', 'load_frames', 'target_size', 'load_mask']
 
 # %% ../nbs/02a_images.ipynb #fc75563c
 SCALES = ('minmax', 'percentile', 'legacy')
@@ -354,6 +354,16 @@ class BuildSettings:
     def _fit(self, a:np.ndarray) -> np.ndarray: return _resize(a, self.out_size(a.shape[1], a.shape[0]))
     def __eq__(self, other): return isinstance(other, BuildSettings) and self.as_meta() == other.as_meta()
     def __repr__(self): return f"BuildSettings({', '.join(f'{k}={getattr(self, k)!r}' for k in self.fields)})"
+
+# %% ../nbs/02a_images.ipynb #b1d0e7a2
+def record_meta(rec:dict) -> dict:
+    "The metadata a build would have written, inferred from one record `rec` (for shelves from elsewhere)."
+    img, lab, meta = rec.get('image'), rec.get('labels'), {}
+    if isinstance(img, np.ndarray):  # a shelf from elsewhere scaled 16-bit input as schema-1 builds did: 'legacy'
+        meta.update(build=BuildSettings(size=list(img.shape[:2]), gray=img.ndim == 2, scale='legacy').as_meta(),
+                    image_mode='L' if img.ndim == 2 else 'RGB')
+    if isinstance(lab, np.ndarray): meta.update(label_kind='multi', label_names=[str(i) for i in range(lab.size)])
+    return meta
 
 # %% ../nbs/02a_images.ipynb #94636aa8
 @delegates(BuildSettings)
