@@ -15,24 +15,25 @@ from .store import open_shelf
 from .workers import stream_map
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'MEMCPY', 'FFCV_MOVES', 'best_of', 'drop_caches',
-           'synth_images', 'machine_facts', 'real_bases', 'real_images', 'bench_fetch', 'bench_scale',
-           'SeedBatchedDataset', 'memcpy_row', 'bench_loaders', 'ffcv_status', 'bench_ffcv', 'bench_build',
-           'bench_size', 'evict', 'FileBatches', 'bench_compress', 'loader_over_fetch', 'bench_augment', 'bench_gpu',
-           'check_targets', 'format_table', 'run_bench']
+__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'COPY_NP', 'COPY_TORCH', 'OURS_U8', 'FFCV_MOVES',
+           'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'real_bases', 'real_images', 'bench_fetch',
+           'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_copy', 'ffcv_status', 'bench_ffcv',
+           'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress', 'loader_over_fetch', 'bench_augment',
+           'bench_gpu', 'check_targets', 'format_table', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #1d131f47
 FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), scale_side=128,
             dl_n=640, dl_side=512, seed_aug_imgs=32, build_sizes=(200, 2000), build_side=2000, seed_build_n=2000, aug_side=512, aug_n=(50, 3),
-            comp_n=512, comp_side=704, gpu_n=3072, gpu_side=512, gpu_bs=64)
+            comp_n=512, comp_side=704, gpu_n=3072, gpu_side=512, gpu_bs=64, copy_n=640, copy_sides=(512, 704))
 QUICK = dict(n=200, side=256, bs=32, n_batches=8, scale=(500, 2000), scale_side=64,
              dl_n=128, dl_side=256, seed_aug_imgs=16, build_sizes=(30, 90), build_side=1500, seed_build_n=30, aug_side=256, aug_n=(10, 1),
-             comp_n=48, comp_side=128, gpu_n=512, gpu_side=256, gpu_bs=64)
+             comp_n=48, comp_side=128, gpu_n=512, gpu_side=256, gpu_bs=64, copy_n=128, copy_sides=(256,))
 
 # %% ../nbs/08_bench.ipynb #b3e1a9c2
 # The test suite's sizes: every section and code path runs, in seconds; figures at this size mean nothing.
 TINY = {**QUICK, **dict(n=48, side=64, bs=8, n_batches=2, scale=(100, 300), scale_side=16, dl_n=32, dl_side=64,
-                        seed_aug_imgs=4, build_sizes=(4, 8), build_side=96, seed_build_n=4, aug_side=64, aug_n=(2, 1))}
+                        seed_aug_imgs=4, build_sizes=(4, 8), build_side=96, seed_build_n=4, aug_side=64, aug_n=(2, 1),
+                        copy_n=32, copy_sides=(64,))}
 
 # %% ../nbs/08_bench.ipynb #cc17293c
 def best_of(f, repeat:int=3) -> float:
@@ -273,20 +274,6 @@ def _epoch(dl, limit:int=None) -> tuple:
         if limit and n >= limit: break
     return n, time.perf_counter() - t0
 
-MEMCPY = f'in-RAM images copied into a batch on {DECODE_THREADS} threads (memcpy ceiling)'
-
-def memcpy_row(d:Path, bs:int, repeat:int=5) -> dict:
-    "A section 3 row: random batches of section 3's images, held in RAM, copied row by row into a batch on the threads `get_batch` copies on."
-    from concurrent.futures import ThreadPoolExecutor
-    ram = np.array(np.load(d/'images.npy', mmap_mode='r'))
-    ix = np.random.default_rng(0).permutation(len(ram))[:len(ram) // bs * bs].reshape(-1, bs)
-    out, k = np.empty((bs,) + ram.shape[1:], ram.dtype), DECODE_THREADS
-    def rows(i, j):
-        for r in range(j, bs, k): out[r] = ram[i[r]]
-    with ThreadPoolExecutor(k) as pool:  # the most any loader can hand over: no lookups, no checks, a batch no one holds
-        t = best_of(lambda: [list(pool.map(rows, [i] * k, range(k))) for i in ix], repeat)
-    return dict(section='3 loaders', name=MEMCPY, aug=False, workers=0, stage='uint8', images=ix.size, img_s=ix.size/t)
-
 def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
     "Rows for section 3: img/s of the three loaders, without and with augmentation, 0 and 2 workers."
     import logging; logging.getLogger('albumentations').setLevel(logging.ERROR)
@@ -296,7 +283,7 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
     from fastai_shelve.data import XRAY_STATS
     d.mkdir(parents=True, exist_ok=True)
     keys = _write_stores(d, n, side)
-    rows = [memcpy_row(d, bs)]
+    rows = []
     df = pd.DataFrame({'fn': [f'{k}.png' for k in keys], 'y0': 0, 'y1': 1})
     crop = side * 7 // 8
     norm = Normalize.from_stats(*XRAY_STATS, cuda=False)
@@ -328,6 +315,51 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
                     m, t = _epoch(it, seed_aug_imgs if slow else None)
                     rows.append(dict(section='3 loaders', name=k, aug=aug, workers=w, stage=stage, images=m, img_s=m/t))
     return rows
+
+# %% ../nbs/08_bench.ipynb #c0a1b2c4
+COPY_NP = f'in-RAM images copied into a batch, a row at a time on {DECODE_THREADS} threads (numpy, as get_batch copies)'
+COPY_TORCH = "in-RAM images copied into a batch, one torch.stack on torch's threads"
+OURS_U8 = 'ours ShelfDataLoaders uint8, beside the copies'
+
+def _copied(ix, copy) -> tuple:
+    "(images, seconds) of `copy(i)` for each batch `i` of key indices `ix`."
+    t0 = time.perf_counter()
+    for i in ix: copy(i)
+    return ix.size, time.perf_counter() - t0
+
+def bench_copy(d:Path, n:int, side:int, bs:int, rounds:int=7) -> list:
+    "Section 3 rows at `side`x`side`: our uint8 loader and two copy ceilings, in interleaved rounds: best, median, spread."
+    from concurrent.futures import ThreadPoolExecutor
+    from fastai_shelve.data import ShelfDataLoaders
+    d.mkdir(parents=True, exist_ok=True)
+    ram, lab = np.stack(list(synth_images(n, side))), np.zeros(11, np.int8)
+    with open_shelf(d/'ours.shelf', 'n') as s:
+        for j in range(0, n, 128): s.put_many([(f'{i:06d}', {'image': ram[i], 'labels': lab}) for i in range(j, min(j + 128, n))])
+    dl = ShelfDataLoaders.from_shelf(d/'ours.shelf', bs=bs, normalize=False, seed=0, device='cpu').train.new(after_batch=None)
+    ix = np.random.default_rng(0).permutation(n)[:n // bs * bs].reshape(-1, bs)  # random batches, as the loader shuffles
+    out, k = np.empty((bs, side, side), np.uint8), DECODE_THREADS
+    def rows(i, j):
+        for r in range(j, bs, k): out[r] = ram[i[r]]
+    ts, tout = [torch.from_numpy(a) for a in ram], torch.from_numpy(out)
+    def np_copy(i):  # as `get_batch` copies: this thread takes the first share of the rows, the pool the others
+        futs = [pool.submit(rows, i, j) for j in range(1, k)]
+        rows(i, 0)
+        for f in futs: f.result()
+    with ThreadPoolExecutor(max(k - 1, 1)) as pool:
+        runs = {COPY_NP: lambda: _copied(ix, np_copy),
+                COPY_TORCH: lambda: _copied(ix, lambda i: torch.stack([ts[j] for j in i], out=tout)),
+                OURS_U8: lambda: _epoch(dl)}
+        for f in runs.values(): f()  # warm-up: pages faulted in, threads started
+        got = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, f in runs.items(): got[name].append(f())
+    res = []
+    for name, ms in got.items():
+        rates = sorted(m / t for m, t in ms)
+        res.append(dict(section='3 loaders', name=name, side=side, aug=False, workers=0, stage='uint8', images=ms[0][0],
+                        img_s=rates[-1], img_s_median=float(np.median(rates)), spread=f'{rates[0]:,.0f}-{rates[-1]:,.0f}'))
+    return res
+
 
 # %% ../nbs/08_bench.ipynb #7f3b2d11
 def ffcv_status() -> str|None:
@@ -661,16 +693,17 @@ def check_targets(rows, sizes) -> list:
             if o and t: add(f"ours >= {need}x {other.split(' (')[0]}, {'X-ray recipe' if aug else 'no aug'}, {stage}, {w} workers",
                             f"{o['img_s']/t['img_s']:.1f}x", o['img_s'] / t['img_s'] / need)
     ours = [r['img_s'] for r in rows if r['name'].startswith('ours ShelfDataLoaders') and r.get('stage') == 'uint8' and not r.get('aug')]
-    cpy = _get(rows, section='3 loaders', name=MEMCPY)
-    if ours and cpy: add('ours ShelfDataLoaders uint8 >= 0.8x the memcpy ceiling (same run)', f"{max(ours)/cpy['img_s']:.2f}x",
-                         max(ours) / cpy['img_s'] / 0.8)
+    for side in sorted({r['side'] for r in rows if r['name'] == OURS_U8}):
+        o, cn, ct = (_get(rows, name=nm, side=side)['img_s_median'] for nm in (OURS_U8, COPY_NP, COPY_TORCH))
+        add(f'ours ShelfDataLoaders uint8 >= 0.8x the memcpy ceiling at {side}x{side} (medians of the same rounds)',
+            f"{o/cn:.2f}x numpy's row copies ({o:,.0f} vs {cn:,.0f} img/s); {o/ct:.2f}x one torch.stack ({ct:,.0f})", o / cn / 0.8)
     ff = {}
     for r in rows:
         if r['name'].startswith('FFCV'): ff[r['name']] = max(ff.get(r['name'], 0), r.get('img_s_median', r['img_s']))  # its median
     if ours and ff:
-        best, cpy = max(ff.values()), _get(rows, section='3 loaders', name=MEMCPY)
+        best, cpy = max(ff.values()), _get(rows, name=COPY_TORCH, side=sizes['dl_side'])
         # 3x FFCV's raw arrays can be more than this machine can copy: the line says so, from the same run
-        ceil = f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's memcpy of those bytes = {cpy['img_s']:,.0f} img/s" if cpy else ''
+        ceil = f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's fastest copy of those bytes = {cpy['img_s']:,.0f} img/s" if cpy else ''
         add("ours >= 3x FFCV's best Loader, no aug, uint8 (ours best, FFCV's median)", f'{max(ours)/best:.1f}x{ceil}', max(ours) / best / 3)
         nd = [v for k,v in ff.items() if 'NDArrayField' in k]
         if nd: add('ours >= 1x FFCV NDArrayField (raw)', f'{max(ours)/max(nd):.2f}x ({max(ours):,.0f} vs {max(nd):,.0f} img/s)', max(ours) / max(nd))
@@ -769,6 +802,7 @@ def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7, 
     if 2 in sections: step('2 scale'); rows += bench_scale(out/'scale', c['scale'], c['scale_side'], c['bs'])
     if 3 in sections:
         step('3 loaders'); rows += bench_loaders(out/'loaders', c['dl_n'], c['dl_side'], c['bs'], c['seed_aug_imgs'])
+        for side in c['copy_sides']: rows += bench_copy(out/'copy'/str(side), c['copy_n'], side, c['bs'])
         facts['ffcv'] = ffcv_status() or 'measured'
         if facts['ffcv'] == 'measured': rows += bench_ffcv(out/'loaders', c['bs'])
         else: step(f"FFCV not measured: {facts['ffcv']}")
