@@ -703,7 +703,8 @@ def check_targets(rows, sizes) -> list:
     if ours and ff:
         best, cpy = max(ff.values()), _get(rows, name=COPY_TORCH, side=sizes['dl_side'])
         # 3x FFCV's raw arrays can be more than this machine can copy: the line says so, from the same run
-        ceil = f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's fastest copy of those bytes = {cpy['img_s']:,.0f} img/s" if cpy else ''
+        ceil = (f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's fastest copy of those bytes = {cpy['img_s']:,.0f} img/s"
+                if cpy else '')
         add("ours >= 3x FFCV's best Loader, no aug, uint8 (ours best, FFCV's median)", f'{max(ours)/best:.1f}x{ceil}', max(ours) / best / 3)
         nd = [v for k,v in ff.items() if 'NDArrayField' in k]
         if nd: add('ours >= 1x FFCV NDArrayField (raw)', f'{max(ours)/max(nd):.2f}x ({max(ours):,.0f} vs {max(nd):,.0f} img/s)', max(ours) / max(nd))
