@@ -15,11 +15,11 @@ from .store import open_shelf
 from .workers import stream_map
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'COPY_NP', 'COPY_TORCH', 'OURS_U8', 'FFCV_MOVES',
-           'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'real_bases', 'real_images', 'bench_fetch',
-           'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_copy', 'ffcv_status', 'bench_ffcv',
-           'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress', 'loader_over_fetch', 'bench_augment',
-           'bench_gpu', 'check_targets', 'format_table', 'run_bench']
+__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'COPY_NP', 'COPY_TORCH', 'OURS_U8', 'OURS_FFCV',
+           'FFCV_MOVES', 'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'real_bases', 'real_images',
+           'bench_fetch', 'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_copy', 'ffcv_status',
+           'bench_ffcv', 'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress', 'loader_over_fetch',
+           'bench_augment', 'bench_gpu', 'check_targets', 'format_table', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #1d131f47
 FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), scale_side=128,
@@ -333,6 +333,7 @@ def bench_copy(d:Path, n:int, side:int, bs:int, rounds:int=7) -> list:
     from fastai_shelve.data import ShelfDataLoaders
     d.mkdir(parents=True, exist_ok=True)
     ram, lab = np.stack(list(synth_images(n, side))), np.zeros(11, np.int8)
+    np.save(d/'images.npy', ram)  # what FFCV's files are written from (`bench_ffcv`)
     with open_shelf(d/'ours.shelf', 'n') as s:
         for j in range(0, n, 128): s.put_many([(f'{i:06d}', {'image': ram[i], 'labels': lab}) for i in range(j, min(j + 128, n))])
     dl = ShelfDataLoaders.from_shelf(d/'ours.shelf', bs=bs, normalize=False, seed=0, device='cpu').train.new(after_batch=None)
@@ -367,8 +368,10 @@ def ffcv_status() -> str|None:
     try: import ffcv.loader, ffcv.writer; return None
     except Exception as e: return f'{type(e).__name__}: {e}'[:120]
 
+OURS_FFCV = 'ours ShelfDataLoaders, beside FFCV'
+
 def bench_ffcv(d:Path, bs:int, workers=(1, 2), rounds:int=5) -> list:
-    "Section 3 rows: FFCV's `Loader` over section 3's records in three fields, and our loader beside them; interleaved, best of `rounds`."
+    "Section 3 rows: FFCV's `Loader` over `d`'s images (`bench_copy`'s) in three fields, and our loader beside them; interleaved rounds."
     from ffcv.writer import DatasetWriter
     from ffcv.fields import NDArrayField, RGBImageField
     from ffcv.fields.decoders import NDArrayDecoder, SimpleRGBImageDecoder
@@ -396,7 +399,7 @@ def bench_ffcv(d:Path, bs:int, workers=(1, 2), rounds:int=5) -> list:
             loaders[f'FFCV Loader ({k})', w] = Loader(str(beton), batch_size=bs, num_workers=w, order=OrderOption.RANDOM, os_cache=True,
                 drop_last=True, pipelines={'image': [dec(), ToTensor()], 'label': [NDArrayDecoder(), ToTensor()]})
     ours = ShelfDataLoaders.from_shelf(d/'ours.shelf', bs=bs, normalize=False, seed=0, device='cpu')
-    loaders['ours ShelfDataLoaders, beside FFCV', 0] = ours.train.new(after_batch=None)
+    loaders[OURS_FFCV, 0] = ours.train.new(after_batch=None)
     for dl in loaders.values(): _epoch(dl)  # warm-up: numba compiles FFCV's pipelines in the first epoch
     times = {k: [] for k in loaders}
     for _ in range(rounds):  # interleaved rounds: drift in machine speed hits every loader alike
@@ -407,7 +410,7 @@ def bench_ffcv(d:Path, bs:int, workers=(1, 2), rounds:int=5) -> list:
         # FFCV's rate moves from run to run (its os_cache pages, whether the kernel backs them with huge pages, numba's
         # warm-up, a shared machine): its median over the rounds and their spread beside the best
         rates = sorted(k / s for k, s in ts)
-        rows.append(dict(section='3 loaders', name=name, aug=False, workers=w, stage='uint8', images=m, img_s=m/t,
+        rows.append(dict(section='3 loaders', name=name, side=mm.shape[1], aug=False, workers=w, stage='uint8', images=m, img_s=m/t,
                          img_s_median=float(np.median(rates)), spread=f'{rates[0]:,.0f}-{rates[-1]:,.0f}'))
     return rows
 
@@ -697,21 +700,22 @@ def check_targets(rows, sizes) -> list:
         o, cn, ct = (_get(rows, name=nm, side=side)['img_s_median'] for nm in (OURS_U8, COPY_NP, COPY_TORCH))
         add(f'ours ShelfDataLoaders uint8 >= 0.8x the memcpy ceiling at {side}x{side} (medians of the same rounds)',
             f"{o/cn:.2f}x numpy's row copies ({o:,.0f} vs {cn:,.0f} img/s); {o/ct:.2f}x one torch.stack ({ct:,.0f})", o / cn / 0.8)
-    ff = {}
-    for r in rows:
-        if r['name'].startswith('FFCV'): ff[r['name']] = max(ff.get(r['name'], 0), r.get('img_s_median', r['img_s']))  # its median
-    if ours and ff:
-        best, cpy = max(ff.values()), _get(rows, name=COPY_TORCH, side=sizes['dl_side'])
+    for side in sorted({r.get('side') for r in rows if r['name'].startswith('FFCV')}, key=str):
+        at = [r for r in rows if r.get('side') == side]  # FFCV's loaders and ours beside them, in the same rounds
+        ff, o = {}, _get(at, name=OURS_FFCV)
+        for r in at:
+            if r['name'].startswith('FFCV'): ff[r['name']] = max(ff.get(r['name'], 0), r['img_s_median'])  # a worker count's
+        if not ff or o is None: continue
+        o, best, cpy, at_side = o['img_s_median'], max(ff.values()), _get(at, name=COPY_TORCH), f' at {side}x{side}' if side else ''
         # 3x FFCV's raw arrays can be more than this machine can copy: the line says so, from the same run
-        ceil = (f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's fastest copy of those bytes = {cpy['img_s']:,.0f} img/s"
-                if cpy else '')
-        add("ours >= 3x FFCV's best Loader, no aug, uint8 (ours best, FFCV's median)", f'{max(ours)/best:.1f}x{ceil}', max(ours) / best / 3)
-        nd = [v for k,v in ff.items() if 'NDArrayField' in k]
-        if nd: add('ours >= 1x FFCV NDArrayField (raw)', f'{max(ours)/max(nd):.2f}x ({max(ours):,.0f} vs {max(nd):,.0f} img/s)', max(ours) / max(nd))
+        ceil = f"; ceiling: 3x FFCV's best = {3*best:,.0f} img/s, this machine's fastest copy of those bytes = {cpy['img_s']:,.0f}" if cpy else ''
+        add(f"ours >= 3x FFCV's best Loader, no aug, uint8{at_side} (medians)", f'{o/best:.1f}x{ceil}', o / best / 3)
+        nd = max((v for k,v in ff.items() if 'NDArrayField' in k), default=None)
+        if nd: add(f'ours >= 1x FFCV NDArrayField (raw){at_side} (medians)', f'{o/nd:.2f}x ({o:,.0f} vs {nd:,.0f} img/s)', o / nd)
         img = {k: v for k,v in ff.items() if 'ImageField' in k}
         if img:
             k = max(img, key=img.get)
-            add("ours >= 3x FFCV's best image-field Loader", f'{max(ours)/img[k]:.1f}x ({k[len("FFCV Loader ("):-1]})', max(ours) / img[k] / 3)
+            add(f"ours >= 3x FFCV's best image-field Loader{at_side} (medians)", f'{o/img[k]:.1f}x ({k[len("FFCV Loader ("):-1]})', o / img[k] / 3)
     fast, slow = _get(rows, name='FastPiecewiseAffine (p=1)'), _get(rows, name='albumentations PiecewiseAffine (p=1)')
     if fast and slow:
         x = slow['ms_per_img'] / fast['ms_per_img']
@@ -803,10 +807,11 @@ def run_bench(out='bench_out', quick:bool=False, sections=(1, 2, 3, 4, 5, 6, 7, 
     if 2 in sections: step('2 scale'); rows += bench_scale(out/'scale', c['scale'], c['scale_side'], c['bs'])
     if 3 in sections:
         step('3 loaders'); rows += bench_loaders(out/'loaders', c['dl_n'], c['dl_side'], c['bs'], c['seed_aug_imgs'])
-        for side in c['copy_sides']: rows += bench_copy(out/'copy'/str(side), c['copy_n'], side, c['bs'])
         facts['ffcv'] = ffcv_status() or 'measured'
-        if facts['ffcv'] == 'measured': rows += bench_ffcv(out/'loaders', c['bs'])
-        else: step(f"FFCV not measured: {facts['ffcv']}")
+        if facts['ffcv'] != 'measured': step(f"FFCV not measured: {facts['ffcv']}")
+        for side in c['copy_sides']:
+            rows += bench_copy(out/'copy'/str(side), c['copy_n'], side, c['bs'])
+            if facts['ffcv'] == 'measured': rows += bench_ffcv(out/'copy'/str(side), c['bs'])
     if 6 in sections: step('6 augment'); rows += bench_augment(c['aug_side'], *c['aug_n'])
     if 8 in sections or 'gpu' in sections:
         step('8 gpu')
