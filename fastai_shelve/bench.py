@@ -695,7 +695,6 @@ def check_targets(rows, sizes) -> list:
             t = _get(rows, name=other, aug=aug, workers=w, stage=stage)
             if o and t: add(f"ours >= {need}x {other.split(' (')[0]}, {'X-ray recipe' if aug else 'no aug'}, {stage}, {w} workers",
                             f"{o['img_s']/t['img_s']:.1f}x", o['img_s'] / t['img_s'] / need)
-    ours = [r['img_s'] for r in rows if r['name'].startswith('ours ShelfDataLoaders') and r.get('stage') == 'uint8' and not r.get('aug')]
     for side in sorted({r['side'] for r in rows if r['name'] == OURS_U8}):
         o, cn, ct = (_get(rows, name=nm, side=side)['img_s_median'] for nm in (OURS_U8, COPY_NP, COPY_TORCH))
         add(f'ours ShelfDataLoaders uint8 >= 0.8x the memcpy ceiling at {side}x{side} (medians of the same rounds)',
