@@ -140,6 +140,9 @@ class ShelfGetter(ShelfReader):
 class TargetGetter(ShelfGetter):
     "A getter of a record's targets, written once for a whole batch (`encodes_batch`): one record is a batch of one."
     def post(self, x): return self.encodes_batch(np.asarray(x)[None])[0]
+    def values(self, keys:list, n:int=4096) -> list:
+        "The targets of shelf keys `keys`, read `n` records at a time: what reading them one by one gives."
+        return [v for i in range(0, len(keys), n) for v in self.encodes_batch(self.shelf.get_batch(keys[i:i+n], [self.field])[self.field])]
 
 class MultiLabels(TargetGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
@@ -179,7 +182,13 @@ class RegressionLabel(TargetGetter):
 # fastai's target transforms, each written once for a whole batch (`ShelfDL` runs them so); an item is a batch of one,
 # so the per-item path (`test_dl`, `predict`, item transforms) cannot disagree with it. `decodes` and `setups` are fastai's.
 class ShelfCategorize(Categorize):
-    "fastai's `Categorize`, on a batch of values at once."
+    "fastai's `Categorize`, on a batch of values at once; its vocab, as fastai's, the training items' values."
+    def setups(self, dsets):
+        fs, items = getattr(getattr(dsets, 'tfms', None), 'fs', []), list(getattr(dsets, 'items', []))
+        # A shelf's keys through their target getter alone: their values read a chunk of records at a time, not one by one
+        if self.vocab is None and len(fs) == 1 and isinstance(fs[0], TargetGetter) and all(isinstance(o, str) for o in items):
+            dsets = fs[0].values(items)
+        super().setups(dsets)
     def codes(self, o) -> torch.Tensor:
         "The vocab indices of values `o`, as fastai's `Categorize` finds one (a KeyError in its words)."
         try: return torch.tensor([self.vocab.o2i[v] for v in o])
@@ -209,10 +218,9 @@ def _regression(shelf, meta:ShelfMeta, n_out=None):
     "(block, get_y) reading the shelf's labels as floats: its float targets, a numeric category or 0/1 labels."
     kind, names = meta.label_kind, meta.label_names
     if kind == 'category':
-        values = meta.vocab
+        n, values = 1, meta.vocab
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise ShelfError(f"{shelf.path}: its categories {values[:5]} are not numbers: rebuild it with y_block=RegressionBlock")
-        n = 1
     elif kind in ('regression', 'multi'): n, values = len(names), None
     else: raise ShelfError(f"{shelf.path} has no labels for a RegressionBlock")
     if n_out is not None and n_out != n: raise ShelfError(f"RegressionBlock(n_out={n_out}), but {shelf.path} holds {n} targets per record")
@@ -232,11 +240,11 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
         raise ShelfError(f"y_block asks for {want} targets, and {shelf.path} holds {kind or 'no'} labels: "
                          f"rebuild it with build_shelf(..., y_block=...), or read them with y_block=RegressionBlock")
     if kind == 'category':
-        vocab = meta.vocab if vocab is None else list(vocab)
-        missing = [v for v in meta.vocab if v not in vocab]
+        missing = [v for v in meta.vocab if vocab is not None and v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
-        get_y = CategoryLabel(shelf, meta.vocab, files=meta.files)
-        return TransformBlock(type_tfms=ShelfCategorize(vocab=vocab, sort=False)), get_y
+        # No vocab: fastai's `CategoryBlock`'s, the training split's values sorted (a category only in validation is not in it)
+        cat = ShelfCategorize(vocab=None) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
+        return TransformBlock(type_tfms=cat), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None
     stored = names = meta.label_names
     if vocab is not None:
@@ -274,9 +282,10 @@ def _image_dblock(shelf, meta:ShelfMeta, pil:bool, y_blk, get_y, splitter, item_
     settings = BuildSettings.from_meta(meta.build)
     # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
     # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
-    if normalize is None: normalize = settings.gray
-    stats = meta.stats or {}
-    stats = (stats['mean'], stats['std']) if 'mean' in stats else XRAY_STATS
+    own = any(isinstance(f, Normalize) for f in L(batch_tfms))  # yours, as on files: fastai keeps one transform of a class
+    if own and normalize: raise ShelfError("batch_tfms has a Normalize and normalize=True adds the shelf's: pass one of the two")
+    if normalize is None: normalize = settings.gray and not own
+    stats = (meta.stats['mean'], meta.stats['std']) if 'mean' in (meta.stats or {}) else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
     db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
                    get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=files), get_y=get_y,
@@ -362,17 +371,14 @@ class ShelfDataLoaders(DataLoaders):
         "`ImageDataLoaders.from_df`, the images read from `shelf`: the rows, targets and split are `df`'s, through fastai's blocks."
         shelf = _own_handle(shelf, allow_pickle, lock)
         meta = _meta_of(shelf)
-        if (meta.build or {}).get('frame') == 'all':
-            raise ShelfError(f"{shelf.path} holds frames, several records a row: use from_shelf")
+        if (meta.build or {}).get('frame') == 'all': raise ShelfError(f"{shelf.path} holds frames, several records a row: use from_shelf")
         if img_cls is not None and issubclass(img_cls, PILImageBW) != BuildSettings.from_meta(meta.build).gray:
             held = 'gray' if not issubclass(img_cls, PILImageBW) else 'RGB'
-            raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {held} "
-                             f"images: leave img_cls out, or build another shelf")
+            raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {held} images: leave img_cls out, or build another shelf")
         col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
         items = _df_keys(df, shelf, col)
-        if y_block is None:  # as `from_df` picks
-            is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None
-            y_block = MultiCategoryBlock if is_multi else CategoryBlock
+        is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None  # as `from_df` picks its block
+        y_block = ifnone(y_block, MultiCategoryBlock if is_multi else CategoryBlock)
         pil = any(needs_pil(f) for f in L(item_tfms))
         labels = label_columns(df, label_col)
         files = dict(fn_col=str(col), pref=str(Path(path) if folder is None else Path(path)/folder), suff=suff, label_col=labels,
@@ -390,6 +396,5 @@ class ShelfDataLoaders(DataLoaders):
         if isinstance(test_items, pd.DataFrame): test_items = [r for _,r in test_items.iterrows()]
         # A str naming a file is that file, and with no shelf here (an exported Learner elsewhere) every str is: `ShelfDL`
         # reads strs as keys, and a mistyped path must say the file is missing, not that the shelf is.
-        shelf = getattr(self.train, 'shelf', None)
-        no_shelf = not shelf_here(shelf)
+        no_shelf = not shelf_here(getattr(self.train, 'shelf', None))
         return super().test_dl([Path(o) if isinstance(o, str) and (no_shelf or os.path.isfile(o)) else o for o in test_items], **kwargs)

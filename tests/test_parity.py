@@ -208,3 +208,40 @@ def test_16_bit_and_float_inputs_keep_their_range(tmp_path):
         assert a.min() == 0 and a.max() == 255 and len(np.unique(a)) == 100, (f, len(np.unique(a)))
     p = load_image(tmp_path/'unit.tiff', scale='percentile')
     assert p.min() == 0 and p.max() == 255
+
+def test_your_normalize_is_kept_as_on_files(tmp_path):
+    "A `Normalize` in `batch_tfms` is the user's, as `ImageDataLoaders.from_df` keeps it: the shelf adds none of its own."
+    from fastai.vision.all import Normalize
+    df = write_bars(tmp_path, 16, ext='.png')
+    df['fn'], df['is_valid'] = df.StudyInstanceUID + '.png', [i % 4 == 0 for i in range(16)]
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='a', size=(96, 80),
+                valid_col='is_valid', n_workers=0, progress=False)  # the files' own size: no resize on either side
+    mine = lambda: Normalize.from_stats([0.5], [0.2], cuda=False)
+    files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='a', valid_col='is_valid', bs=4, img_cls=PILImageBW,
+                                     batch_tfms=mine(), device='cpu')
+    ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, batch_tfms=mine(), device='cpu')
+    byrows = ShelfDataLoaders.from_df(df, tmp_path/'s.shelf', tmp_path, fn_col='StudyInstanceUID', label_col='a', valid_col='is_valid',
+                                      bs=4, batch_tfms=mine(), device='cpu')
+    want = files.valid.one_batch()[0]
+    for dls in (ours, byrows):
+        (n,) = [f for f in dls.after_batch.fs if isinstance(f, Normalize)]
+        assert (n.mean.item(), n.std.item()) == pytest.approx((0.5, 0.2))
+        assert torch.equal(dls.valid.one_batch()[0], want)
+    with pytest.raises(ShelfError, match="Normalize and normalize=True"):
+        ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, batch_tfms=mine(), normalize=True)
+
+def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
+    "A category seen only in validation is not in the vocab, as fastai's `Categorize` learns it from the training split."
+    df = write_bars(tmp_path, 12, ext='.png')
+    df['fn'], df['is_valid'] = df.StudyInstanceUID + '.png', [i >= 9 for i in range(12)]
+    df['y'] = ['a', 'b'] * 4 + ['a', 'rare', 'a', 'b']  # 'rare': one validation row
+    build_shelf(df, tmp_path/'s.shelf', path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='y', size=32,
+                valid_col='is_valid', n_workers=0, progress=False)
+    files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', valid_col='is_valid', bs=4, img_cls=PILImageBW,
+                                     item_tfms=Resize(32), device='cpu')
+    ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, device='cpu')
+    assert list(ours.vocab) == list(files.vocab) == ['a', 'b'] and ours.c == files.c == 2
+    for dls in (files, ours):  # the validation row with 'rare' fails as fastai fails on it
+        with pytest.raises(KeyError, match="'rare' was not included in the training dataset"): list(dls.valid)
+    # Given a vocab, it is the vocab, as `CategoryBlock(vocab=)`'s
+    assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, vocab=['rare', 'b', 'a']).vocab) == ['a', 'b', 'rare']
