@@ -117,7 +117,7 @@ class ShelfGetter(ShelfReader):
             o = Path(o)
         if isinstance(o, Path):
             if not o.is_file(): raise FileNotFoundError(errno.ENOENT, f"no image file (nor a key of {self.shelf.path})", str(o))
-            return self.settings.load(o)
+            return self.settings.load_new(o)
         if isinstance(o, torch.Tensor):  # fastai's rule: a `TensorImage` is (C,H,W), a plain tensor (H,W,C) as numpy holds it
             chw = isinstance(o, TensorImageBase) or (o.ndim == 3 and o.shape[0] in (1, 3) and o.shape[-1] not in (1, 3, 4))
             o = o.detach().cpu().numpy(); o = o.transpose(1, 2, 0) if chw else o

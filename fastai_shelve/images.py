@@ -13,8 +13,8 @@ from fastcore.meta import delegates
 from .codec import ShelfError, FormatVersionError
 
 # %% auto #0
-__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'BuildSettings', 'record_meta',
-           'load_image', 'load_frames', 'target_size', 'load_mask']
+__all__ = ['SCALES', 'DICOM_SUFFIXES', 'to_uint8', 'is_dicom', 'read_dicom', 'dicom_frames', 'ImageDecodeError', 'BuildSettings',
+           'record_meta', 'load_image', 'load_frames', 'target_size', 'load_mask']
 
 # %% ../nbs/02a_images.ipynb #fc75563c
 SCALES = ('minmax', 'percentile', 'legacy')
@@ -240,6 +240,8 @@ def dicom_frames(fn, gray:bool=True, scale:str='minmax'):
     for i in range(n): yield _window(frame(i), ds, i, gray, scale)
 
 # %% ../nbs/02a_images.ipynb #9c7e7b3c
+class ImageDecodeError(ShelfError, OSError): "A file new to a shelf (`predict`, `test_dl`) that does not decode: an `OSError`, as PIL's."
+
 class BuildSettings:
     "How a file becomes a shelf image: the part of a build that prediction repeats on new files. Versioned in the metadata."
     # This record's version in a shelf's metadata ('build'). 1: before `scale` and `frame` (16-bit divided by 257);
@@ -319,6 +321,12 @@ class BuildSettings:
         "Decode image file `fn` (any PIL format, or DICOM) and resize it, as the build does: uint8 (H,W), or (H,W,3) if RGB."
         if self.frame == 'all': raise ShelfError(f"{fn}: these settings keep every frame (frame='all'): use `frames`")
         return self._decode(fn, self.frame)
+
+    def load_new(self, fn) -> np.ndarray:
+        "`load` for a file new to the shelf (`predict`, `test_dl`): one it cannot decode is an error naming it, not PIL's bare one."
+        try: return self.load(fn)
+        except (ShelfError, FileNotFoundError): raise
+        except (OSError, ValueError, SyntaxError) as e: raise ImageDecodeError(f"{fn}: cannot decode it: {type(e).__name__}: {e}") from e
 
     def check_file(self, fn):
         "Refuse file `fn` if it is a JPEG whose image data is garbled, as the build does (predict reads any file, as fastai does)."

@@ -36,3 +36,16 @@ def test_garbled_jpegs_are_bad_records(files):
 
 def test_valid_jpegs_are_not_flagged(files):
     for name in ('ok', 'rst', 'prog'): assert _jpeg_scan_damage((files/f'{name}.jpg').read_bytes()) is None
+
+def test_a_new_file_that_does_not_decode_is_an_error_naming_it(files):
+    "At predict time a truncated JPEG or a text file fails as fastai's would (an `OSError`), naming the file, which PIL's doesn't."
+    from fastai_shelve.data import ShelfDataLoaders
+    from fastai_shelve.images import ImageDecodeError
+    df = pd.DataFrame({'id': ['ok', 'rst', 'prog']})
+    build_shelf(df, files/'s.shelf', files, suff='.jpg', size=32, n_workers=0, progress=False)
+    dls = ShelfDataLoaders.from_shelf(files/'s.shelf', bs=2, valid_pct=0, device='cpu')
+    (files/'notes.jpg').write_text('not an image')
+    for name, why in (('cut.jpg', 'truncated'), ('notes.jpg', 'cannot identify image file')):
+        with pytest.raises(ImageDecodeError, match=f"{name}: cannot decode it: .*{why}") as e: dls.test_dl([files/name]).one_batch()
+        assert isinstance(e.value, OSError)
+    assert dls.test_dl([files/'ok.jpg']).one_batch()[0].shape == (1, 1, 32, 32)  # a good file still reads
