@@ -24,7 +24,7 @@ from .codec import ShelfError
 from .interface import ShelfBase, frame_file, shelf_here
 from .store import open_shelf
 from .images import BuildSettings, record_meta
-from .labels import block_kind, label_columns
+from .labels import block_kind, block_options, label_columns
 from .meta import ShelfMeta
 from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
 from .splits import shelf_splitter, VALID_PCT, SEED, VALID_COL
@@ -242,8 +242,8 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
     if kind == 'category':
         missing = [v for v in meta.vocab if vocab is not None and v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
-        # No vocab: fastai's `CategoryBlock`'s, the training split's values sorted (a category only in validation is not in it)
-        cat = ShelfCategorize(vocab=None) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
+        # No vocab: fastai's, the training split's values, as the block sorts them (a category only in validation is not in it)
+        cat = ShelfCategorize(vocab=None, **block_options(y_block)) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
         return TransformBlock(type_tfms=cat), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None
     stored = names = meta.label_names
@@ -282,7 +282,7 @@ def _image_dblock(shelf, meta:ShelfMeta, pil:bool, y_blk, get_y, splitter, item_
     settings = BuildSettings.from_meta(meta.build)
     # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
     # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
-    own = any(isinstance(f, Normalize) for f in L(batch_tfms))  # yours, as on files: fastai keeps one transform of a class
+    own = any(isinstance(f, Normalize) or isinstance(f, type) and issubclass(f, Normalize) for f in L(batch_tfms))  # yours, as on files
     if own and normalize: raise ShelfError("batch_tfms has a Normalize and normalize=True adds the shelf's: pass one of the two")
     if normalize is None: normalize = settings.gray and not own
     stats = (meta.stats['mean'], meta.stats['std']) if 'mean' in (meta.stats or {}) else XRAY_STATS

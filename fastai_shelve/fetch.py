@@ -241,8 +241,9 @@ class ShelfDL(AheadDL):
         self.plans, self.pending = self.batch_plans() if self.reading else None, {}
 
     def do_item(self, s):
-        # As fastai's `TabDataLoader`: the index, for `create_batch` to read the whole batch in one call
-        return s if self.reading else super().do_item(s)
+        # As fastai's `TabDataLoader`: the index, for `create_batch` to read the whole batch in one call. None is fastai's
+        # first item (`create_item(None)`), which its `_one_pass` asks for to learn the batch's types
+        return (0 if s is None else s) if self.reading else super().do_item(s)
 
     def do_batch(self, b):
         # `b` is indices, not items: `before_batch` runs on the items `item_batch` makes

@@ -324,8 +324,10 @@ class BuildSettings:
 
     def load_new(self, fn) -> np.ndarray:
         "`load` for a file new to the shelf (`predict`, `test_dl`): one it cannot decode is an error naming it, not PIL's bare one."
-        try: return self.load(fn)
-        except (ShelfError, FileNotFoundError): raise
+        if self.frame == 'all': return self.load(fn)  # its own error: these settings make several images of a file
+        try: return self._decode(fn, self.frame)
+        except (FileNotFoundError, PermissionError): raise  # not the image's fault
+        except ShelfError as e: raise ImageDecodeError(str(e)) from e  # a damaged DICOM's, naming the file
         except (OSError, ValueError, SyntaxError) as e: raise ImageDecodeError(f"{fn}: cannot decode it: {type(e).__name__}: {e}") from e
 
     def check_file(self, fn):

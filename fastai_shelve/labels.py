@@ -11,7 +11,7 @@ from fastcore.basics import listify
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['read_source', 'block_kind', 'label_columns', 'encode_labels']
+__all__ = ['read_source', 'block_options', 'block_kind', 'label_columns', 'encode_labels']
 
 # %% ../nbs/02b_labels.ipynb #4bd13905
 def _id_column(cols, fn_col, source='the table'):
@@ -56,6 +56,17 @@ def _native(v):
     "A numpy scalar as the Python value JSON can keep (int, float, bool, str)."
     return v.item() if isinstance(v, np.generic) else v
 
+def _block_tfms(y_block) -> list:
+    "The type transforms of fastai block `y_block`: `RegressionBlock` or `RegressionBlock(2)`, `CategoryBlock` or `CategoryBlock(...)`."
+    blk = y_block() if callable(y_block) and not hasattr(y_block, 'type_tfms') else y_block
+    return listify(getattr(blk, 'type_tfms', None))
+
+def block_options(y_block) -> dict:
+    "The `sort` and `add_na` of a `CategoryBlock` `y_block`'s `Categorize`, for a vocab learned later ({} for another block)."
+    from fastai.data.transforms import Categorize, MultiCategorize
+    cats = [t for t in _block_tfms(y_block) if isinstance(t, Categorize) and not isinstance(t, MultiCategorize)]
+    return dict(sort=cats[0].sort, add_na=cats[0].add_na) if cats else {}
+
 def block_kind(y_block) -> tuple:
     "(kind, n_out, vocab) of fastai's `y_block`: 'regression', 'category', 'multi' or None; a name ('regression', 'RegressionBlock') too."
     if y_block is None: return None, None, None
@@ -66,8 +77,7 @@ def block_kind(y_block) -> tuple:
             raise ShelfError(f"y_block {y_block!r}: a shelf stores RegressionBlock, CategoryBlock or MultiCategoryBlock targets")
         return kind, None, None
     from fastai.data.transforms import RegressionSetup, Categorize, MultiCategorize, EncodedMultiCategorize
-    blk = y_block() if callable(y_block) and not hasattr(y_block, 'type_tfms') else y_block  # `RegressionBlock` or `RegressionBlock(2)`
-    for t in listify(getattr(blk, 'type_tfms', None)):
+    for t in _block_tfms(y_block):
         vocab = getattr(t, 'vocab', None)
         vocab = None if vocab is None else list(vocab)
         if isinstance(t, RegressionSetup): return 'regression', t.c, None

@@ -94,8 +94,10 @@ class BatchFill:
         # thread works rather than waits: one thread fewer to wake and hand the GIL to (a sixth of a 512² batch on two cores)
         jobs, t = self.jobs, min(len(self.jobs), DECODE_THREADS)
         if not jobs: return
-        futs = [_pool().submit(self.run, jobs[i::t]) for i in range(1, t)]
-        try: self.run(jobs[::t])
+        futs = []  # what was submitted, even if a later submit fails (at interpreter exit), is waited for
+        try:
+            for i in range(1, t): futs.append(_pool().submit(self.run, jobs[i::t]))
+            self.run(jobs[::t])
         finally: wait(futs)  # LMDB's buffers are valid only in the transaction: no copy outlives this call, even after an error
         for f in futs: f.result()
 

@@ -229,6 +229,11 @@ def test_your_normalize_is_kept_as_on_files(tmp_path):
         assert torch.equal(dls.valid.one_batch()[0], want)
     with pytest.raises(ShelfError, match="Normalize and normalize=True"):
         ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, batch_tfms=mine(), normalize=True)
+    # The class itself, which fastai instantiates (its statistics then come from a batch): yours too, not the shelf's
+    from fastai_shelve.store import open_shelf
+    with open_shelf(tmp_path/'s.shelf') as s: shelf_mean = s.meta.stats['mean']
+    (n,) = [f for f in ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, batch_tfms=Normalize).after_batch.fs if isinstance(f, Normalize)]
+    assert n.mean.flatten().tolist() != pytest.approx(shelf_mean)
 
 def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
     "A category seen only in validation is not in the vocab, as fastai's `Categorize` learns it from the training split."
@@ -245,3 +250,10 @@ def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
         with pytest.raises(KeyError, match="'rare' was not included in the training dataset"): list(dls.valid)
     # Given a vocab, it is the vocab, as `CategoryBlock(vocab=)`'s
     assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, vocab=['rare', 'b', 'a']).vocab) == ['a', 'b', 'rare']
+    # The block's own options shape the learned vocab, as on files
+    from fastai.vision.all import CategoryBlock
+    for mk in (lambda: CategoryBlock(add_na=True), lambda: CategoryBlock(sort=False)):  # fresh: fastai's setups sets a block's vocab
+        blk = mk()
+        f = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', valid_col='is_valid', bs=4, img_cls=PILImageBW,
+                                     item_tfms=Resize(32), y_block=blk, device='cpu')
+        assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, y_block=mk()).vocab) == list(f.vocab)
