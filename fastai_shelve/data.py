@@ -15,7 +15,7 @@ from fastcore.xtras import is_listy
 from fasttransform import Pipeline
 from fastai.torch_core import TensorImage, TensorImageBase, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
-from fastai.data.transforms import RandomSplitter, ColSplitter, ColReader, IntToFloatTensor, Normalize, Transform, CategoryMap
+from fastai.data.transforms import ColReader, IntToFloatTensor, Normalize, Transform, CategoryMap
 from fastai.data.transforms import EncodedMultiCategorize, Categorize, RegressionSetup
 from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
@@ -27,7 +27,7 @@ from .images import BuildSettings, record_meta
 from .labels import block_kind, block_options, label_columns
 from .meta import ShelfMeta
 from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
-from .splits import shelf_splitter, VALID_PCT, SEED, VALID_COL
+from .splits import shelf_splitter, table_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
@@ -140,9 +140,13 @@ class ShelfGetter(ShelfReader):
 class TargetGetter(ShelfGetter):
     "A getter of a record's targets, written once for a whole batch (`encodes_batch`): one record is a batch of one."
     def post(self, x): return self.encodes_batch(np.asarray(x)[None])[0]
-    def values(self, keys:list, n:int=4096) -> list:
-        "The targets of shelf keys `keys`, read `n` records at a time: what reading them one by one gives."
-        return [v for i in range(0, len(keys), n) for v in self.encodes_batch(self.shelf.get_batch(keys[i:i+n], [self.field])[self.field])]
+    def values(self, keys:list, n:int=1024, every=()) -> list:
+        "The targets of shelf keys `keys`, read `n` records at a time (or until `every` value has come): as read one by one."
+        out = []
+        for i in range(0, len(keys), n):
+            out += self.encodes_batch(self.shelf.get_batch(keys[i:i+n], [self.field])[self.field])
+            if every and set(every) <= set(out): break  # the rest cannot change a vocab learned from them (its first appearances)
+        return out
 
 class MultiLabels(TargetGetter):
     "A record's 0/1 label vector, flat (the seed stored (1, n))."
@@ -187,7 +191,7 @@ class ShelfCategorize(Categorize):
         fs, items = getattr(getattr(dsets, 'tfms', None), 'fs', []), list(getattr(dsets, 'items', []))
         # A shelf's keys through their target getter alone: their values read a chunk of records at a time, not one by one
         if self.vocab is None and len(fs) == 1 and isinstance(fs[0], TargetGetter) and all(isinstance(o, str) for o in items):
-            dsets = fs[0].values(items)
+            dsets = fs[0].values(items, every=getattr(fs[0], 'names', ()))
         super().setups(dsets)
     def codes(self, o) -> torch.Tensor:
         "The vocab indices of values `o`, as fastai's `Categorize` finds one (a KeyError in its words)."
@@ -321,11 +325,6 @@ def shelf_dblock(shelf, # a shelf, or its path: the DataBlock keeps a handle of 
                          valid_keys=valid_keys, y=y, y_block=y_block, vocab=vocab, item_tfms=item_tfms, batch_tfms=batch_tfms,
                          normalize=normalize)
 
-def _df_splitter(df, valid_pct, seed, valid_col):
-    "`from_df`'s splitter: `RandomSplitter` over the items, or `ColSplitter` over the items' rows of `df`."
-    if valid_col is None: return RandomSplitter(valid_pct, seed)
-    return lambda items: ColSplitter(valid_col)(df.iloc[[o.row for o in items]])
-
 def _df_keys(df, shelf, col) -> list:
     "The shelf keys of `df`'s rows (its `col` values, as the build named records), as `ShelfKey`s; every one checked there."
     if col not in df.columns: raise ShelfError(f"no column {col!r} in the table (it has {list(df.columns)})")
@@ -384,7 +383,7 @@ class ShelfDataLoaders(DataLoaders):
         files = dict(fn_col=str(col), pref=str(Path(path) if folder is None else Path(path)/folder), suff=suff, label_col=labels,
                      label_delim=label_delim)
         get_y = None if label_col is None else Pipeline([TableRow(df), ColReader(label_col, label_delim=label_delim)])
-        db = _image_dblock(shelf, meta, pil, None if label_col is None else y_block, get_y, _df_splitter(df, valid_pct, seed, valid_col),
+        db = _image_dblock(shelf, meta, pil, None if label_col is None else y_block, get_y, table_splitter(df, valid_pct, seed, valid_col),
                            item_tfms, batch_tfms, normalize, files)
         if num_workers is None: num_workers = None if item_tfms else 0
         dls = cls.from_dblock(db, items, path=path, num_workers=num_workers, **kwargs)

@@ -6,12 +6,12 @@
 from __future__ import annotations
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
-from fastai.data.transforms import RandomSplitter, FuncSplitter
+from fastai.data.transforms import RandomSplitter, FuncSplitter, ColSplitter
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'GroupSplitter', 'KeySplitter', 'NotGiven', 'given', 'value_of', 'named_split',
-           'shelf_splitter']
+__all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'GroupSplitter', 'KeySplitter', 'table_splitter', 'NotGiven', 'given', 'value_of',
+           'named_split', 'shelf_splitter']
 
 # %% ../nbs/05a_splits.ipynb #05508402
 def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
@@ -41,6 +41,14 @@ def KeySplitter(valid_keys):
     "Validation set: the keys in `valid_keys`."
     valid = set(map(str, valid_keys))
     return FuncSplitter(lambda k: k in valid)
+
+def table_splitter(df, # the table whose rows the items are (each item's `row`, as `ShelfKey`s carry it)
+                   valid_pct:float=0.2, # random validation share, when `valid_col` is None
+                   seed:int=None, # the random split's seed
+                   valid_col=None): # a bool column of `df` marking the validation rows
+    "`ImageDataLoaders.from_df`'s splitter on a table's rows: `RandomSplitter` over the items, or `ColSplitter` over their rows of `df`."
+    if valid_col is None: return RandomSplitter(valid_pct, seed)
+    return lambda items: ColSplitter(valid_col)(df.iloc[[o.row for o in items]])
 
 # %% ../nbs/05a_splits.ipynb #8e5971e6
 class NotGiven:

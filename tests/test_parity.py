@@ -250,6 +250,12 @@ def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
         with pytest.raises(KeyError, match="'rare' was not included in the training dataset"): list(dls.valid)
     # Given a vocab, it is the vocab, as `CategoryBlock(vocab=)`'s
     assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, vocab=['rare', 'b', 'a']).vocab) == ['a', 'b', 'rare']
+    # The labels are read a chunk at a time until every category has come: the rest cannot change the vocab
+    from fastai_shelve.data import CategoryLabel
+    from fastai_shelve.store import open_shelf
+    with open_shelf(tmp_path/'s.shelf') as s:
+        get, keys = CategoryLabel(s, ['a', 'b', 'rare']), df.StudyInstanceUID.tolist()
+        assert get.values(keys, n=2) == df.y.tolist() and get.values(keys, n=2, every=['a', 'b']) == ['a', 'b']
     # The block's own options shape the learned vocab, as on files
     from fastai.vision.all import CategoryBlock
     for mk in (lambda: CategoryBlock(add_na=True), lambda: CategoryBlock(sort=False)):  # fresh: fastai's setups sets a block's vocab
