@@ -390,7 +390,9 @@ KILL_WORKERS = textwrap.dedent('''
     import fastai_shelve.build as b
     def busy(self, fn):
         "A decode that says it started, on the build's stdout (the workers share it), and never ends: the kill finds it busy."
-        print('busy', os.getpid(), flush=True)
+        # One write of the whole line, atomic on a pipe: `print` makes a write per piece where PYTHONUNBUFFERED is set (CI),
+        # and two workers' pieces interleaved into 'busybusy  12 34' (a line the test never read as two workers).
+        os.write(1, f'busy {os.getpid()}\\n'.encode())
         while True: signal.pause()
     b.BuildSettings.load = busy
     b.build_shelf(pd.read_csv(sys.argv[1]), sys.argv[2], path=sys.argv[3], suff='.png', label_col=['a', 'b', 'c'],
@@ -412,8 +414,8 @@ def test_kill_9_of_a_build_leaves_no_workers(kill_corpus, tmp_path):
                          stdout=subprocess.PIPE, bufsize=0)  # unbuffered: a line read leaves the next in the pipe, for select
     workers, fds = set(), {}
     try:
-        while len(workers) < 2:  # the workers' own words, not a count of children after a delay; 600 s: a hang guard
-            assert select.select([p.stdout], [], [], 600)[0], 'the build never started two decodes'
+        while len(workers) < 2:  # the workers' own words, not a count of children after a delay; 120 s: a hang guard
+            assert select.select([p.stdout], [], [], 120)[0], 'the build never started two decodes'
             line = p.stdout.readline().decode().split()
             assert line, f'the build ended (exit code {p.wait()}) before two workers were busy'
             if line[0] == 'busy': workers.add(int(line[1]))
