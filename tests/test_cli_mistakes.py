@@ -74,7 +74,7 @@ def test_info_into_a_closed_pipe_exits_quietly(csv):
     build_shelf(tmp/'t.csv', tmp/'i.shelf', tmp, suff='.jpg', n_workers=0, progress=False)
     p = subprocess.Popen([EXE, 'info', str(tmp/'i.shelf')], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.close()  # before it writes: every write finds the pipe closed
-    err = p.stderr.read().decode(); p.wait(timeout=300)
+    err = p.communicate(timeout=300)[1].decode()
     assert p.returncode == 141 and err == '', (p.returncode, err)
     r = subprocess.run(f"'{EXE}' info '{tmp/'i.shelf'}' | head -1", shell=True, capture_output=True, text=True, timeout=300)
     assert r.stdout.count('\n') == 1 and r.stderr == ''

@@ -28,13 +28,15 @@ def augmented(path, workers, epochs, seed=None, **kw):
 def test_every_worker_and_epoch_draws_afresh(copies):
     "2 workers x 3 epochs: each forked worker starts from the same albumentations state unless reseeded."
     xs = augmented(copies, workers=2, epochs=3)
-    assert len(xs) == 3 * 12 and len(set(xs)) == len(xs), f'{len(set(xs))} distinct of {len(xs)}'
+    # Two workers sharing a state, or an epoch repeating the last, repeat a whole run: half the images. The recipe itself
+    # repeats an image by chance (all its optional steps skipped, one of ~330 crops of a 64² image): ~2e-5 a pair, 630 pairs
+    assert len(xs) == 3 * 12 and len(set(xs)) >= len(xs) - 2, f'{len(set(xs))} distinct of {len(xs)}'
 
 @pytest.mark.parametrize('workers', [0, 2])
 def test_set_seed_repeats_a_run(copies, workers):
     a, b, c = (augmented(copies, workers, epochs=2, seed=s) for s in (3, 3, 4))
     assert a == b and a != c
-    assert len(set(a)) == len(a)  # repeatable, yet fresh within the run
+    assert len(set(a)) >= len(a) - 2  # repeatable, yet fresh within the run (but for the recipe's chance repeats, as above)
 
 class Recorder(nn.Module):
     "A tiny real model that keeps every input batch it sees."

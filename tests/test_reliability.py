@@ -145,8 +145,8 @@ def test_two_writers_are_serialised(tmp_path):
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     ps = [ctx.Process(target=_append, args=(path, p, q)) for p in 'ab']
     for p in ps: p.start()
-    assert sorted(q.get(timeout=60) for _ in ps) == ['a', 'b']
-    for p in ps: p.join(30)
+    assert sorted(q.get(timeout=600) for _ in ps) == ['a', 'b']  # a hang guard: spawned children import the test module
+    for p in ps: p.join(60)
     with open_shelf(path) as s:
         assert len(s) == 200 and not s.verify()
         assert all(r['x'][0] == r['gen'] for r in s.get_many(s.keys()))

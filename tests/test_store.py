@@ -156,8 +156,8 @@ def test_reads_in_worker_processes(tmp_path, method):
     assert s['k1']['x'][0] == 1  # the parent's handle is open and used before the child starts
     ctx = mp.get_context(method)
     q = ctx.Queue()
-    p = ctx.Process(target=_read_in_child, args=(s, 'k3', q)); p.start(); p.join(30)
-    pid, val, own = q.get(timeout=5)
+    p = ctx.Process(target=_read_in_child, args=(s, 'k3', q)); p.start()
+    pid, val, own = q.get(timeout=300); p.join(60)  # hang guards: a spawned child imports this module, slow on a loaded machine
     assert p.exitcode == 0 and pid != os.getpid() and val == 3 and own  # the child opened its own handle
     assert s['k4']['x'][0] == 4 and s._pid == os.getpid()
     s.close()

@@ -42,7 +42,7 @@ def lowest_venv(tmp_path_factory, wheel):
     # A plain path line: this environment's packages, after the venv's own; its .pth files (our editable install) don't run
     (site/'base_env.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
     pins = [f'{p}=={v}' for p,v in lowest_versions().items()]
-    pip = [py, '-m', 'pip', 'install', '-q', '--disable-pip-version-check']
+    pip = [py, '-m', 'pip', 'install', '-q', '--disable-pip-version-check', '--retries', '10', '--timeout', '60']  # the registry's hiccups
     run([*pip, *pins], timeout=900)
     # as on Kaggle: no index; --ignore-installed, or pip would take this environment's editable install for the wheel
     run([*pip, '--no-deps', '--no-index', '--ignore-installed', wheel], timeout=300)
