@@ -789,7 +789,7 @@ def format_table(rows, targets, facts) -> str:
            f"Python {facts['python']}, dbm backend {facts['dbm_backend']}"]
     if facts.get('ffcv', 'measured') != 'measured': out.append(f"FFCV not measured (does not import here: {facts['ffcv']})")
     df = pd.DataFrame(rows)
-    for sec, g in df.groupby('section', sort=True):
+    for sec, g in (df.groupby('section', sort=True) if rows else ()):  # none: every section asked for was skipped (`--sections gpu`, no CUDA)
         g = g.dropna(axis=1, how='all').drop(columns='section')
         out += ['', f'== {sec}', g.to_string(index=False, float_format=lambda v: f'{v:.4g}')]
     # the note explains the median columns: runs from before they were measured have none

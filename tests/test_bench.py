@@ -42,6 +42,10 @@ def test_gpu_section_rows_and_targets(tmp_path):
     import torch
     from fastai_shelve.bench import bench_gpu, check_targets, QUICK
     assert torch.cuda.is_available() or bench_gpu(tmp_path/'none', 8, 32, 4) == []  # no CUDA: skipped, said by run_bench
+    if not torch.cuda.is_available():  # `fastai-shelve bench --sections gpu` here: says it skipped, writes its files, no error
+        from fastai_shelve.bench import run_bench
+        res = run_bench(tmp_path/'skip', quick=True, sections=['gpu'])
+        assert res['rows'] == [] and res['facts']['gpu'] == 'skipped: no CUDA device' and (tmp_path/'skip'/'bench.png').exists()
     rows = bench_gpu(tmp_path, 24, 32, 4, archs=('resnet18',), workers=0, skip=1, device='cpu')
     named = {r['name'] for r in rows}
     assert 'resident batch (ceiling)' in named and 'shelf, xray_gpu_augs (GPU recipe)' in named and len(rows) == 7
