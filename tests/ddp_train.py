@@ -31,8 +31,11 @@ if __name__ == '__main__':
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), cbs=seen)
     fastais = DistributedDL._broadcast
     with (cpu_distributed() if cpu else contextlib.nullcontext()), learn.distrib_ctx(cpu=cpu): learn.fit(4, 3e-2)
-    json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items),
-                   restored=DistributedDL._broadcast is fastais, own_handle=dls.train.shelf._pid == os.getpid()),
-              open(f'{out}/rank{dist.get_rank()}.json', 'w'))
+    with open(f'{out}/rank{dist.get_rank()}.json', 'w') as f:
+        json.dump(dict(seen=seen.record_ids, losses=[float(l) for l in learn.recorder.losses], train=len(dls.train.items),
+                       restored=DistributedDL._broadcast is fastais, own_handle=dls.train.shelf._pid == os.getpid()), f)
     # Tear gloo down while both ranks are alive: left to interpreter exit, a rank can abort ("terminate called ...").
     dist.barrier(); dist.destroy_process_group()
+    # And leave without the interpreter's teardown: even after that, rank 0 aborted so once in ~100 runs on a loaded 2-core
+    # machine (gloo's threads met at finalization, pytorch#179291). What the test checks is written; flushed, it is all there.
+    sys.stdout.flush(); sys.stderr.flush(); os._exit(0)
