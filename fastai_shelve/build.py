@@ -305,23 +305,26 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
         check_compression(compression, level)
-        # The settings check and the settings themselves in one transaction: of two builds started together, one is refused.
+        # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.
+        # Records of rows it dropped stay as a cache (a rerun with them decodes nothing) but are not served.
+        # A frames table has a row per record: those there now, every frame once they are written.
+        frames = settings.frame == 'all'
+        # The settings (and their check), the table and the row order in one transaction: of two builds started together one
+        # is refused, and a build killed here leaves the earlier build's three or this one's, never one table in another's
+        # order. `complete` stays False until the end: a shelf whose build stopped says so when it is trained from.
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
         shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
                           image_mode='L' if settings.gray else 'RGB', **_codec_meta(compression, level), **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=label_columns(df, label_col),
                                                               label_delim=label_delim),
-                          **({} if mask_path is None else dict(codes=None if codes is None else list(codes))))
-        # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.
-        # Records of rows it dropped stay as a cache (a rerun with them decodes nothing) but are not served.
-        frames = settings.frame == 'all'
-        if not frames: shelf.set_table(table)
-        shelf.keep_order(valid)  # `from_shelf`'s items, in the table's row order
+                          **({} if mask_path is None else dict(codes=None if codes is None else list(codes))),
+                          complete=False, table=_frames_table(shelf.keys(), table) if frames else table,
+                          order=shelf.new_order(valid))  # `from_shelf`'s items, in the table's row order
         tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
-        if frames: shelf.set_table(_frames_table(shelf.keys(), table))
         pruned = _prune(shelf, valid, frames) if prune else 0
+        shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}))
         unnamed = _unnamed(shelf, valid, frames)
     report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned)
     if progress: print(report)
@@ -349,7 +352,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
             out.put_many(zip(ks, recs))
         ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
         meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        out.update_meta(converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)})  # the count: every commit's
-        if src.table is not None: out.set_table(src.table)
-        if src.order is not None: out.set_order(src.order.index, src.order.to_numpy())
+        order = src.order  # the settings, table and row order in one transaction, as a build writes them; the count: every commit's
+        out.update_meta(converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)}, table=src.table,
+                        order=None if order is None else (order.index, order.to_numpy()))
     return len(keys)

@@ -21,19 +21,18 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .interface import ShelfBase, frame_file, shelf_here
+from .interface import ShelfBase, shelf_here
 from .store import open_shelf
 from .images import BuildSettings, record_meta
 from .labels import block_kind, block_options, label_columns
 from .meta import ShelfMeta
 from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
-from .splits import shelf_splitter, table_splitter, VALID_PCT, SEED, VALID_COL
+from .splits import shelf_items, shelf_splitter, table_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
 __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
            'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel',
-           'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_items', 'shelf_dblock',
-           'ShelfDataLoaders']
+           'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #82918dbf
 XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
@@ -259,18 +258,6 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
                              f"vocab= in your order, or read the tags from the table: ShelfDataLoaders.from_df(df, shelf, ...)")
         names = vocab
     return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.files)
-
-def shelf_items(shelf:ShelfBase) -> list:
-    "The keys the latest build's table names, in its row order (a file's frames in frame order), as `from_df` takes rows."
-    keys, order = shelf.keys(), shelf.order
-    if order is None: return keys  # built before the order was kept (or not by `build_shelf`): every key, in key order
-    ids = order.sort_values(kind='stable').index  # a sharded shelf's rows are the whole table's
-    if (shelf.meta.build or {}).get('frame') == 'all':
-        frames = {}
-        for k in keys: frames.setdefault(frame_file(k), []).append(k)  # keys are sorted: frames in order
-        return [k for i in ids for k in frames.get(i, ())]
-    have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
-    return [k for k in ids if k in have]
 
 def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."

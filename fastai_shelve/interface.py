@@ -119,13 +119,18 @@ class ShelfBase(MutableMapping):
     def set_table(self, df): self._refuse('store a table')
     def set_order(self, keys, rows=None): self._refuse('store a row order')
 
-    def keep_order(self, ids, rows=None):
-        "Make the build table's `ids` (at row numbers `rows`) the row order, replacing an earlier build's: `from_shelf`'s items."
+    def new_order(self, ids, rows=None) -> tuple|None:
+        "(keys, rows) making the build table's `ids` (at row numbers `rows`) the row order, or None: the stored one is that already."
         rows = None if rows is None else [int(r) for r in rows]
         old = self.order
         # The same ids in the same order are left as they are: a shard's rows, the whole table's, were set before its build
-        if rows is None and old is not None and old.sort_values(kind='stable').index.tolist() == list(ids): return
-        self.set_order(list(ids), rows)
+        if rows is None and old is not None and old.sort_values(kind='stable').index.tolist() == list(ids): return None
+        return list(ids), rows
+
+    def keep_order(self, ids, rows=None):
+        "Make the build table's `ids` (at row numbers `rows`) the row order, replacing an earlier build's: `from_shelf`'s items."
+        o = self.new_order(ids, rows)
+        if o is not None: self.set_order(*o)
     def _refuse(self, what): raise ReadOnlyError(f"{self.path}: cannot {what}: {self.cannot_write}")
 
     def __getitem__(self, key):

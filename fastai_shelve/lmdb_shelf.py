@@ -31,6 +31,14 @@ def _declared(buf) -> int:
     try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, _ANY_SIZE).fields)
     except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
 
+def _table_entry(df) -> dict:
+    "The stored form of a per-key table (a DataFrame indexed by key)."
+    return {'index': [str(o) for o in df.index], 'columns': {c: df[c].tolist() for c in df.columns}}
+
+def _order_entry(keys, rows=None) -> dict:
+    "The stored form of the build table's row order: `keys` at row numbers `rows` (0, 1, ... if None)."
+    return {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]})
+
 # %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
 class Shelf(ShelfBase):
     "A key→record store in one LMDB file, read a batch at a time."
@@ -282,9 +290,12 @@ class Shelf(ShelfBase):
     def _set_meta(self, name:bytes, d):
         self._commit([(name, seal_meta(name.decode(), d))], db=self._metadb)
 
-    def update_meta(self, check=None, **kwargs):
-        "Merge `kwargs` into the metadata, after `check(old_meta)` if given."
-        self._commit(meta=kwargs, check=check)
+    def update_meta(self, check=None, table=None, order=None, **kwargs):
+        "Merge `kwargs` into the metadata, after `check(old_meta)` if given; `table` and `order` (keys, rows) set with them, in one transaction."
+        # A build's settings, table and row order change together: a build killed between them would leave one table's rows
+        # in another's order, a split from neither
+        ops = ([] if table is None else [(b'table', _table_entry(table))]) + ([] if order is None else [(b'order', _order_entry(*order))])
+        self._commit([(n, seal_meta(n.decode(), d)) for n,d in ops], meta=kwargs, check=check, db=self._metadb)
 
     @property
     def meta(self) -> ShelfMeta:
@@ -294,7 +305,7 @@ class Shelf(ShelfBase):
 
     def set_table(self, df):
         "Store a DataFrame of per-key columns, indexed by key."
-        self._set_meta(b'table', {'index': [str(o) for o in df.index], 'columns': {c: df[c].tolist() for c in df.columns}})
+        self._set_meta(b'table', _table_entry(df))
 
     @property
     def table(self):
@@ -305,7 +316,7 @@ class Shelf(ShelfBase):
     def set_order(self, keys, rows=None):
         "Store the build table's row order: `keys` at row numbers `rows`."
         # rows default to 0, 1, ...; a shard's are the whole table's
-        self._set_meta(b'order', {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]}))
+        self._set_meta(b'order', _order_entry(keys, rows))
 
     @property
     def order(self):

@@ -197,6 +197,7 @@ class ShardedShelf(ShelfBase):
                 if mine != theirs and None not in (mine, theirs):
                     raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {mine!r} vs {theirs!r}")
         res = first.merge(n_shards=self.n, n_records=sum(len(s) for s in self.shards))
+        if any(m.complete is False for m in metas): res.complete = False  # one shard's build stopped: the shelf's did
         hists = [np.array(m.stats['hist']) for m in metas if 'hist' in (m.stats or {})]
         if hists: res.stats = PixelStats().add(sum(hists)).as_meta()
         return res

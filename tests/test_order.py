@@ -6,7 +6,8 @@ from fastai.vision.all import ImageDataLoaders, PILImageBW, RegressionBlock, vis
 from fastai_shelve.codec import ShelfError
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
-from fastai_shelve.data import ShelfDataLoaders, shelf_items
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.splits import shelf_items
 
 N = 20
 

@@ -6,7 +6,7 @@ import numpy as np, pandas as pd, pytest
 from PIL import Image
 from fastai.data.transforms import RandomSplitter, ColSplitter
 from fastai_shelve.build import build_shelf
-from fastai_shelve.data import shelf_items
+from fastai_shelve.splits import shelf_items
 from fastai_shelve.splits import GroupSplitter, shelf_splitter
 from fastai_shelve.store import open_shelf
 

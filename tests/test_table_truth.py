@@ -9,7 +9,8 @@ from fastai_shelve.codec import ShelfError
 from fastai_shelve.interface import MissingKeyError
 from fastai_shelve.store import open_shelf
 from fastai_shelve.build import build_shelf
-from fastai_shelve.data import ShelfDataLoaders, shelf_items
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.splits import shelf_items
 
 N = 24
 
