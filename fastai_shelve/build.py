@@ -23,8 +23,8 @@ from .workers import stream_map
 from .meta import ShelfMeta
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'BuildReport', 'refuse_retired', 'build_shelf',
-           'convert_shelf']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'BuildReport', 'refuse_retired',
+           'other_columns', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def pixel_hist(img:np.ndarray) -> np.ndarray:
@@ -202,10 +202,16 @@ def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> t
     masks = [str(mdir/f'{k if col is not None else Path(f).stem}{mask_suffix}') for k,f in zip(keys, files)]
     return files, masks, pref
 
-def _other_columns(df, keys, col, label_col) -> pd.DataFrame:
+def other_columns(df, keys, col, label_col) -> pd.DataFrame:
     "The table's columns that are neither ids nor labels (a patient id, a fold, `valid_col`), by key: what splitters read."
     used = label_columns(df, label_col) + [col, 'file']
     return df[[c for c in df.columns if c not in used]].set_axis(keys)
+
+def _framed(rec_keys, ids) -> list:
+    "The frame keys a stopped frames build can serve: `rec_keys` (those written), and the first frame of each of `ids`."
+    # `from_shelf` serves a frame only if the table has its row: a file's frames beyond the first get theirs at the build's end
+    have = set(rec_keys)
+    return list(rec_keys) + [k for k in (frame_key(i, 0) for i in ids) if k not in have]
 
 def _frames_table(rec_keys, table):
     "The table of a `frame='all'` shelf: a row per frame, its file's columns and 'file', the id (the group for `GroupSplitter`)."
@@ -298,7 +304,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab)
     _check_request(dest, df, valid_col, settings, mask_path)
     files, masks, pref = _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
-    table = _other_columns(df, keys, col, label_col)
+    table = other_columns(df, keys, col, label_col)
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     valid = [k for k in keys if key_bytes(k) is not None]
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
@@ -307,20 +313,23 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         check_compression(compression, level)
         # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.
         # Records of rows it dropped stay as a cache (a rerun with them decodes nothing) but are not served.
-        # A frames table has a row per record: those there now, every frame once they are written.
+        # A frames table has a row per record: those there now and each file's first frame, every frame once they are written.
         frames = settings.frame == 'all'
-        # The settings (and their check), the table and the row order in one transaction: of two builds started together one
-        # is refused, and a build killed here leaves the earlier build's three or this one's, never one table in another's
+        # A resume with other settings, or whose table relabels stored records, is refused before anything is written
+        check = _check_same_build(dest, settings, label_meta, (compression, level))
+        check(shelf.meta)
+        tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
+        # The settings (and their check, again: of two builds started together one is refused), the table and the row order in
+        # one transaction: a build killed here leaves the earlier build's three or this one's, never one table in another's
         # order. `complete` stays False until the end: a shelf whose build stopped says so when it is trained from.
         # `files`: how `test_dl` finds a DataFrame row's file (and its labels), as fastai's `ColReader(fn_col, pref, suff)` does.
-        shelf.update_meta(check=_check_same_build(dest, settings, label_meta, (compression, level)), build=settings.as_meta(),
+        shelf.update_meta(check=check, build=settings.as_meta(),
                           image_mode='L' if settings.gray else 'RGB', **_codec_meta(compression, level), **label_meta, valid_col=valid_col,
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))),
-                          complete=False, table=_frames_table(shelf.keys(), table) if frames else table,
+                          complete=False, table=_frames_table(_framed(shelf.keys(), valid), table) if frames else table,
                           order=shelf.new_order(valid))  # `from_shelf`'s items, in the table's row order
-        tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
         pruned = _prune(shelf, valid, frames) if prune else 0
@@ -342,6 +351,12 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
     src = open_shelf(src, allow_pickle=allow_pickle)
     with src, open_shelf(dst, 'c', compression=compression, level=level) as out:
+        ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
+        order = src.order
+        # The settings, table and row order in one transaction, as a build writes them, before the records: `complete` stays
+        # False until the last is copied, so a copy stopped midway says so when it is trained from (the count: every commit's)
+        out.update_meta(converted_from=str(src.path), **{**ours, **_codec_meta(compression, level), 'complete': False},
+                        table=src.table, order=None if order is None else (order.index, order.to_numpy()))
         keys = out.missing(src.keys())
         it = range(0, len(keys), chunk)
         for i in (progress_bar(it, leave=False) if progress else it):
@@ -350,9 +365,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
             for k,r in zip(ks, recs):
                 if not isinstance(r, dict): raise ShelfError(f"{src.path}: key {k!r} holds a {type(r).__name__}, not a record dict")
             out.put_many(zip(ks, recs))
-        ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
-        meta = ours if 'build' in ours else record_meta(out[out.keys()[0]]) if len(out) else {}
-        order = src.order  # the settings, table and row order in one transaction, as a build writes them; the count: every commit's
-        out.update_meta(converted_from=str(src.path), **{**meta, **_codec_meta(compression, level)}, table=src.table,
-                        order=None if order is None else (order.index, order.to_numpy()))
+        # A shelf from elsewhere: its records' layout as the settings; then the source's mark (a copy of a stopped build is one)
+        meta = {} if 'build' in ours or not len(out) else record_meta(out[out.keys()[0]])
+        out.update_meta(**meta, complete=ours.get('complete'))
     return len(keys)

@@ -22,6 +22,7 @@ class ShelfMeta(Mapping):
               'stats', # the pixel histogram (and its mean and std) `Normalize` reads
               'build', # the `BuildSettings` (`as_meta` form); None before a build, or for a shelf from elsewhere
               'complete', # False from a `build_shelf`'s start to its end (None: written before 0.2.2, or not by a build)
+              'build_id', # the id a `build_sharded` run writes with each shard's table and order: a folder's shards agree on it
               'image_mode', # 'L' or 'RGB'
               'compression', 'compression_level', # the codec records are written with
               'label_kind', 'vocab', 'label_names', 'label_delim', # what `encode_labels` wrote

@@ -101,7 +101,7 @@ def count_shards(path) -> list:
     if m.get('ids') is None and m.get('counts') is not None and m['counts'] != counts: _save_manifest(path, {**m, 'counts': counts})
     return counts
 
-_SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
+_SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes', 'build_id')  # `build_id`: shards of two builds
 
 class ShardedShelf(ShelfBase):
     "A folder of shard shelves read (and written, record by record) as one shelf."

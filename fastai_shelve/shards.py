@@ -5,6 +5,7 @@
 # %% ../nbs/09_shards.ipynb #7c506814
 from __future__ import annotations
 from pathlib import Path
+import uuid
 import numpy as np
 from .codec import ShelfError
 from .interface import key_bytes
@@ -12,7 +13,7 @@ from .lmdb_shelf import Shelf
 from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
-from .build import build_shelf, refuse_retired, BuildReport
+from .build import build_shelf, refuse_retired, BuildReport, other_columns
 from .workers import mp_context
 
 # %% auto #0
@@ -25,12 +26,16 @@ def _build_part(part, dest, **kwargs):
     return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds,
                 unnamed=r.unnamed, pruned=r.pruned)
 
-def _keep_orders(dest, names, keys, shard):
-    "Each shard's row order: its ids at the whole table's row numbers, replacing an earlier build's; `from_shelf` merges them."
+def _start_shards(dest, names, keys, shard, table):
+    "Each shard's table and row order (its ids at the whole table's row numbers), marked unfinished with a new `build_id`."
+    # One transaction a shard, before any shard's build: a rerun stopped between two shards leaves shards of two builds,
+    # whose ids differ (opening the folder says so); stopped later, every shard has this build's table and order, unfinished
     ok = np.array([key_bytes(k) is not None for k in keys], bool)  # the ids a build keeps (it reports the others bad)
+    run = uuid.uuid4().hex
     for i, n in enumerate(names):
         pos = np.flatnonzero((shard == i) & ok)
-        with Shelf(Path(dest)/n, 'c') as s: s.keep_order([keys[j] for j in pos], pos)
+        with Shelf(Path(dest)/n, 'c') as s:
+            s.update_meta(complete=False, build_id=run, table=table[shard == i], order=s.new_order([keys[j] for j in pos], pos))
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   dest, # the folder of shards to write (a rerun resumes each shard)
@@ -57,7 +62,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     m = write_manifest(dest, n_shards)
     for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
-    _keep_orders(dest, m['shards'], keys, shard)  # before the builds: each shard's `build_shelf` finds its ids there
+    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col))  # each shard's `build_shelf` keeps them
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_splits.ipynb #1c030bf5
 from __future__ import annotations
-import warnings
+import sys, warnings
 import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from fastai.data.transforms import RandomSplitter, FuncSplitter, ColSplitter
@@ -18,30 +18,42 @@ __all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'shelf_items', 'check_served', 'Gro
 # %% ../nbs/05a_splits.ipynb #37d1d314
 def shelf_items(shelf) -> list:
     "The keys the latest build's table names, in its row order (a file's frames in frame order), as `from_df` takes rows."
-    keys, order = shelf.keys(), shelf.order
+    keys, order, waiting = shelf.keys(), shelf.order, 0  # `waiting`: frames written, their table rows not yet
     if order is None: items = rows = keys  # built before the order was kept (or not by `build_shelf`): every key, in key order
     else:
         ids = order.sort_values(kind='stable').index  # a sharded shelf's rows are the whole table's
         if (shelf.meta.build or {}).get('frame') == 'all':
-            frames = {}
-            for k in keys: frames.setdefault(frame_file(k), []).append(k)  # keys are sorted: frames in order
+            # A frame is served once the table has its row. A build writes the rows of the frames it finds at its end: those
+            # a stopped build wrote have none, and a splitter would put them in no split the table gives
+            table, frames, wanted = shelf.table, {}, set(ids)
+            for k in keys:  # keys are sorted: frames in order
+                if table is None or k in table.index: frames.setdefault(frame_file(k), []).append(k)
+                else: waiting += frame_file(k) in wanted
             items, rows = [k for i in ids for k in frames.get(i, ())], [i for i in ids if i in frames]
         else:
             have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
             items = rows = [k for k in ids if k in have]
-    check_served(shelf.path, shelf.meta, len(keys if order is None else ids), len(rows))
+    check_served(shelf.path, shelf.meta, len(keys if order is None else ids), len(rows), order is not None, waiting)
     return items
 
-def check_served(path, meta, n_rows:int, n_served:int):
-    "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped with rows left out."
-    stopped, again = meta.complete is False, 'run the same build_shelf again to resume it'  # None: before 0.2.2, or not a build
+def _user_level() -> int:
+    "The `stacklevel` of the first caller outside fastai_shelve: a warning shows the user's line, whichever function they called."
+    f, level = sys._getframe(1), 1
+    while f is not None and f.f_globals.get('__name__', '').split('.')[0] == 'fastai_shelve': f, level = f.f_back, level + 1
+    return level
+
+def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waiting:int=0):
+    "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped with rows (or `waiting` frames) left out."
+    stopped, again = meta.complete is False, 'run the same build_shelf (or convert_shelf) again to resume it'  # None: before 0.2.2
     if not n_served:
-        raise ShelfError(f"{path} has no record to serve: " + (f"its build_shelf stopped before writing one: {again}" if stopped else
+        raise ShelfError(f"{path} has no record to serve: " + (f"its build stopped before writing one: {again}" if stopped else
                          f"none of its build table's {n_rows} rows has a record (the build report says why)" if n_rows else
                          "build_shelf writes them"))
-    if stopped and n_served < n_rows:
-        warnings.warn(f"{path}: its last build_shelf stopped before it finished: {n_rows - n_served} of its table's {n_rows} rows have no "
-                      f"record yet and are left out: {again}", stacklevel=4)  # at the user's `from_shelf` line
+    if stopped and (n_served < n_rows or not counted or waiting):
+        left = ([f"{n_rows - n_served} of its table's {n_rows} rows have no record yet"] if n_served < n_rows else []) + \
+               ([f"{waiting} frames have no table row yet"] if waiting else [])
+        left = ' and '.join(left) + ' and are left out' if counted else "it has no table to count the records it lacks"
+        warnings.warn(f"{path}: its last build stopped before it finished: {left}: {again}", stacklevel=_user_level())
 
 
 # %% ../nbs/05a_splits.ipynb #05508402

@@ -59,7 +59,9 @@ def _served(shelf):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         dls = ShelfDataLoaders.from_shelf(shelf, bs=4, num_workers=0)
-    return (*_split(dls), [str(o.message) for o in w if 'build_shelf stopped' in str(o.message)])
+    stopped = [o for o in w if 'build stopped' in str(o.message)]
+    assert all(o.filename == __file__ for o in stopped), [o.filename for o in stopped]  # at the user's line, not ours
+    return (*_split(dls), [str(o.message) for o in stopped])
 
 def _files(path, df):
     "fastai's split of `df`'s rows on the files, keyed as the shelf keys them."
@@ -93,7 +95,84 @@ def test_a_rebuild_killed_after_any_commit_serves_one_tables_rows(tables):
 def test_a_first_build_killed_before_any_record_says_so(tables):
     "A new shelf whose build was killed before a record is a `ShelfError` saying so (fastai's setup met an empty list: TypeError)."
     path, a, _ = tables
-    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build_shelf stopped before writing one')):
+    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build stopped before writing one')):
         assert _build(path, 'A', f'{when}.shelf', 1, when) == -signal.SIGKILL  # the first write: the settings, table and order
         with pytest.raises(ShelfError, match=f"{when}.shelf has no record to serve: {says}"):
             ShelfDataLoaders.from_shelf(path/f'{when}.shelf', bs=4)
+
+# In-process stops: a Ctrl-C (KeyboardInterrupt) at the point named, as a notebook user's interrupt lands there
+KW = dict(fn_col='fn', label_col='y', valid_col='is_valid', n_workers=0, progress=False)
+
+def test_a_refused_rerun_changes_nothing(tables):
+    "A rebuild refused for relabelling stored records leaves A's table, order and mark: A's split, no warning (it wrote B's)."
+    from fastai_shelve.build import build_shelf
+    path, a, b = tables
+    build_shelf(path/'A.csv', path/'s.shelf', path, **KW)
+    b = b.assign(y=b.y.map({'a': 'b', 'b': 'a'}))  # every stored record relabelled: refused
+    with open_shelf(path/'s.shelf') as s: before = s.table.copy(), s.order.copy(), s.meta.as_meta()
+    for _ in range(2):  # the advice a refusal gives holds on a second try too
+        with pytest.raises(ShelfError, match='other labels than they hold'): build_shelf(b, path/'s.shelf', path, **KW)
+    with open_shelf(path/'s.shelf') as s:
+        assert s.table.equals(before[0]) and s.order.equals(before[1]) and s.meta.complete is True
+    assert _served(path/'s.shelf') == (*_files(path, a), [])
+
+def test_a_stopped_frames_build_splits_as_its_table(tables, tmp_path):
+    "frame='all', stopped at a bad file: every frame served has its table row, so the split is the table's (they went to training)."
+    from fastai_shelve.build import build_shelf
+    path, a, _ = tables
+    (path/'i10.png').write_bytes(b'not a png')
+    with pytest.raises(ShelfError, match='i10.png'):
+        build_shelf(a, path/'f.shelf', path, frame='all', strict=True, commit_every=1, **KW)
+    train, valid, warned = _served(path/'f.shelf')
+    ftrain, fvalid = _files(path, a)
+    written = [f for f in a.fn if f < 'i10.png']
+    assert (train, valid) == tuple([f'{f}#0000' for f in s if f in written] for s in (ftrain, fvalid))
+    assert valid and warned and f"{len(a) - len(written)} of its table's {len(a)} rows have no record yet" in warned[0]
+
+def test_a_sharded_rebuild_stopped_serves_one_builds_tables(tables, monkeypatch):
+    """build_sharded of B stopped before its shards' builds: B's tables and split (with a warning), never A's split in B's order;
+    stopped between two shards' first writes: the shards of two builds are refused, naming the shard."""
+    import dask
+    from fastai_shelve.shards import build_sharded
+    from fastai_shelve.lmdb_shelf import Shelf
+    path, a, b = tables
+    build_sharded(a, path/'sh', 2, path, **{**KW, 'n_workers': 1})
+    def stop(*args, **kw): raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(dask, 'compute', stop)
+        with pytest.raises(KeyboardInterrupt): build_sharded(b, path/'sh', 2, path, **{**KW, 'n_workers': 1})
+    train, valid, warned = _served(path/'sh')
+    with open_shelf(path/'sh') as s: have = {k for k in s.keys()}
+    assert (train, valid) == tuple([k for k in s if k in have] for s in _files(path, b)) and warned
+    update, calls = Shelf.update_meta, []
+    def second_stops(self, *args, **kw):  # the second shard's first write
+        calls.append('build_id' in kw)
+        if sum(calls) == 2: raise KeyboardInterrupt
+        return update(self, *args, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(Shelf, 'update_meta', second_stops)
+        with pytest.raises(KeyboardInterrupt): build_sharded(a, path/'sh', 2, path, **{**KW, 'n_workers': 1})
+    with pytest.raises(ShelfError, match='disagrees with .* on build_id'): ShelfDataLoaders.from_shelf(path/'sh', bs=4)
+    build_sharded(a, path/'sh', 2, path, **{**KW, 'n_workers': 1})  # run again: one build's shards
+    assert _served(path/'sh') == (*_files(path, a), [])
+
+def test_a_stopped_convert_says_so(tables, monkeypatch):
+    "convert_shelf stopped midway: the copy has the source's table and order from the start, serves its split and warns."
+    from fastai_shelve.build import build_shelf, convert_shelf
+    from fastai_shelve.lmdb_shelf import Shelf
+    path, a, _ = tables
+    build_shelf(a, path/'s.shelf', path, **KW)
+    put, calls = Shelf.put_many, []
+    def second_stops(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2: raise KeyboardInterrupt
+        return put(self, *args, **kw)
+    with monkeypatch.context() as m:
+        m.setattr(Shelf, 'put_many', second_stops)
+        with pytest.raises(KeyboardInterrupt): convert_shelf(path/'s.shelf', path/'c.shelf', chunk=4, progress=False)
+    train, valid, warned = _served(path/'c.shelf')
+    with open_shelf(path/'c.shelf') as s: have = set(s.keys())
+    assert len(have) == 4 and (train, valid) == tuple([k for k in s if k in have] for s in _files(path, a))
+    assert warned and "8 of its table's 12 rows have no record yet" in warned[0]
+    convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # resumed to its end: the source's mark, no warning
+    assert _served(path/'c.shelf') == (*_files(path, a), [])
