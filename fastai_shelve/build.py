@@ -226,8 +226,8 @@ def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
         part = keys[i:i+chunk]
         have = shelf.get_batch(part, fields={'labels'})['labels']
         diff += [k for k,h in zip(part, have) if not np.array_equal(np.asarray(h).reshape(-1), np.asarray(want[k]).reshape(-1))]
-    if diff: raise ShelfError(f"{shelf.path}: the table gives {len(diff)} records already in the shelf other labels than they hold, e.g. "
-                              f"{diff[:3]}: build to a new path to change labels, or train with the table's own: "
+    if diff: raise ShelfError(f"{shelf.path}: the table gives records already in the shelf other labels than they hold "
+                              f"({len(diff)} in all, e.g. {diff[:3]}): build to a new path to change labels, or train with the table's own: "
                               f"ShelfDataLoaders.from_df(df, shelf, ...)")
 
 def _resume_tasks(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:

@@ -196,3 +196,7 @@ def main(argv=None):
     except Exception as e:  # one line, never a traceback: the CLI's promise
         print(f"fastai-shelve {cmd}: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, DamagedStoreError) else 2)  # a damaged file is bad records found, not a usage error
+
+# %% ../nbs/07_cli.ipynb #c7a1e5b0
+if __name__ == '__main__': main()  # `python -m fastai_shelve.cli ...`, as a Kaggle cell's `!python -m` runs it
+

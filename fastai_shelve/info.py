@@ -55,4 +55,8 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
         t, o = s.table, s.order  # read, so their checksums are checked: damage there is found here too (exit 1), not only by verify
         if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
         if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
+        if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
+            frames, again = (s.meta.build or {}).get('frame') == 'all', 'run the same build_shelf again to resume it'
+            left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
+            res['build'] = 'finished' if s.meta.complete else f"stopped before it finished{left}: {again}"
         return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

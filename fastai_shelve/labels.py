@@ -48,7 +48,9 @@ def read_source(source, fn_col=0) -> tuple:
         files = [Path(o) for o in listify(source)]
         df, keys, col = pd.DataFrame({'file': [str(f) for f in files]}), [f.stem for f in files], None
     dups = pd.Series(keys)[pd.Series(keys).duplicated()].unique()
-    if len(dups): raise ShelfError(f"{len(dups)} ids occur more than once, e.g. {list(dups[:5])}: ids must be unique")
+    if len(dups): raise ShelfError(f"ids must be unique, and these occur more than once: {list(dups[:5])} ({len(dups)} in all): a shelf "
+                                   f"holds each image once; to repeat rows (oversampling), build from the unique ones and train from "
+                                   f"yours with ShelfDataLoaders.from_df(df, shelf, ...)")
     return df, keys, col
 
 # %% ../nbs/02b_labels.ipynb #a54707ee
@@ -99,8 +101,11 @@ def _sorted(vals) -> list:
     except TypeError: return sorted(vals, key=str)
 
 def label_columns(df, label_col) -> list:
-    "The names of `df`'s label columns: `label_col` is one or a list, each a name or a position."
-    return [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+    "The names of `df`'s label columns: `label_col` is one or a list, each a name or a position; a name not in `df` is refused."
+    cols = [df.columns[c] if isinstance(c, int) else c for c in listify(label_col)]
+    miss = [c for c in cols if c not in df.columns]  # here, not deep in fastai's `ColReader` as a bare KeyError
+    if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
+    return cols
 
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
@@ -108,8 +113,6 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
     vocab = vocab if vocab is not None else bvocab
     cols = label_columns(df, label_col)
     if not cols: return [None]*len(keys), dict(label_kind='none')
-    miss = [c for c in cols if c not in df.columns]
-    if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
     # An empty tag field (NaN, as a CSV's empty field reads) is no tags; other empty labels are refused by name.
     err = _nan_refusal(df, cols, keys) if label_delim is None else None
     if err: raise err

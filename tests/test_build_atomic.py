@@ -176,3 +176,15 @@ def test_a_stopped_convert_says_so(tables, monkeypatch):
     assert warned and "8 of its table's 12 rows have no record yet" in warned[0]
     convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # resumed to its end: the source's mark, no warning
     assert _served(path/'c.shelf') == (*_files(path, a), [])
+
+def test_info_says_a_build_stopped(tables):
+    "`shelf_info` (`fastai-shelve info`) says a build stopped and how many rows wait, until a run of it ends."
+    from fastai_shelve.build import build_shelf
+    from fastai_shelve.info import shelf_info
+    path, a, _ = tables
+    (path/'i10.png').write_bytes(b'not a png')
+    with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
+    assert shelf_info(path/'s.shelf')['build'] == ("stopped before it finished: 2 of the table's 12 rows have no record yet: "
+                                                   "run the same build_shelf again to resume it")
+    build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
+    assert shelf_info(path/'s.shelf')['build'] == 'finished'

@@ -72,3 +72,8 @@ def test_untrusted_shelve_info_and_verify(tmp_path):
     assert r.returncode == 0 and 'holds_pickles: True' in r.stdout
     r = run('verify', tmp_path/'old.db')
     assert r.returncode == 2 and 'holds pickles' in r.stderr
+
+def test_python_m_runs_the_cli(tmp_path):
+    "`python -m fastai_shelve.cli` (a Kaggle cell's `!python -m ...`) runs the command, as `fastai-shelve` does: it used to exit 0 doing nothing."
+    r = subprocess.run([sys.executable, '-m', 'fastai_shelve.cli', 'info', tmp_path/'nope.shelf'], capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr.strip()) == (2, f"fastai-shelve info: error: no shelf at {tmp_path/'nope.shelf'}")
