@@ -291,6 +291,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                 mask_suffix:str='.png', # appended to ids to name mask files
                 codes=None, # the mask's class names, kept in the metadata for `MaskBlock`-style decoding
                 prune:bool=False, # delete the records no row of this table names (an earlier build's), instead of keeping them unserved
+                check_only:bool=False, # refuse as this build would (other settings, stored records relabelled), write nothing, return None
                 **kwargs, # the `BuildSettings`: size, shortest_side, max_side, gray, scale, frame
                ) -> BuildReport:
     "Decode and resize the images of `source` once, in worker processes, into the shelf `dest`; resumable."
@@ -319,6 +320,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         check = _check_same_build(dest, settings, label_meta, (compression, level))
         check(shelf.meta)
         tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
+        if check_only: return None
         # The settings (and their check, again: of two builds started together one is refused), the table and the row order in
         # one transaction: a build killed here leaves the earlier build's three or this one's, never one table in another's
         # order. `complete` stays False until the end: a shelf whose build stopped says so when it is trained from.

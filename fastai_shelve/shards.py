@@ -62,10 +62,12 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     m = write_manifest(dest, n_shards)
     for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
-    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col))  # each shard's `build_shelf` keeps them
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
+    # A rerun any shard would refuse (other settings, its records relabelled) is refused before any shard is written
+    for i in range(n_shards): build_shelf(df[shard == i], Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
+    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col))  # each shard's `build_shelf` keeps them
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client

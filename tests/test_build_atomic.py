@@ -188,3 +188,14 @@ def test_info_says_a_build_stopped(tables):
                                                    "run the same build_shelf again to resume it")
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
+
+def test_a_refused_sharded_rerun_changes_nothing(tables):
+    "A build_sharded rerun one shard refuses (its records relabelled) writes no shard: A's split and targets, no warning."
+    from fastai_shelve.shards import build_sharded
+    path, a, b = tables
+    kw = {**KW, 'n_workers': 1}
+    build_sharded(a, path/'sh', 2, path, **kw)
+    with pytest.raises(ShelfError, match='other labels than they hold'):
+        build_sharded(b.assign(y=b.y.map({'a': 'b', 'b': 'a'})), path/'sh', 2, path, **kw)
+    assert _served(path/'sh') == (*_files(path, a), [])
+    with open_shelf(path/'sh') as s: assert s.meta.complete is True
