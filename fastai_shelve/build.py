@@ -304,7 +304,10 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab)
     _check_request(dest, df, valid_col, settings, mask_path)
-    files, masks, pref = _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
+    if check_only and shelf_kind(dest) is None: return None  # nothing to resume: nothing to refuse, and nothing is made
+    # The checks need the keys and labels, not the files (with `build_sharded` on a cluster only the workers see them)
+    files, masks, pref = ([None]*len(keys), [None]*len(keys), None) if check_only else \
+        _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
     table = other_columns(df, keys, col, label_col)
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     valid = [k for k in keys if key_bytes(k) is not None]

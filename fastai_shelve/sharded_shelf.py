@@ -101,7 +101,7 @@ def count_shards(path) -> list:
     if m.get('ids') is None and m.get('counts') is not None and m['counts'] != counts: _save_manifest(path, {**m, 'counts': counts})
     return counts
 
-_SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes', 'build_id')  # `build_id`: shards of two builds
+_SAME = ('build', 'image_mode', 'label_kind', 'label_names', 'vocab', 'codes')
 
 class ShardedShelf(ShelfBase):
     "A folder of shard shelves read (and written, record by record) as one shelf."
@@ -196,6 +196,10 @@ class ShardedShelf(ShelfBase):
                 mine, theirs = getattr(m, k), getattr(first, k)
                 if mine != theirs and None not in (mine, theirs):
                     raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on {k}: {mine!r} vs {theirs!r}")
+            # Shards of two builds (a build_sharded stopped between two shards' first writes); None too: one built before ids
+            if m.build_id != first.build_id:
+                raise ShelfError(f"{self.path/name} disagrees with {self.manifest['shards'][0]} on build_id: {m.build_id!r} vs "
+                                 f"{first.build_id!r}: its build_sharded stopped between shards: run it again")
         res = first.merge(n_shards=self.n, n_records=sum(len(s) for s in self.shards))
         if any(m.complete is False for m in metas): res.complete = False  # one shard's build stopped: the shelf's did
         hists = [np.array(m.stats['hist']) for m in metas if 'hist' in (m.stats or {})]

@@ -26,7 +26,7 @@ def _build_part(part, dest, **kwargs):
     return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds,
                 unnamed=r.unnamed, pruned=r.pruned)
 
-def _start_shards(dest, names, keys, shard, table):
+def _start_shards(dest, names, keys, shard, table, valid_col=None):
     "Each shard's table and row order (its ids at the whole table's row numbers), marked unfinished with a new `build_id`."
     # One transaction a shard, before any shard's build: a rerun stopped between two shards leaves shards of two builds,
     # whose ids differ (opening the folder says so); stopped later, every shard has this build's table and order, unfinished
@@ -35,7 +35,8 @@ def _start_shards(dest, names, keys, shard, table):
     for i, n in enumerate(names):
         pos = np.flatnonzero((shard == i) & ok)
         with Shelf(Path(dest)/n, 'c') as s:
-            s.update_meta(complete=False, build_id=run, table=table[shard == i], order=s.new_order([keys[j] for j in pos], pos))
+            s.update_meta(complete=False, build_id=run, valid_col=valid_col, table=table[shard == i],
+                          order=s.new_order([keys[j] for j in pos], pos))
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   dest, # the folder of shards to write (a rerun resumes each shard)
@@ -67,7 +68,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
     # A rerun any shard would refuse (other settings, its records relabelled) is refused before any shard is written
     for i in range(n_shards): build_shelf(df[shard == i], Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
-    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col))  # each shard's `build_shelf` keeps them
+    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them
     tasks = [dask.delayed(_build_part)(df[shard == i], Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client
