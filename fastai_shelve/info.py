@@ -11,6 +11,7 @@ from .interface import ShelfNotFoundError
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf
 from .store import open_shelf, shelf_kind
+from .meta import RESUME
 
 # %% auto #0
 __all__ = ['shelf_info']
@@ -56,7 +57,7 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
         if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
         if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
         if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
-            frames, again = (s.meta.build or {}).get('frame') == 'all', 'run the same build_shelf again to resume it'
+            frames = (s.meta.build or {}).get('frame') == 'all'
             left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
-            res['build'] = 'finished' if s.meta.complete else f"stopped before it finished{left}: {again}"
+            res['build'] = 'finished' if s.meta.complete else f"stopped before it finished{left}: {RESUME}"
         return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

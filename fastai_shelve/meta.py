@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from .codec import ShelfError, FormatVersionError, FORMAT_VERSION
 
 # %% auto #0
-__all__ = ['ShelfMeta']
+__all__ = ['RESUME', 'ShelfMeta']
 
 # %% ../nbs/00ab_meta.ipynb #a0e10005
+RESUME = 'run the same build_shelf (or convert_shelf) again to resume it'  # what `info` and `from_shelf` advise for a stopped build
+
 class ShelfMeta(Mapping):
     "A shelf's metadata, typed: what a build writes, what readers read, what a shelf keeps beside its records."
     fields = ('format', # 'fastai_shelve' (or 'stdlib shelve' for a `StdShelf`)

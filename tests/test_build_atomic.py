@@ -185,7 +185,7 @@ def test_info_says_a_build_stopped(tables):
     (path/'i10.png').write_bytes(b'not a png')
     with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
     assert shelf_info(path/'s.shelf')['build'] == ("stopped before it finished: 2 of the table's 12 rows have no record yet: "
-                                                   "run the same build_shelf again to resume it")
+                                                   "run the same build_shelf (or convert_shelf) again to resume it")
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
 
