@@ -731,6 +731,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_shelve.meta.ShelfMeta.dataset': ('meta.html#shelfmeta.dataset', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta.ShelfMeta.from_meta': ('meta.html#shelfmeta.from_meta', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta.ShelfMeta.merge': ('meta.html#shelfmeta.merge', 'fastai_shelve/meta.py'),
+                                    'fastai_shelve.meta.ShelfMeta.resume': ('meta.html#shelfmeta.resume', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta._version': ('meta.html#_version', 'fastai_shelve/meta.py')},
             'fastai_shelve.sharded_shelf': { 'fastai_shelve.sharded_shelf.ShardedShelf': ( 'sharded_shelf.html#shardedshelf',
                                                                                            'fastai_shelve/sharded_shelf.py'),

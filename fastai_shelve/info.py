@@ -11,7 +11,6 @@ from .interface import ShelfNotFoundError
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf
 from .store import open_shelf, shelf_kind
-from .meta import RESUME
 
 # %% auto #0
 __all__ = ['shelf_info']
@@ -59,5 +58,5 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
         if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
             frames = (s.meta.build or {}).get('frame') == 'all'
             left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
-            res['build'] = 'finished' if s.meta.complete else f"stopped before it finished{left}: {RESUME}"
+            res['build'] = 'finished' if s.meta.complete else f"stopped before it finished{left}: {s.meta.resume()}"
         return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

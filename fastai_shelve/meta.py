@@ -8,11 +8,9 @@ from collections.abc import Mapping
 from .codec import ShelfError, FormatVersionError, FORMAT_VERSION
 
 # %% auto #0
-__all__ = ['RESUME', 'ShelfMeta']
+__all__ = ['ShelfMeta']
 
 # %% ../nbs/00ab_meta.ipynb #a0e10005
-RESUME = 'run the same build_shelf (or convert_shelf) again to resume it'  # what `info` and `from_shelf` advise for a stopped build
-
 class ShelfMeta(Mapping):
     "A shelf's metadata, typed: what a build writes, what readers read, what a shelf keeps beside its records."
     fields = ('format', # 'fastai_shelve' (or 'stdlib shelve' for a `StdShelf`)
@@ -62,6 +60,11 @@ class ShelfMeta(Mapping):
     def merge(self, **kwargs) -> ShelfMeta:
         "A copy with `kwargs` merged in (a key set to None is kept as None, as `update_meta` writes it)."
         return type(self)(**(self.as_meta() | kwargs))
+
+    def resume(self) -> str:
+        "What to run to finish the stopped build that wrote this shelf: `info` and `from_shelf` say it."
+        how = 'build_sharded' if self.build_id or self.shard else 'convert_shelf' if self.converted_from else 'build_shelf'
+        return f"run the same {how} again to resume it"
 
     def dataset(self) -> dict:
         "What describes the data, not the file: what a copy of the shelf carries over."

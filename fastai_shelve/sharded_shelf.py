@@ -230,7 +230,7 @@ class ShardedShelf(ShelfBase):
         for i, (name, s) in enumerate(zip(m['shards'], self.shards)):
             if counts is not None and len(s) != counts[i]: wrong.append(f"{name} holds {len(s)} keys, the manifest says {counts[i]}")
             strays = [k for k in s.keys() if shard_of(k, self.n) != i]
-            if strays: wrong.append(f"{name} holds {len(strays)} keys of other shards, e.g. {strays[0]!r}")
+            if strays: wrong.append(f"{name} holds {len(strays)} key{'s' * (len(strays) > 1)} of other shards, e.g. {strays[0]!r}")
         if wrong: raise DamagedStoreError(f"{self.path}: " + '; '.join(wrong[:5]) + (f" ({len(bad)} bad records besides)" if bad else ''))
         return VerifyReport(bad, sum(r.n for r in reports), sum(r.unbound for r in reports), notes)
     def close(self):

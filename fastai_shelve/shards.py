@@ -61,15 +61,17 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     _, label_meta = encode_labels(df, keys, **lab)
     BuildSettings(**{k: v for k,v in kwargs.items() if k in BuildSettings.fields})  # checked before anything is written
     m = write_manifest(dest, n_shards)
-    for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     shard = np.array([shard_of(k, n_shards) for k in keys])
+    # Shard i's part of the source, as build_shelf reads it: table rows, or the files themselves (keyed by stem, as here)
+    part = lambda i: df[shard == i] if col is not None else df['file'][shard == i].tolist()
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
     # A rerun any shard would refuse (other settings, its records relabelled) is refused before any shard is written
-    for i in range(n_shards): build_shelf(df[shard == i], Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
+    for i in range(n_shards): build_shelf(part(i), Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
+    for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them
-    tasks = [dask.delayed(_build_part)(df[shard == i], Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
+    tasks = [dask.delayed(_build_part)(part(i), Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
     if scheduler:
         from dask.distributed import Client
         with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))

@@ -10,7 +10,6 @@ from fastcore.foundation import L
 from fastai.data.transforms import RandomSplitter, FuncSplitter, ColSplitter
 from .codec import ShelfError
 from .interface import frame_file
-from .meta import RESUME
 
 # %% auto #0
 __all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'shelf_items', 'check_served', 'GroupSplitter', 'KeySplitter', 'table_splitter',
@@ -45,7 +44,7 @@ def _user_level() -> int:
 
 def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waiting:int=0):
     "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped with rows (or `waiting` frames) left out."
-    stopped, again = meta.complete is False, RESUME  # None: before 0.2.2, or not a build
+    stopped, again = meta.complete is False, meta.resume()  # None: before 0.2.2, or not a build
     if not n_served:
         raise ShelfError(f"{path} has no record to serve: " + (f"its build stopped before writing one: {again}" if stopped else
                          f"none of its build table's {n_rows} rows has a record (the build report says why)" if n_rows else

@@ -143,7 +143,8 @@ def test_a_sharded_rebuild_stopped_serves_one_builds_tables(tables, monkeypatch)
         with pytest.raises(KeyboardInterrupt): build_sharded(b, path/'sh', 2, path, **{**KW, 'n_workers': 1})
     train, valid, warned = _served(path/'sh')
     with open_shelf(path/'sh') as s: have = {k for k in s.keys()}
-    assert (train, valid) == tuple([k for k in s if k in have] for s in _files(path, b)) and warned
+    assert (train, valid) == tuple([k for k in s if k in have] for s in _files(path, b))
+    assert warned and warned[0].endswith('run the same build_sharded again to resume it')
     update, calls = Shelf.update_meta, []
     def second_stops(self, *args, **kw):  # the second shard's first write
         calls.append('build_id' in kw)
@@ -174,6 +175,7 @@ def test_a_stopped_convert_says_so(tables, monkeypatch):
     with open_shelf(path/'c.shelf') as s: have = set(s.keys())
     assert len(have) == 4 and (train, valid) == tuple([k for k in s if k in have] for s in _files(path, a))
     assert warned and "8 of its table's 12 rows have no record yet" in warned[0]
+    assert warned[0].endswith('run the same convert_shelf again to resume it')
     convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # resumed to its end: the source's mark, no warning
     assert _served(path/'c.shelf') == (*_files(path, a), [])
 
@@ -185,7 +187,7 @@ def test_info_says_a_build_stopped(tables):
     (path/'i10.png').write_bytes(b'not a png')
     with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
     assert shelf_info(path/'s.shelf')['build'] == ("stopped before it finished: 2 of the table's 12 rows have no record yet: "
-                                                   "run the same build_shelf (or convert_shelf) again to resume it")
+                                                   "run the same build_shelf again to resume it")
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
 
@@ -198,4 +200,28 @@ def test_a_refused_sharded_rerun_changes_nothing(tables):
     with pytest.raises(ShelfError, match='other labels than they hold'):
         build_sharded(b.assign(y=b.y.map({'a': 'b', 'b': 'a'})), path/'sh', 2, path, **kw)
     assert _served(path/'sh') == (*_files(path, a), [])
+
+def test_a_refused_sharded_rerun_writes_no_shard(tables):
+    "A refused build_sharded rerun leaves every shard file's bytes as they were (it claimed each shard, a write, before its checks)."
+    from fastai_shelve.shards import build_sharded
+    path, a, b = tables
+    kw = {**KW, 'n_workers': 1}
+    build_sharded(a, path/'sh', 2, path, **kw)
+    before = {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())}
+    with pytest.raises(ShelfError, match='other labels than they hold'):
+        build_sharded(a.assign(y=a.y.map({'a': 'b', 'b': 'a'})), path/'sh', 2, path, **kw)
+    assert {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())} == before
+
+def test_sharded_from_a_list_of_files_equals_build_shelf(tables):
+    "build_sharded of a list of image files keys each record by its file's stem in the shard its key names, as build_shelf does."
+    from fastai_shelve.build import build_shelf
+    from fastai_shelve.shards import build_sharded
+    path, _, _ = tables
+    files = sorted(path.glob('i*.png'))
+    reports = build_sharded(files, path/'sh', 3, n_workers=1, size=16)
+    build_shelf(files, path/'one.shelf', n_workers=0, progress=False, size=16)
+    with open_shelf(path/'sh') as sh, open_shelf(path/'one.shelf') as one:
+        assert not sh.verify() and sorted(sh.keys()) == sorted(one.keys()) == [f.stem for f in files]
+        assert sum(r['written'] for r in reports) == len(files) and sh.meta.complete
+        for k in one.keys(): np.testing.assert_array_equal(sh[k]['image'], one[k]['image'])
     with open_shelf(path/'sh') as s: assert s.meta.complete is True
