@@ -96,19 +96,21 @@ def batch_tensors(b) -> list:
     return [t for o in b for t in batch_tensors(o)] if isinstance(b, (tuple, list)) else []
 
 class CudaAhead:
-    "`start` runs `prep` (the copy to CUDA `device`, the batch transforms) on a side stream; `finish` hands its batch to the training stream."
-    def __init__(self, device, prep):
-        self.prep, self.side, self.main, self.held = prep, torch.cuda.Stream(device), torch.cuda.current_stream(device), None
-        self.side.wait_stream(self.main)  # what the training stream queued before (transforms' tensors moved there) comes first
+    "`start` copies a batch to CUDA `device` on stream `side`; `finish` hands the copy to the current (training) stream."
+    def __init__(self, device, side):
+        self.device, self.side, self.held = device, side, None
+        self.side.wait_stream(torch.cuda.current_stream(device))  # what the training stream queued before comes first
 
     def start(self, b):
-        with torch.cuda.stream(self.side): out = self.prep(b)
+        with torch.cuda.stream(self.side): out = to_device(b, self.device, non_blocking=True)  # pinned memory: async
         return b, out, self.side.record_event()
 
     def finish(self, job):
         b, out, ev = job
-        self.main.wait_event(ev)  # the training stream uses the batch once its copy and transforms are done
-        for t in batch_tensors(out): t.record_stream(self.main)  # side-stream memory, used on the training stream
+        main = torch.cuda.current_stream(self.device)
+        main.wait_event(ev)  # the training stream uses the batch once its copy is done
+        for t in batch_tensors(out):
+            if t.is_cuda: t.record_stream(main)  # side-stream memory, used on the training stream
         self.release((b, ev))
         return out
 
@@ -118,8 +120,8 @@ class CudaAhead:
         self.held = held
 
 class AheadDL(TfmdDL):
-    "A `TfmdDL` that, on a CUDA device, makes each batch one step ahead: copied `non_blocking` and transformed on a side stream."
-    def __init__(self, dataset=None, ahead:bool=True, # on a CUDA device: each batch made one step ahead on a side stream
+    "A `TfmdDL` that, on a CUDA device, makes each batch one step ahead and copies it `non_blocking` on a side stream."
+    def __init__(self, dataset=None, ahead:bool=True, # on a CUDA device: each batch made and copied one step ahead on a side stream
                  **kwargs):
         self.ahead = ahead
         super().__init__(dataset, **kwargs)
@@ -130,25 +132,40 @@ class AheadDL(TfmdDL):
         d = torch.device(self.device)
         return d if d.type == 'cuda' else None
 
-    def on_device(self, b, device):
-        "What fastai's iteration does to a batch from the loader: to `device` (`non_blocking`: pinned memory copies async), `after_batch`."
-        if isinstance(b, list): b = tuple(b)  # `pin_memory` makes lists
-        return self.after_batch(to_device(b, device, non_blocking=True))
+    def makes_ahead(self) -> bool:
+        "Can a batch be made before the one before it is used: does making it draw nothing from this process's generators?"
+        return self.fake_l.num_workers > 0  # worker processes make the items, with generators of their own
+
+    def side_stream(self, device) -> torch.cuda.Stream:
+        "This loader's stream for copies to `device`: one for its life (the caching allocator reuses memory per stream)."
+        if getattr(self, '_streams', None) is None: self._streams = {}
+        if device not in self._streams: self._streams[device] = torch.cuda.Stream(device)
+        return self._streams[device]
 
     def __iter__(self):
         d = self.ahead_device()
-        return super().__iter__() if d is None else self.iter_ahead(d)
+        return super().__iter__() if d is None or not self.makes_ahead() else self.iter_ahead(d)
 
     def iter_ahead(self, device):
-        "fastai's `DataLoader.__iter__`, each batch made on a side stream one step ahead."
+        "fastai's `DataLoader.__iter__`, each batch made and copied on a side stream one step ahead; `after_batch` in fastai's order."
         self.randomize()
         self.before_iter()
         self._DataLoader__idxs = self.get_idxs()  # fastai's `sample` reads them under its class's private name
-        cuda = CudaAhead(device, partial(self.on_device, device=device))
-        try: yield from one_ahead(_loaders[self.fake_l.num_workers == 0](self.fake_l), cuda.start, cuda.finish)
+        cuda = CudaAhead(device, self.side_stream(device))
+        def finish(job):
+            # The batch transforms draw from the generators the training step draws from (dropout, MixUp): run here, at
+            # the hand-over, they draw in fastai's order, and `ahead` on or off gives the same batches to the same model
+            return self.after_batch(cuda.finish(job))
+        def start(b):
+            if self.pin_memory and type(b) == list: b = tuple(b)  # as fastai: `pin_memory` makes lists
+            return cuda.start(b)
+        try: yield from one_ahead(_loaders[self.fake_l.num_workers == 0](self.fake_l), start, finish)
         finally: cuda.side.synchronize(); cuda.release()  # stopped early too: no copy in flight reads buffers let go of
         self.after_iter()
         if hasattr(self, 'it'): del self.it
+
+    def __getstate__(self):  # CUDA streams never travel (a worker, an exported Learner)
+        return {k:v for k,v in self.__dict__.items() if k != '_streams'}
 
     def new(self, dataset=None, cls=None, **kwargs):
         return super().new(dataset, cls, **merge(dict(ahead=self.ahead), kwargs))
@@ -266,7 +283,7 @@ class ShelfDL(AheadDL):
 
     def read_call(self, keys):
         "`get_batch` of `keys` into batch arrays no one holds: a call to make here or on the read-ahead thread."
-        pin = self.ahead_device() is not None  # pinned buffers where batches go to a GPU ahead
+        pin = self.reads_ahead()  # pinned buffers where batches go to a GPU ahead
         if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
         return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self._pool.get(len(keys)))
 
@@ -291,8 +308,13 @@ class ShelfDL(AheadDL):
 
     def chunkify(self, b):
         chunks = super().chunkify(b)
-        # Read ahead only where there is a device to overlap with: on the CPU the model's step wants the cores the copy uses
-        return read_ahead(chunks, self.start_read) if self.plans and self.ahead_device() is not None else chunks
+        return read_ahead(chunks, self.start_read) if self.plans and self.reads_ahead() else chunks
+
+    def reads_ahead(self) -> bool:
+        "Are batches read ahead, into pinned buffers: they go to a GPU one step ahead, from this process?"
+        # Only where there is a device to overlap with: on the CPU the model's step wants the cores the copy uses. Never in a
+        # worker process (fastai's `DistributedDL` runs these hooks there): CUDA can't be used in a forked child
+        return self.ahead_device() is not None and torch.utils.data.get_worker_info() is None
 
     def assemble(self, arrs:dict) -> tuple:
         "The batch from `get_batch`'s arrays: each part's batch functions, then the item transforms' batch versions."
@@ -331,6 +353,10 @@ class ShelfDL(AheadDL):
         if not self.fake_l.num_workers or not self.reads_whole(): return super().__iter__()
         return self.in_process()
 
+    def makes_ahead(self) -> bool:
+        # Whole batches are read and assembled drawing nothing: every transform with a batch version is deterministic
+        return super().makes_ahead() or self.reads_whole()
+
     def in_process(self):
         "fastai's iteration, in this process: its iterator is made without workers, on the first batch."
         it = super().__iter__()
@@ -343,5 +369,5 @@ class ShelfDL(AheadDL):
         return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
 
     def __getstate__(self):  # batch arrays kept for reuse and reads in flight never travel (a worker, an exported Learner)
-        return {k:v for k,v in self.__dict__.items() if k not in ('_pool', 'pending')} | {'pending': {}}
+        return {k:v for k,v in super().__getstate__().items() if k not in ('_pool', 'pending')} | {'pending': {}}
     def __setstate__(self, d): self.__dict__.update(d)

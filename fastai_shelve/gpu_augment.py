@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 import torch
 from fastai.data.transforms import Transform
-from fastai.torch_core import TensorImage, retain_type
+from fastai.torch_core import TensorImage, TensorMask, retain_type
+from fastai.vision.core import TensorPoint, TensorBBox
 from .codec import ShelfError
 try: import kornia.augmentation as K, kornia.geometry.transform as KT
 except ImportError: K = KT = None  # an optional extra: `pip install 'fastai_shelve[gpu]'`
@@ -26,7 +27,15 @@ def _uniform(n:int, lo:float, hi:float, device): return torch.rand(n, device=dev
 class BatchAug(Transform):
     "A training batch transform on float images (N,C,H,W) in [0, 1]: `apply` kept for each sample with probability `p`."
     split_idx, order = 0, 20  # training only; after `IntToFloatTensor` (10), before `Normalize` (99)
+    moves = False  # does it move pixels (flip, rotate, crop, warp)? A batch's masks and points would have to move with them
     def __init__(self, p:float=1.): super().__init__(); self.p = p
+    def __call__(self, b, **kwargs):
+        # Only images are transformed: a mask or points left where they were would silently no longer match the image
+        held = [type(o).__name__ for o in (b if isinstance(b, (tuple, list)) else [b]) if isinstance(o, (TensorMask, TensorPoint, TensorBBox))]
+        if self.moves and held:
+            raise ShelfError(f"{type(self).__name__} moves an image's pixels but not its {', '.join(held)}: for masks, points or "
+                             f"boxes use fastai's aug_transforms, which move them together")
+        return super().__call__(b, **kwargs)
     def encodes(self, x:TensorImage):
         t = x.as_subclass(torch.Tensor)
         on = torch.rand(len(t), device=t.device) < self.p  # drawn whatever `p`: the draws don't depend on it
@@ -45,12 +54,13 @@ class KorniaAug(BatchAug):
 # %% ../nbs/04a_gpu_augment.ipynb #9a0c0007
 class FlipH(BatchAug):
     "Mirror left-right."
+    moves = True
     def __init__(self, p:float=0.5): super().__init__(p)
     def apply(self, x): return x.flip(-1)
 
 class RotateBorders(BatchAug):
     "Rotate by up to `limit` degrees, filling with one of zeros, reflection (reflect-101) and the border's pixels, drawn per sample."
-    modes = ('zeros', 'reflection', 'border')
+    modes, moves = ('zeros', 'reflection', 'border'), True
     def __init__(self, limit:float=10., p:float=0.5): super().__init__(p); self.limit = limit
     def apply(self, x):
         angle = _uniform(len(x), -self.limit, self.limit, x.device)
@@ -116,6 +126,7 @@ class CoarseDropout(BatchAug):
 # A class per step: fastai keeps one transform of each class in a DataBlock's `batch_tfms` (the last)
 class ResizedCropK(KorniaAug):
     "A random crop of a share `scale` of the area, resized to `size` (kornia's `RandomResizedCrop`)."
+    moves = True
     def __init__(self, size:int, scale=(0.9, 1.), p:float=1.):
         super().__init__(K.RandomResizedCrop((size, size), scale=scale, align_corners=False), p)
 
@@ -125,6 +136,7 @@ class ClaheK(KorniaAug):
 
 class SplineWarpK(KorniaAug):
     "A mesh warp: control points moved by up to `scale` (of -1..1), a thin-plate spline between them, reflect-101 borders."
+    moves = True
     def __init__(self, scale:float=0.04, p:float=0.3):
         super().__init__(K.RandomThinPlateSpline(scale=scale, padding_mode='reflection', p=1.), p)
 

@@ -5,7 +5,10 @@ import os, subprocess, time
 # DataLoader workers use one thread anyway (PyTorch sets it); torchrun sets the same for its ranks. A value set outside wins.
 for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.setdefault(v, '1')
 os.environ.setdefault('NO_ALBUMENTATIONS_UPDATE', '1')  # albumentations' online version check: no network in tests
-import numpy as np, pandas as pd, pytest
+import numpy as np, pandas as pd, pytest, torch
+# On a GPU, full float32 convolutions: tests compare a GPU's results with the CPU's, and TF32 (cuDNN's default) differs by
+# ~1e-3 of the value, more than a regression output's tolerance
+torch.backends.cudnn.allow_tf32 = False
 from PIL import Image
 
 def bars_image(labels, h=96, w=80, rng=None):

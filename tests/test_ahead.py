@@ -1,7 +1,8 @@
 """Batches one step ahead on the GPU (`AheadDL`): without CUDA nothing changes; with CUDA the same batches, in the same order,
 repeatable under `set_seed`, from pinned buffers. The CUDA tests skip where there is none."""
+import random
 import numpy as np, pytest, torch
-from fastai.vision.all import aug_transforms, set_seed, Resize, Learner, BCEWithLogitsLossFlat
+from fastai.vision.all import aug_transforms, set_seed, Resize, RandomResizedCrop, Learner, BCEWithLogitsLossFlat
 from fastai_shelve.data import ShelfDataLoaders
 from fastai_shelve.fetch import ShelfDL, one_ahead
 
@@ -28,6 +29,15 @@ def test_ahead_changes_nothing_without_cuda(bars_shelf, item_tfms):
     assert same(on, off)
     assert not same(on, epoch(dls, True, seed=1))  # the augmentation is random: the comparison could fail
 
+def test_made_ahead_only_where_nothing_is_drawn(bars_shelf):
+    "Batches are made a step ahead only where making them draws nothing here: read whole, or made by workers; random items are not."
+    path, _ = bars_shelf
+    kw = dict(bs=8, seed=0, device='cpu')
+    assert ShelfDataLoaders.from_shelf(path, num_workers=0, **kw).train.makes_ahead()  # whole batches: deterministic reads
+    assert ShelfDataLoaders.from_shelf(path, num_workers=2, item_tfms=Resize(48), **kw).train.makes_ahead()  # workers' items
+    # items made here, by fastai's random item transforms: made at the hand-over, in fastai's order
+    assert not ShelfDataLoaders.from_shelf(path, num_workers=0, item_tfms=RandomResizedCrop(40), **kw).train.makes_ahead()
+
 def test_one_ahead_stops_early_and_empty():
     "A loop that breaks leaves one batch started and never finished; no batches, no calls."
     started, finished = [], []
@@ -47,6 +57,36 @@ def test_ahead_on_cuda_same_batches(bars_shelf, workers, item_tfms):
     on, off = epoch(dls, True), epoch(dls, False)
     assert same(on, off) and same(on, epoch(dls, True))
     assert not same(on, epoch(dls, True, seed=1))
+
+@cuda
+@pytest.mark.parametrize('workers,item_tfms', [(0, None), (2, Resize(48)), (0, RandomResizedCrop(40))], ids=['whole', 'workers', 'random-items'])
+def test_ahead_with_a_step_that_draws(bars_shelf, workers, item_tfms):
+    "A training step drawing between batches (dropout on the GPU, MixUp's draws on the CPU, Python's): the same batches ahead or not."
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=workers, item_tfms=item_tfms, batch_tfms=aug_transforms(),
+                                      device='cuda')
+    def steps(ahead):
+        set_seed(0)
+        got = []
+        for x, y in dls.train.new(ahead=ahead):
+            got.append(x.cpu().clone())
+            torch.nn.functional.dropout(torch.ones(64, device='cuda'), 0.5); torch.rand(3); random.random()
+        return got
+    on, off = steps(True), steps(False)
+    assert len(on) == len(off) > 1 and all(torch.equal(a, b) for a, b in zip(on, off))
+
+@cuda
+def test_ahead_keeps_one_side_stream(bars_shelf):
+    "One side stream for the loader's life (the caching allocator keeps memory per stream), left out when the loader is pickled."
+    path, _ = bars_shelf
+    dl = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, batch_tfms=aug_transforms(), device='cuda').train
+    for _ in dl: pass
+    reserved, side = torch.cuda.memory_reserved(), dl.side_stream(dl.ahead_device())
+    for _ in range(4):
+        for _ in dl: pass
+    assert dl.side_stream(dl.ahead_device()) is side and len(dl._streams) == 1
+    assert torch.cuda.memory_reserved() <= reserved * 1.25
+    assert '_streams' not in dl.__getstate__()
 
 @cuda
 def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):

@@ -60,3 +60,25 @@ def test_recipe_on_cuda(bars_shelf):
     _, b, _ = epoch(path, 0, device='cuda')
     assert dls.train.one_batch()[0].is_cuda and a[0][0].shape == (8, 1, 48, 48)
     assert all(torch.equal(u, v) for p, q in zip(a, b) for u, v in zip(p, q))
+
+def test_steps_that_move_pixels_refuse_masks(tmp_path):
+    "A segmentation shelf's masks are not moved by the recipe's flips, rotations, crops and warps: refused at once, not misaligned."
+    import numpy as np, pandas as pd
+    from PIL import Image
+    from fastai_shelve.build import build_shelf
+    from fastai_shelve.codec import ShelfError
+    from fastai_shelve.gpu_augment import BrightContrast
+    rng = np.random.default_rng(0)
+    for d in ('img', 'msk'): (tmp_path/d).mkdir()
+    for i in range(8):
+        m = np.zeros((24, 24), np.uint8); m[4 + i:12 + i, 3:9] = 1
+        Image.fromarray((m * 150 + rng.integers(0, 30, m.shape)).astype(np.uint8)).save(tmp_path/'img'/f'k{i}.png')
+        Image.fromarray(m).save(tmp_path/'msk'/f'k{i}.png')
+    build_shelf(pd.DataFrame({'id': [f'k{i}' for i in range(8)]}), tmp_path/'seg.shelf', path=tmp_path/'img', suff='.png',
+                mask_path=tmp_path/'msk', codes=['background', 'tube'], n_workers=0, progress=False)
+    with pytest.raises(ShelfError, match="FlipH moves an image's pixels but not its TensorMask"):  # when fastai first runs them
+        ShelfDataLoaders.from_shelf(tmp_path/'seg.shelf', y='mask', bs=4, seed=0, valid_pct=0.25, batch_tfms=xray_gpu_augs(20))
+    # steps that only change pixel values leave masks where they belong: allowed
+    x, m = ShelfDataLoaders.from_shelf(tmp_path/'seg.shelf', y='mask', bs=4, seed=0, valid_pct=0.25,
+                                       batch_tfms=[BrightContrast(p=1.)]).train.one_batch()
+    assert x.shape == (4, 1, 24, 24) and m.shape == (4, 24, 24) and set(m.unique().tolist()) <= {0, 1}

@@ -51,7 +51,7 @@ def test_export_then_infer_in_a_fresh_process_without_the_shelf(tmp_path, other_
     r = other_process.run(tmp_path/'infer.py', tmp_path/'export.pkl', *files, cwd=tmp_path)  # none of this process's objects
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    # `before` ran where the Learner trained; `load_learner` predicts on the CPU: a GPU's convolutions (TF32) differ by ~1e-4
+    # `before` ran where the Learner trained; `load_learner` predicts on the CPU: a GPU's float32 convolutions differ a little
     atol = 1e-5 if dls.device.type == 'cpu' else 1e-3
     for kind in ('path', 'pil', 'array', 'tensor', 'test_dl'):
         np.testing.assert_allclose(out[kind], before, atol=atol, err_msg=kind)
