@@ -331,7 +331,7 @@ def test_sharded_folder_edits_are_found(tmp_path, capsys):
     d = variant('stray')  # a key in the wrong shard
     k = next(f'x{i}' for i in range(100) if shard_of(f'x{i}', 2) == 1)
     with open_shelf(d/'shard-000.shelf', 'w') as s: s[k] = {'image': _img(0, 8)}
-    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'keys of other shards' in err, (out, err)
+    rc, out, err = _cli(capsys, 'verify', str(d)); assert rc == 1 and 'holds 1 key of other shards' in err, (out, err)
     d = variant('foreign')  # shard 1 replaced by another dataset's shard built with the same settings
     other = _sharded(tmp_path/'other', prefix='k')
     shutil.copy(other/'shard-001.shelf', d/'shard-001.shelf')
