@@ -1,5 +1,6 @@
 "The typed metadata (issue 30): one `ShelfMeta` read from old shelves' dicts, written back unchanged; `verify`'s report."
 import json, subprocess, sys
+from pathlib import Path
 import numpy as np, lmdb, pytest
 from fastai_shelve.codec import ShelfError, FormatVersionError, FORMAT_VERSION, seal_meta
 from fastai_shelve.meta import ShelfMeta
@@ -59,7 +60,7 @@ def test_record_meta_is_what_a_build_writes():
 
 def test_the_read_side_does_not_import_the_writer():
     # `data` may reach `build` through others, but not for the metadata: `record_meta` comes from `images`, beside `BuildSettings`
-    src = open('fastai_shelve/data.py').read()
+    src = (Path(__file__).parents[1]/'fastai_shelve'/'data.py').read_text()  # from any folder
     assert 'from .build import record_meta' not in src and 'record_meta' in src.split('from .images import')[1].split('\n')[0]
 
 def test_verify_returns_a_report(tmp_path):
