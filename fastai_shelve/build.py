@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, json, time
+import os, glob, json, time
 from pathlib import Path
 from contextlib import suppress
 import numpy as np, pandas as pd, cv2
@@ -23,7 +23,7 @@ from .workers import stream_map
 from .meta import ShelfMeta
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'BuildReport', 'refuse_retired',
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'missing_hint', 'BuildReport', 'refuse_retired',
            'other_columns', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #24e46e08
@@ -102,6 +102,15 @@ def _none_written(meta):
     if meta.n_records: raise _Kept()  # the count every commit writes from the B-tree, in its transaction
 
 # %% ../nbs/02_build.ipynb #f3c335e8
+def missing_hint(bad, opt=str) -> str:
+    "Why files are missing, where it shows: another file named by the first missing id (another suffix), or none at all."
+    k, p, _ = min(bad)  # the same example every run: workers finish in any order
+    p = Path(p)  # `opt`: the option's name as the user spells it (the CLI's '--suff')
+    near = sorted(o.name for o in p.parent.glob(glob.escape(k) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
+    if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check {opt('suff')} (now {p.name[len(k):]!r})"
+    return (f"e.g. {p} is missing, and no file in {p.parent} starts with {k!r}: check "
+            f"{', '.join(map(opt, ('path', 'folder', 'fn_col')))} and {opt('suff')}")
+
 class BuildReport:
     "What `build_shelf` did: counts, speed, and every input it could not use as (key, path, reason)."
     # `unnamed`: records the table no longer names (an earlier build's rows), kept but not served; `pruned`: those deleted
@@ -115,7 +124,12 @@ class BuildReport:
                 f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)"
                 + (f"; {self.unnamed} records no row of the table names, kept but not served (prune=True deletes them)"
                    if self.unnamed else '')
-                + (f"; {self.pruned} records no row of the table names deleted" if self.pruned else ''))
+                + (f"; {self.pruned} records no row of the table names deleted" if self.pruned else '')
+                + (f"; none of the files was found: {missing_hint(self.bad)}" if self.none_found else ''))
+    @property
+    def none_found(self) -> bool:
+        "Was every file missing (a wrong `suff`, `path` or `folder`, rather than bad images)?"
+        return bool(self.bad) and not self.written and not self.existing and all(b[2] == 'missing file' for b in self.bad)
 
 # %% ../nbs/02_build.ipynb #88eb2517
 _LABEL_META = ('label_kind', 'vocab', 'label_names')

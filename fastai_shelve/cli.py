@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_cli.ipynb #59da05ae
 from __future__ import annotations
-import sys, os, json, glob
+import sys, os, json
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
@@ -14,7 +14,7 @@ from .interface import PickleRefusedError, DamagedStoreError
 from .store import open_shelf, shelf_kind
 from .info import shelf_info
 from .images import BuildSettings
-from .build import build_shelf, convert_shelf
+from .build import build_shelf, convert_shelf, missing_hint
 
 # %% auto #0
 __all__ = ['COMMANDS', 'RETIRED_FLAGS', 'build', 'hist_summary', 'info', 'verify', 'convert', 'demo', 'bench', 'main']
@@ -75,13 +75,7 @@ def build(csv:str, # CSV in fastai's from_df shape (id column, label columns, ex
     _print_bad(bad, sum(o['total'] for o in reports) if shards else r.total)
     if bad: sys.exit(1)
 
-def _missing_hint(bad) -> str:
-    "Why files are missing, where it shows: another file named by the first missing id (another suffix), or none at all."
-    k, p, _ = min(bad)  # the same example every run: workers finish in any order
-    p = Path(p)
-    near = sorted(o.name for o in p.parent.glob(glob.escape(k) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
-    if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check --suff (now {p.name[len(k):]!r})"
-    return f"e.g. {p} is missing, and no file in {p.parent} starts with {k!r}: check --path, --folder, --fn-col and --suff"
+def _missing_hint(bad) -> str: return missing_hint(bad, lambda name: '--' + name.replace('_', '-'))  # the CLI's option names
 
 def _print_bad(bad, total:int):
     "A line per bad record; a single one when every file is missing (a wrong --suff or --folder), and a summary naming the likely cause."

@@ -14,7 +14,7 @@ from .codec import (ShelfError, RecordError, FORMAT_VERSION, encode_record, deco
                                  seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
 from .meta import ShelfMeta
 from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
-from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use
+from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use, read_only_fs
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
 import fastai_shelve
@@ -46,6 +46,10 @@ class Shelf(ShelfBase):
         if mode not in ('r', 'w', 'c', 'n'): raise ShelfError(f"{path}: mode must be 'r', 'w', 'c' or 'n', not {mode!r}")
         check_compression(compression, level if compression else None)  # a level alone: a resume's, of the shelf's codec
         path = Path(path)
+        if mode in ('w', 'c') and path.exists() and not os.access(path, os.W_OK):  # a Kaggle dataset's /kaggle/input
+            why = 'its file system is read-only' if read_only_fs(path) else 'the file is not writable'
+            raise ReadOnlyError(f"{path}: cannot write to it: {why}: copy it to a writable folder (on Kaggle, /kaggle/working) to "
+                                f"build or change it; reading it needs no copy")
         if mode == 'n':
             check_replaceable(path)  # before anything is touched: never a FIFO, a device, a link, a folder or another file
             # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves

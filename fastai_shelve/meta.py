@@ -63,8 +63,9 @@ class ShelfMeta(Mapping):
 
     def resume(self) -> str:
         "What to run to finish the stopped build that wrote this shelf: `info` and `from_shelf` say it."
-        how = 'build_sharded' if self.build_id or self.shard else 'convert_shelf' if self.converted_from else 'build_shelf'
-        return f"run the same {how} again to resume it"
+        how = ('build_sharded (fastai-shelve build --shards)' if self.build_id or self.shard else
+               'convert_shelf (fastai-shelve convert)' if self.converted_from else 'build_shelf (fastai-shelve build)')
+        return f"if it stopped, run the same {how} again to resume it"
 
     def dataset(self) -> dict:
         "What describes the data, not the file: what a copy of the shelf carries over."

@@ -52,7 +52,8 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
                   progress:bool=False, # print each shard's report when the build is done
                   **kwargs) -> list: # `build_shelf`'s: label_delim, y_block, vocab, size, compression, ...
     "Build `source` into `n_shards` shard shelves in folder `dest`, one Dask task each; a report per shard."
-    import dask
+    try: import dask
+    except ImportError: raise ShelfError("build_sharded needs dask: pip install 'fastai_shelve[shards]'") from None
     refuse_retired('build_sharded', kwargs)  # here, not in a Dask worker
     # Records go to shards by their own key: a file's frames would scatter, away from the shard its id names
     if kwargs.get('frame') == 'all': raise ShelfError("frame='all' is for build_shelf: shards place records by key, not by file")

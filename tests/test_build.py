@@ -51,6 +51,22 @@ def test_bad_tables_fail_before_writing(tmp_path, bad_df, match):
         build_shelf(bad_df(df), tmp_path/'s.shelf', path=tmp_path, suff='.jpg', label_col=['a', 'b', 'c'], progress=False)
     assert not (tmp_path/'s.shelf').exists()
 
+def test_a_wrong_suffix_is_named_in_the_report(tmp_path):
+    "No file found (a wrong suff): the report's line says which file is there instead, as the CLI does."
+    df = write_bars(tmp_path, 3)
+    r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.png', n_workers=0, progress=False)
+    assert r.none_found and (r.written, len(r.bad)) == (0, 3)
+    assert str(r).endswith("none of the files was found: e.g. id0000.png is missing but id0000.jpg is there: check suff (now '.png')")
+    r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', n_workers=0, progress=False)
+    assert not r.none_found and 'none of the files' not in str(r) and r.written == 3
+
+def test_files_with_one_name_in_two_folders(tmp_path):
+    "A list of files keys each by its stem: two files of one name are refused naming both, before anything is written."
+    for d in ('a', 'b'): (tmp_path/d).mkdir(); Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path/d/'img0.png')
+    with pytest.raises(ShelfError, match=r"'img0' is the name of \['\S+/a/img0.png', '\S+/b/img0.png'\]: rename them"):
+        build_shelf([tmp_path/'a'/'img0.png', tmp_path/'b'/'img0.png'], tmp_path/'s.shelf', n_workers=0, progress=False)
+    assert not (tmp_path/'s.shelf').exists()
+
 def test_label_vector_widths_checked(tmp_path):
     "A label column holding vectors (what 0.1.0's label_func= made): rows of another width are refused by id."
     df = write_bars(tmp_path, 4)

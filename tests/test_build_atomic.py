@@ -2,7 +2,7 @@
 transaction, and a shelf whose build stopped says so when it is trained from. Real builds in child processes, killed
 by SIGKILL right after their N-th committed write transaction, for every N; then `from_shelf`, compared with fastai's
 `ImageDataLoaders.from_df` on the same PNG files and table."""
-import os, signal, subprocess, sys, textwrap, warnings
+import os, re, signal, subprocess, sys, textwrap, warnings
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 from fastai.vision.all import ImageDataLoaders, PILImageBW
@@ -59,7 +59,7 @@ def _served(shelf):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         dls = ShelfDataLoaders.from_shelf(shelf, bs=4, num_workers=0)
-    stopped = [o for o in w if 'build stopped' in str(o.message)]
+    stopped = [o for o in w if 'build has not finished' in str(o.message)]
     assert all(o.filename == __file__ for o in stopped), [o.filename for o in stopped]  # at the user's line, not ours
     return (*_split(dls), [str(o.message) for o in stopped])
 
@@ -95,9 +95,10 @@ def test_a_rebuild_killed_after_any_commit_serves_one_tables_rows(tables):
 def test_a_first_build_killed_before_any_record_says_so(tables):
     "A new shelf whose build was killed before a record is a `ShelfError` saying so (fastai's setup met an empty list: TypeError)."
     path, a, _ = tables
-    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build stopped before writing one')):
+    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build has not finished (it stopped, or is still running) and '
+                                                                     'wrote none yet')):
         assert _build(path, 'A', f'{when}.shelf', 1, when) == -signal.SIGKILL  # the first write: the settings, table and order
-        with pytest.raises(ShelfError, match=f"{when}.shelf has no record to serve: {says}"):
+        with pytest.raises(ShelfError, match=re.escape(f"{when}.shelf has no record to serve: {says}")):
             ShelfDataLoaders.from_shelf(path/f'{when}.shelf', bs=4)
 
 # In-process stops: a Ctrl-C (KeyboardInterrupt) at the point named, as a notebook user's interrupt lands there
@@ -144,7 +145,7 @@ def test_a_sharded_rebuild_stopped_serves_one_builds_tables(tables, monkeypatch)
     train, valid, warned = _served(path/'sh')
     with open_shelf(path/'sh') as s: have = {k for k in s.keys()}
     assert (train, valid) == tuple([k for k in s if k in have] for s in _files(path, b))
-    assert warned and warned[0].endswith('run the same build_sharded again to resume it')
+    assert warned and warned[0].endswith('run the same build_sharded (fastai-shelve build --shards) again to resume it')
     update, calls = Shelf.update_meta, []
     def second_stops(self, *args, **kw):  # the second shard's first write
         calls.append('build_id' in kw)
@@ -175,7 +176,7 @@ def test_a_stopped_convert_says_so(tables, monkeypatch):
     with open_shelf(path/'c.shelf') as s: have = set(s.keys())
     assert len(have) == 4 and (train, valid) == tuple([k for k in s if k in have] for s in _files(path, a))
     assert warned and "8 of its table's 12 rows have no record yet" in warned[0]
-    assert warned[0].endswith('run the same convert_shelf again to resume it')
+    assert warned[0].endswith('run the same convert_shelf (fastai-shelve convert) again to resume it')
     convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # resumed to its end: the source's mark, no warning
     assert _served(path/'c.shelf') == (*_files(path, a), [])
 
@@ -186,8 +187,8 @@ def test_info_says_a_build_stopped(tables):
     path, a, _ = tables
     (path/'i10.png').write_bytes(b'not a png')
     with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
-    assert shelf_info(path/'s.shelf')['build'] == ("stopped before it finished: 2 of the table's 12 rows have no record yet: "
-                                                   "run the same build_shelf again to resume it")
+    assert shelf_info(path/'s.shelf')['build'] == ("not finished (stopped, or still running): 2 of the table's 12 rows have no record "
+                                                   "yet: if it stopped, run the same build_shelf (fastai-shelve build) again to resume it")
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
 

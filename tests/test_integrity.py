@@ -395,6 +395,17 @@ def test_new_shelf_on_a_read_only_file_system_is_a_shelf_error(tmp_path):
         if subprocess.run(['mount', '-o', 'remount,ro,bind', str(ro)], capture_output=True).returncode: pytest.skip('cannot remount read-only')
         with pytest.raises(ReadOnlyError, match=r"s\.shelf: cannot replace it"): open_shelf(ro/'s.shelf', 'n')
         with pytest.raises(ReadOnlyError, match='not writable'): open_shelf(ro/'new.shelf', 'c')
+        # a rebuild there (a Kaggle dataset's /kaggle/input): why, and what to do, before and after reading it in this process
+        ro_fs = r"s\.shelf: cannot write to it: its file system is read-only: copy it to a writable folder"
+        with pytest.raises(ReadOnlyError, match=ro_fs): open_shelf(ro/'s.shelf', 'c')
+        with open_shelf(ro/'s.shelf') as r:
+            assert len(r) == 2
+            with pytest.raises(ReadOnlyError, match=ro_fs): open_shelf(ro/'s.shelf', 'w')
+        from PIL import Image
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path/'a.png'); (tmp_path/'t.csv').write_text('id\na\n')
+        out = subprocess.run([sys.executable, '-m', 'fastai_shelve.cli', 'build', str(tmp_path/'t.csv'), str(ro/'s.shelf'), '--path',
+                              str(tmp_path), '--suff', '.png'], capture_output=True, text=True)
+        assert out.returncode == 2 and 'its file system is read-only' in out.stderr and 'Traceback' not in out.stderr, out.stderr
     finally: subprocess.run(['umount', str(ro)], capture_output=True)
 
 def test_sharded_keys_must_be_valid_utf8(tmp_path):
