@@ -91,3 +91,11 @@ def test_build_sharded_names_as_build_shelf(tmp_path):
     with pytest.raises(TypeError, match="'label_cols': since 0.2.0, label_col="):
         build_sharded(df, tmp_path/'old', 2, tmp_path, n_workers=1, **{**KW, 'label_col': None, 'label_cols': ['a', 'b', 'c']})
     assert not (tmp_path/'old').exists()
+
+def test_build_sharded_without_dask_names_the_extra(tmp_path, monkeypatch):
+    "Without dask (a plain `pip install fastai_shelve`), build_sharded says which extra brings it, before anything is written."
+    df = write_bars(tmp_path, 4)
+    monkeypatch.setitem(sys.modules, 'dask', None)  # what Python does for a module that is not installed: ImportError
+    with pytest.raises(ShelfError, match=r"build_sharded needs dask: pip install 'fastai_shelve\[shards\]'"):
+        build_sharded(df, tmp_path/'sh', 2, tmp_path, **KW)
+    assert not (tmp_path/'sh').exists()
