@@ -91,8 +91,9 @@ def one_ahead(batches, start, finish):
         cur = ahead
 
 def batch_tensors(b) -> list:
-    "The tensors in batch `b` (nested tuples and lists)."
+    "The tensors in batch `b` (nested tuples, lists and dicts, as fastai's `to_device` walks them)."
     if isinstance(b, torch.Tensor): return [b]
+    if isinstance(b, dict): b = list(b.values())
     return [t for o in b for t in batch_tensors(o)] if isinstance(b, (tuple, list)) else []
 
 class CudaAhead:
@@ -131,6 +132,11 @@ class AheadDL(TfmdDL):
         if not self.ahead or self.device is None or not torch.cuda.is_available(): return None
         d = torch.device(self.device)
         return d if d.type == 'cuda' else None
+
+    def one_batch(self):
+        ahead, self.ahead = self.ahead, False  # one batch: nothing to overlap, so none read or copied ahead (`show_batch`)
+        try: return super().one_batch()
+        finally: self.ahead = ahead
 
     def makes_ahead(self) -> bool:
         "Can a batch be made before the one before it is used: does making it draw nothing from this process's generators?"

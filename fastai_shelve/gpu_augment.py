@@ -24,18 +24,31 @@ def _keep(on, new, old):
 
 def _uniform(n:int, lo:float, hi:float, device): return torch.rand(n, device=device) * (hi - lo) + lo
 
+def _parts(b) -> list:
+    "The tensors of batch `b`, nested tuples and lists walked."
+    return [t for o in b for t in _parts(o)] if isinstance(b, (tuple, list)) else [b]
+
 class BatchAug(Transform):
     "A training batch transform on float images (N,C,H,W) in [0, 1]: `apply` kept for each sample with probability `p`."
     split_idx, order = 0, 20  # training only; after `IntToFloatTensor` (10), before `Normalize` (99)
     moves = False  # does it move pixels (flip, rotate, crop, warp)? A batch's masks and points would have to move with them
     def __init__(self, p:float=1.): super().__init__(); self.p = p
-    def __call__(self, b, **kwargs):
-        # Only images are transformed: a mask or points left where they were would silently no longer match the image
-        held = [type(o).__name__ for o in (b if isinstance(b, (tuple, list)) else [b]) if isinstance(o, (TensorMask, TensorPoint, TensorBBox))]
+    def __call__(self, b, split_idx=None, **kwargs):
+        # Where it applies (training batches), and in fastai's first pass making the DataLoaders (no split yet): refused at once
+        if split_idx in (None, self.split_idx): self.check_targets(b)
+        return super().__call__(b, split_idx=split_idx, **kwargs)
+
+    def check_targets(self, b):
+        "Refuse batch `b` if its targets would silently no longer match its images: each image is drawn for on its own."
+        parts = _parts(b)
+        held = [type(o).__name__ for o in parts if isinstance(o, (TensorMask, TensorPoint, TensorBBox))]
         if self.moves and held:
             raise ShelfError(f"{type(self).__name__} moves an image's pixels but not its {', '.join(held)}: for masks, points or "
                              f"boxes use fastai's aug_transforms, which move them together")
-        return super().__call__(b, **kwargs)
+        if sum(isinstance(o, TensorImage) for o in parts) > 1:
+            raise ShelfError(f"{type(self).__name__} would change each of the batch's images with draws of its own: an image "
+                             f"target would no longer match its input; use fastai's aug_transforms, which draw once for both")
+
     def encodes(self, x:TensorImage):
         t = x.as_subclass(torch.Tensor)
         on = torch.rand(len(t), device=t.device) < self.p  # drawn whatever `p`: the draws don't depend on it

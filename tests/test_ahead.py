@@ -38,6 +38,12 @@ def test_made_ahead_only_where_nothing_is_drawn(bars_shelf):
     # items made here, by fastai's random item transforms: made at the hand-over, in fastai's order
     assert not ShelfDataLoaders.from_shelf(path, num_workers=0, item_tfms=RandomResizedCrop(40), **kw).train.makes_ahead()
 
+def test_batch_tensors_walks_what_to_device_walks():
+    "Every tensor `to_device` moves (in tuples, lists, dicts) is found, to be recorded on the training stream."
+    from fastai_shelve.fetch import batch_tensors
+    a, b, c = torch.zeros(1), torch.ones(2), torch.full((3,), 2.)
+    assert [t.numel() for t in batch_tensors(({'x': a, 'more': [b]}, c, 'a name'))] == [1, 2, 3]
+
 def test_one_ahead_stops_early_and_empty():
     "A loop that breaks leaves one batch started and never finished; no batches, no calls."
     started, finished = [], []
@@ -93,7 +99,9 @@ def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):
     path, _ = bars_shelf
     dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, device='cuda')
     dl = dls.train
-    x, y = dl.one_batch()  # stopped after one batch: the batch started ahead is waited for
+    x, y = dl.one_batch()  # one batch: made when asked, nothing read into pinned buffers ahead
+    assert x.is_cuda and not dl._pool.pin
+    for x, y in dl: break  # stopped after one batch: the batch started ahead is waited for
     assert x.is_cuda and dl._pool.pin
     assert all(torch.frombuffer(e['bufs']['image'], dtype=torch.uint8).is_pinned() for e in dl._pool.entries)
     n = sum(len(b[0]) for b in dl)

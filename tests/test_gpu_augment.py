@@ -78,6 +78,13 @@ def test_steps_that_move_pixels_refuse_masks(tmp_path):
                 mask_path=tmp_path/'msk', codes=['background', 'tube'], n_workers=0, progress=False)
     with pytest.raises(ShelfError, match="FlipH moves an image's pixels but not its TensorMask"):  # when fastai first runs them
         ShelfDataLoaders.from_shelf(tmp_path/'seg.shelf', y='mask', bs=4, seed=0, valid_pct=0.25, batch_tfms=xray_gpu_augs(20))
+    # an image target (image to image) would be drawn for on its own: refused, nested or not
+    from fastai.vision.all import TensorImage
+    x = TensorImage(torch.rand(2, 1, 24, 24))
+    for b in ((x, TensorImage(x.clone())), ((x, TensorImage(x.clone())), torch.zeros(2))):
+        with pytest.raises(ShelfError, match="BrightContrast would change each of the batch's images with draws of its own"):
+            BrightContrast(p=1.)(b, split_idx=0)
+    assert torch.equal(BrightContrast(p=1.)((x, TensorImage(x.clone())), split_idx=1)[1], x)  # validation: not applied, not refused
     # steps that only change pixel values leave masks where they belong: allowed
     x, m = ShelfDataLoaders.from_shelf(tmp_path/'seg.shelf', y='mask', bs=4, seed=0, valid_pct=0.25,
                                        batch_tfms=[BrightContrast(p=1.)]).train.one_batch()
