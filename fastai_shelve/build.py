@@ -102,19 +102,22 @@ def _none_written(meta):
     if meta.n_records: raise _Kept()  # the count every commit writes from the B-tree, in its transaction
 
 # %% ../nbs/02_build.ipynb #f3c335e8
-def missing_hint(bad, opt=str) -> str:
+def missing_hint(bad, opt=str, listed:bool=False) -> str:
     "Why files are missing, where it shows: another file named by the first missing id (another suffix), or none at all."
     k, p, _ = min(bad)  # the same example every run: workers finish in any order
     p = Path(p)  # `opt`: the option's name as the user spells it (the CLI's '--suff')
-    near = sorted(o.name for o in p.parent.glob(glob.escape(k) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
-    if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check {opt('suff')} (now {p.name[len(k):]!r})"
-    return (f"e.g. {p} is missing, and no file in {p.parent} starts with {k!r}: check "
+    if listed: return f"e.g. {p} is not there: the list names files that are missing"  # no suffix or folder of ours to blame
+    name = Path(k).name  # an id may name a file in a subfolder ('sub/x0')
+    near = sorted(o.name for o in p.parent.glob(glob.escape(name) + '*') if o.is_file())[:3] if p.parent.is_dir() else []
+    if near: return f"e.g. {p.name} is missing but {', '.join(near)} is there: check {opt('suff')} (now {p.name[len(name):]!r})"
+    return (f"e.g. {p} is missing, and no file in {p.parent} starts with {name!r}: check "
             f"{', '.join(map(opt, ('path', 'folder', 'fn_col')))} and {opt('suff')}")
 
 class BuildReport:
     "What `build_shelf` did: counts, speed, and every input it could not use as (key, path, reason)."
     # `unnamed`: records the table no longer names (an earlier build's rows), kept but not served; `pruned`: those deleted
-    def __init__(self, path, total, written, existing, bad, seconds, unnamed:int=0, pruned:int=0): store_attr()
+    def __init__(self, path, total, written, existing, bad, seconds, unnamed:int=0, pruned:int=0,
+                 listed:bool=False): store_attr()  # `listed`: built from a list of files, not a table
     @property
     def rate(self): return self.written / max(self.seconds, 1e-9)
     @property
@@ -125,7 +128,7 @@ class BuildReport:
                 + (f"; {self.unnamed} records no row of the table names, kept but not served (prune=True deletes them)"
                    if self.unnamed else '')
                 + (f"; {self.pruned} records no row of the table names deleted" if self.pruned else '')
-                + (f"; none of the files was found: {missing_hint(self.bad)}" if self.none_found else ''))
+                + (f"; none of the files was found: {missing_hint(self.bad, listed=self.listed)}" if self.none_found else ''))
     @property
     def none_found(self) -> bool:
         "Was every file missing (a wrong `suff`, `path` or `folder`, rather than bad images)?"
@@ -347,14 +350,15 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           files=None if col is None else dict(fn_col=str(col), pref=pref, suff=suff, label_col=label_columns(df, label_col),
                                                               label_delim=label_delim),
                           **({} if mask_path is None else dict(codes=None if codes is None else list(codes))),
-                          complete=False, table=_frames_table(_framed(shelf.keys(), valid), table) if frames else table,
+                          complete=False, converted_from=None,  # a build into a copy: the build's to resume now, not the copy's
+                          table=_frames_table(_framed(shelf.keys(), valid), table) if frames else table,
                           order=shelf.new_order(valid))  # `from_shelf`'s items, in the table's row order
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
         pruned = _prune(shelf, valid, frames) if prune else 0
         shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}))
         unnamed = _unnamed(shelf, valid, frames)
-    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned)
+    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None)
     if progress: print(report)
     return report
 

@@ -48,8 +48,8 @@ def read_source(source, fn_col=0) -> tuple:
         files = [Path(o) for o in listify(source)]
         df, keys, col = pd.DataFrame({'file': [str(f) for f in files]}), [f.stem for f in files], None
     dups = pd.Series(keys)[pd.Series(keys).duplicated()].unique()
-    if len(dups) and col is None:  # a list of files: a record's key is its file's name without the suffix
-        same = [str(f) for f in files if f.stem == dups[0]]
+    same = [str(f) for f in files if f.stem == dups[0]] if len(dups) and col is None else []
+    if len({Path(f).resolve() for f in same}) > 1:  # two files of one name (a file listed twice: the message below)
         more = f" (and {len(dups) - 1} other names)" if len(dups) > 1 else ''
         raise ShelfError(f"a shelf keys each file by its name without the suffix, which must be unique: {dups[0]!r} is the name of "
                          f"{same[:3]}{more}: rename them, or build from a DataFrame whose ids name the files with their folders "

@@ -47,9 +47,9 @@ class Shelf(ShelfBase):
         check_compression(compression, level if compression else None)  # a level alone: a resume's, of the shelf's codec
         path = Path(path)
         if mode in ('w', 'c') and path.exists() and not os.access(path, os.W_OK):  # a Kaggle dataset's /kaggle/input
-            why = 'its file system is read-only' if read_only_fs(path) else 'the file is not writable'
-            raise ReadOnlyError(f"{path}: cannot write to it: {why}: copy it to a writable folder (on Kaggle, /kaggle/working) to "
-                                f"build or change it; reading it needs no copy")
+            why = ('its file system is read-only: copy it to a writable folder (on Kaggle, /kaggle/working)' if read_only_fs(path)
+                   else 'the file is not writable: make it writable (chmod u+w) or copy it')
+            raise ReadOnlyError(f"{path}: cannot write to it: {why} to build or change it; reading it needs no copy")
         if mode == 'n':
             check_replaceable(path)  # before anything is touched: never a FIFO, a device, a link, a folder or another file
             # Deleting a file in use loses what its users write next (a build goes on into the deleted file), and here leaves

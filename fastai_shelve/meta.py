@@ -34,7 +34,7 @@ class ShelfMeta(Mapping):
               'backend', 'n_shards') # a `StdShelf`'s dbm; a `ShardedShelf`'s shard count
     # Facts about one file, not about its data: a copy (`convert_shelf`) writes its own
     per_file = ('format', 'format_version', 'created', 'package_version', 'backend', 'n_records', 'n_shards', 'compression',
-                'compression_level', 'converted_from')
+                'compression_level', 'converted_from', 'shard', 'build_id')  # a copy of a folder is no shard of its build
 
     def __init__(self, **kwargs):
         for k in self.fields: setattr(self, k, kwargs.get(k))
@@ -63,8 +63,8 @@ class ShelfMeta(Mapping):
 
     def resume(self) -> str:
         "What to run to finish the stopped build that wrote this shelf: `info` and `from_shelf` say it."
-        how = ('build_sharded (fastai-shelve build --shards)' if self.build_id or self.shard else
-               'convert_shelf (fastai-shelve convert)' if self.converted_from else 'build_shelf (fastai-shelve build)')
+        how = ('convert_shelf (fastai-shelve convert)' if self.converted_from else  # a build clears it: the shelf is its own then
+               'build_sharded (fastai-shelve build --shards)' if self.build_id or self.shard else 'build_shelf (fastai-shelve build)')
         return f"if it stopped, run the same {how} again to resume it"
 
     def dataset(self) -> dict:

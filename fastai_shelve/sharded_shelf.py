@@ -16,8 +16,8 @@ from .meta import ShelfMeta
 from .lmdb_check import check_lmdb_file
 
 # %% auto #0
-__all__ = ['MANIFEST', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'claim_shard', 'count_shards',
-           'ShardedShelf']
+__all__ = ['MANIFEST', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'check_shard_ids', 'claim_shard',
+           'count_shards', 'ShardedShelf']
 
 # %% ../nbs/00g_sharded_shelf.ipynb #63fde84e
 MANIFEST = 'manifest.json'
@@ -81,15 +81,25 @@ def _save_manifest(path, m:dict):
     tmp = Path(path)/f'{MANIFEST}.{os.getpid()}.tmp'
     tmp.write_bytes(seal_meta(MANIFEST, m, indent=1)); os.replace(tmp, Path(path)/MANIFEST)  # whole or absent, never half written
 
+def _check_shard_id(path, m:dict, i:int, meta):
+    "Refuse shard `i` of folder `path` (manifest `m`) if its metadata `meta` names another folder's shard."
+    have = (meta.get('shard') or {}).get('id')
+    if have not in (None, m['ids'][i]): raise ShelfError(f"{Path(path)/m['shards'][i]} is another folder's shard (id {have}), not shard {i} of {path}")
+
+def check_shard_ids(path):
+    "Refuse the folder at `path` if a shard there is another folder's (read only: a rerun checks before it writes)."
+    m = read_manifest(path)
+    if m.get('ids') is None: return
+    for i, name in enumerate(m['shards']):
+        if (Path(path)/name).exists():
+            with Shelf(Path(path)/name, 'r', check=False) as s: _check_shard_id(path, m, i, s.meta)
+
 def claim_shard(path, i:int):
     "Write shard `i`'s identity (from the folder's manifest) into the shard's metadata: done by whoever builds it."
     m = read_manifest(path)
     if m.get('ids') is None: return
     with Shelf(Path(path)/m['shards'][i], 'c') as s:
-        def check(old):
-            have = (old.get('shard') or {}).get('id')
-            if have not in (None, m['ids'][i]): raise ShelfError(f"{s.path} is another folder's shard (id {have}), not shard {i} of {path}")
-        s.update_meta(check=check, shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
+        s.update_meta(check=lambda old: _check_shard_id(path, m, i, old), shard=dict(id=m['ids'][i], index=i, n_shards=m['n_shards']))
 
 def count_shards(path) -> list:
     "Each shard's key count; kept in the manifest only where it names no shard ids (an old folder: its one check of a dropped shard)."

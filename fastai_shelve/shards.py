@@ -10,7 +10,7 @@ import numpy as np
 from .codec import ShelfError
 from .interface import key_bytes
 from .lmdb_shelf import Shelf
-from .sharded_shelf import shard_of, write_manifest, claim_shard, count_shards
+from .sharded_shelf import shard_of, write_manifest, claim_shard, check_shard_ids, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
 from .build import build_shelf, refuse_retired, BuildReport, other_columns
@@ -68,7 +68,8 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
-    # A rerun any shard would refuse (other settings, its records relabelled) is refused before any shard is written
+    # A rerun any shard would refuse (another folder's, other settings, its records relabelled) is refused before any is written
+    check_shard_ids(dest)
     for i in range(n_shards): build_shelf(part(i), Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
     for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
     _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them

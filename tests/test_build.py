@@ -59,6 +59,9 @@ def test_a_wrong_suffix_is_named_in_the_report(tmp_path):
     assert str(r).endswith("none of the files was found: e.g. id0000.png is missing but id0000.jpg is there: check suff (now '.png')")
     r = build_shelf(df, tmp_path/'s.shelf', path=tmp_path, suff='.jpg', n_workers=0, progress=False)
     assert not r.none_found and 'none of the files' not in str(r) and r.written == 3
+    # a list of files has no suffix of ours to blame
+    r = build_shelf([tmp_path/'id0000.png'], tmp_path/'l.shelf', n_workers=0, progress=False)
+    assert str(r).endswith(f"none of the files was found: e.g. {tmp_path/'id0000.png'} is not there: the list names files that are missing")
 
 def test_files_with_one_name_in_two_folders(tmp_path):
     "A list of files keys each by its stem: two files of one name are refused naming both, before anything is written."
@@ -66,6 +69,8 @@ def test_files_with_one_name_in_two_folders(tmp_path):
     with pytest.raises(ShelfError, match=r"'img0' is the name of \['\S+/a/img0.png', '\S+/b/img0.png'\]: rename them"):
         build_shelf([tmp_path/'a'/'img0.png', tmp_path/'b'/'img0.png'], tmp_path/'s.shelf', n_workers=0, progress=False)
     assert not (tmp_path/'s.shelf').exists()
+    with pytest.raises(ShelfError, match=r"ids must be unique, and these occur more than once: \['img0'\]"):  # one file, twice
+        build_shelf([tmp_path/'a'/'img0.png', tmp_path/'b'/'..'/'a'/'img0.png'], tmp_path/'s.shelf', n_workers=0, progress=False)
 
 def test_label_vector_widths_checked(tmp_path):
     "A label column holding vectors (what 0.1.0's label_func= made): rows of another width are refused by id."

@@ -201,9 +201,10 @@ def test_a_refused_sharded_rerun_changes_nothing(tables):
     with pytest.raises(ShelfError, match='other labels than they hold'):
         build_sharded(b.assign(y=b.y.map({'a': 'b', 'b': 'a'})), path/'sh', 2, path, **kw)
     assert _served(path/'sh') == (*_files(path, a), [])
+    with open_shelf(path/'sh') as s: assert s.meta.complete is True
 
 def test_a_refused_sharded_rerun_writes_no_shard(tables):
-    "A refused build_sharded rerun leaves every shard file's bytes as they were (it claimed each shard, a write, before its checks)."
+    "A refused build_sharded rerun (relabelled records, a foreign shard) leaves every shard file's bytes as they were."
     from fastai_shelve.shards import build_sharded
     path, a, b = tables
     kw = {**KW, 'n_workers': 1}
@@ -211,6 +212,12 @@ def test_a_refused_sharded_rerun_writes_no_shard(tables):
     before = {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())}
     with pytest.raises(ShelfError, match='other labels than they hold'):
         build_sharded(a.assign(y=a.y.map({'a': 'b', 'b': 'a'})), path/'sh', 2, path, **kw)
+    assert {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())} == before
+    # another folder's shard (built with other settings too) in place of shard 1: refused as what it is, nothing written
+    build_sharded(a, path/'other', 2, path, size=8, **kw)
+    (path/'sh'/'shard-001.shelf').write_bytes((path/'other'/'shard-001.shelf').read_bytes())
+    before = {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())}
+    with pytest.raises(ShelfError, match="shard-001.shelf is another folder's shard"): build_sharded(a, path/'sh', 2, path, **kw)
     assert {p.name: p.read_bytes() for p in sorted((path/'sh').iterdir())} == before
 
 def test_sharded_from_a_list_of_files_equals_build_shelf(tables):
@@ -225,4 +232,3 @@ def test_sharded_from_a_list_of_files_equals_build_shelf(tables):
         assert not sh.verify() and sorted(sh.keys()) == sorted(one.keys()) == [f.stem for f in files]
         assert sum(r['written'] for r in reports) == len(files) and sh.meta.complete
         for k in one.keys(): np.testing.assert_array_equal(sh[k]['image'], one[k]['image'])
-    with open_shelf(path/'sh') as s: assert s.meta.complete is True
