@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, glob, json, time
+import os, glob, json, time, warnings
 from pathlib import Path
 from contextlib import suppress
 import numpy as np, pandas as pd, cv2
@@ -391,4 +391,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         # A shelf from elsewhere: its records' layout as the settings; then the source's mark (a copy of a stopped build is one)
         meta = {} if 'build' in ours or not len(out) else record_meta(out[out.keys()[0]])
         out.update_meta(**meta, complete=ours.get('complete'))
+    if ours.get('complete') is False:  # another run of this copy would not finish it: the source's build must end first
+        warnings.warn(f"{src.path}: its build has not finished (it stopped, or is still running), so neither has its copy {dst}: "
+                      f"finish that build, then run convert_shelf again", stacklevel=2)
     return len(keys)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_cli.ipynb #59da05ae
 from __future__ import annotations
-import sys, os, json
+import sys, os, json, warnings
 from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
@@ -181,7 +181,12 @@ def main(argv=None):
     if old: print(f"fastai-shelve {cmd}: error: {old} was removed in 0.2.0: use {RETIRED_FLAGS[old]}", file=sys.stderr); sys.exit(2)
     args = vars(anno_parser(f, prog=f'fastai-shelve {cmd}').parse_args(argv[1:]))
     for k in ('pdb', 'xtra'): args.pop(k, None)  # fastcore's extras, not ours
-    try: f(**args); sys.stdout.flush()  # flushed here: a closed pipe at the exit's own flush is caught below too
+    def warn(message, category, *args, **kwargs):  # a warning as one line too, not Python's two with a line of our code
+        print(f"fastai-shelve {cmd}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = warn
+            f(**args); sys.stdout.flush()  # flushed here: a closed pipe at the exit's own flush is caught below too
     except KeyboardInterrupt:
         print(f"fastai-shelve {cmd}: interrupted", file=sys.stderr); sys.exit(130)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do (128 + SIGPIPE)

@@ -189,8 +189,14 @@ def test_info_says_a_build_stopped(tables):
     with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
     assert shelf_info(path/'s.shelf')['build'] == ("not finished (stopped, or still running): 2 of the table's 12 rows have no record "
                                                    "yet: if it stopped, run the same build_shelf (fastai-shelve build) again to resume it")
+    from fastai_shelve.build import convert_shelf
+    with pytest.warns(UserWarning, match=r"s\.shelf: its build has not finished .* so neither has its copy .*c\.shelf: finish that build"):
+        convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # a copy of the stopped build: it says what to finish
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
+    with warnings.catch_warnings():
+        warnings.simplefilter('error'); convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)
+    assert shelf_info(path/'c.shelf')['build'] == 'finished'
 
 def test_a_refused_sharded_rerun_changes_nothing(tables):
     "A build_sharded rerun one shard refuses (its records relabelled) writes no shard: A's split and targets, no warning."

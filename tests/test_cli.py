@@ -77,3 +77,15 @@ def test_python_m_runs_the_cli(tmp_path):
     "`python -m fastai_shelve.cli` (a Kaggle cell's `!python -m ...`) runs the command, as `fastai-shelve` does: it used to exit 0 doing nothing."
     r = subprocess.run([sys.executable, '-m', 'fastai_shelve.cli', 'info', tmp_path/'nope.shelf'], capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stderr.strip()) == (2, f"fastai-shelve info: error: no shelf at {tmp_path/'nope.shelf'}")
+
+def test_a_copy_of_a_stopped_build_warns_in_one_line(tmp_path):
+    "`convert` of a shelf whose build stopped: one warning line saying what to finish (not Python's two, with our code), exit 0."
+    df = write_bars(tmp_path, 4)
+    (tmp_path/'id0003.jpg').write_bytes(b'junk')
+    df.to_csv(tmp_path/'train.csv', index=False)
+    r = run('build', tmp_path/'train.csv', tmp_path/'s.shelf', '--path', tmp_path, '--suff', '.jpg', '--size', 16, '--strict', '--quiet')
+    assert r.returncode == 2 and 'id0003' in r.stderr, r.stderr
+    r = run('convert', tmp_path/'s.shelf', tmp_path/'c.shelf')
+    warned = [l for l in r.stderr.splitlines() if 'warning' in l]
+    assert r.returncode == 0 and len(warned) == 1 and 'warnings.warn' not in r.stderr, r.stderr
+    assert warned[0].startswith('fastai-shelve convert: warning: ') and 'finish that build, then run convert_shelf again' in warned[0]
