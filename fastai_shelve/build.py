@@ -392,6 +392,6 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         meta = {} if 'build' in ours or not len(out) else record_meta(out[out.keys()[0]])
         out.update_meta(**meta, complete=ours.get('complete'))
     if ours.get('complete') is False:  # another run of this copy would not finish it: the source's build must end first
-        warnings.warn(f"{src.path}: its build has not finished (it stopped, or is still running), so neither has its copy {dst}: "
+        warnings.warn(f"{src.path}: its build {ShelfMeta.unfinished}, so neither has its copy {dst}: "
                       f"finish that build, then run convert_shelf again", stacklevel=2)
     return len(keys)

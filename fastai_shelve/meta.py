@@ -61,6 +61,8 @@ class ShelfMeta(Mapping):
         "A copy with `kwargs` merged in (a key set to None is kept as None, as `update_meta` writes it)."
         return type(self)(**(self.as_meta() | kwargs))
 
+    unfinished = 'has not finished (it stopped, or is still running)'  # what `from_shelf` and a copy say of a build, `complete` False
+
     def resume(self) -> str:
         "What to run to finish the stopped build that wrote this shelf: `info` and `from_shelf` say it."
         how = ('convert_shelf (fastai-shelve convert)' if self.converted_from else  # a build clears it: the shelf is its own then

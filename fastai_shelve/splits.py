@@ -46,14 +46,14 @@ def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waitin
     "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped with rows (or `waiting` frames) left out."
     stopped, again = meta.complete is False, meta.resume()  # None: before 0.2.2, or not a build
     if not n_served:
-        raise ShelfError(f"{path} has no record to serve: " + (f"its build has not finished (it stopped, or is still running) and wrote none yet: {again}" if stopped else
+        raise ShelfError(f"{path} has no record to serve: " + (f"its build {meta.unfinished} and wrote none yet: {again}" if stopped else
                          f"none of its build table's {n_rows} rows has a record (the build report says why)" if n_rows else
                          "build_shelf writes them"))
     if stopped and (n_served < n_rows or not counted or waiting):
         left = ([f"{n_rows - n_served} of its table's {n_rows} rows have no record yet"] if n_served < n_rows else []) + \
                ([f"{waiting} frames have no table row yet"] if waiting else [])
         left = ' and '.join(left) + ' and are left out' if counted else "it has no table to count the records it lacks"
-        warnings.warn(f"{path}: its last build has not finished (it stopped, or is still running): {left}: {again}", stacklevel=_user_level())
+        warnings.warn(f"{path}: its last build {meta.unfinished}: {left}: {again}", stacklevel=_user_level())
 
 
 # %% ../nbs/05a_splits.ipynb #05508402
