@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, glob, json, time, warnings
 from pathlib import Path
-from contextlib import suppress
+from contextlib import suppress, nullcontext
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
@@ -15,6 +15,7 @@ from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
 from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_file
 from .lmdb_shelf import Shelf
+from .lmdb_env import writing_build
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
@@ -189,6 +190,10 @@ def _image_cls_gray(img_cls) -> bool:
     if not bw and name != 'PILImage': raise ShelfError(f"img_cls {name}: a shelf holds PILImage (RGB) or PILImageBW (gray) images")
     return bw
 
+def _held(shelf, check_only:bool=False):
+    "The hold a build (or copy) keeps on `shelf`'s file while it writes (`writing_build`): none for a check, nor a folder (its shards' builds hold them)."
+    return writing_build(shelf.path) if isinstance(shelf, Shelf) and not check_only else nullcontext()
+
 def _check_args(dest, n_workers, commit_every, compression, level):
     "Refuse, before anything is written, worker and commit counts no build can use, and a compression level out of range."
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
@@ -328,7 +333,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     table = other_columns(df, keys, col, label_col)
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     valid = [k for k in keys if key_bytes(k) is not None]
-    with open_shelf(dest, 'c', compression=compression, level=level) as shelf:
+    # One build at a time holds the shelf: another waits for it, then resumes it (a build is many commits, see `writing_build`)
+    with open_shelf(dest, 'c', compression=compression, level=level) as shelf, _held(shelf, check_only):
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
         compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
         check_compression(compression, level)
@@ -373,7 +379,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                  ) -> int:
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
     src = open_shelf(src, allow_pickle=allow_pickle)
-    with src, open_shelf(dst, 'c', compression=compression, level=level) as out:
+    with src, open_shelf(dst, 'c', compression=compression, level=level) as out, _held(out):
         ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
         order = src.order
         # The settings, table and row order in one transaction, as a build writes them, before the records: `complete` stays
@@ -391,7 +397,8 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         # A shelf from elsewhere: its records' layout as the settings; then the source's mark (a copy of a stopped build is one)
         meta = {} if 'build' in ours or not len(out) else record_meta(out[out.keys()[0]])
         out.update_meta(**meta, complete=ours.get('complete'))
+        running = src.building() if ours.get('complete') is False else None
     if ours.get('complete') is False:  # another run of this copy would not finish it: the source's build must end first
-        warnings.warn(f"{src.path}: its build {ShelfMeta.unfinished}, so neither has its copy {dst}: "
-                      f"finish that build, then run convert_shelf again", stacklevel=2)
+        warnings.warn(f"{src.path}: its build {ShelfMeta().unfinished(running)}, so neither has its copy {dst}: "
+                      f"{'let that build end' if running else 'finish that build'}, then run convert_shelf again", stacklevel=2)
     return len(keys)

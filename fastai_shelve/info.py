@@ -58,5 +58,6 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
         if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
             frames = (s.meta.build or {}).get('frame') == 'all'
             left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
-            res['build'] = 'finished' if s.meta.complete else f"not finished (stopped, or still running){left}: {s.meta.resume()}"
+            running = None if s.meta.complete else s.building()  # a build holds the file while it runs
+            res['build'] = 'finished' if s.meta.complete else f"not finished: its build {s.meta.unfinished(running)}{left}: {s.meta.resume(running)}"
         return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)

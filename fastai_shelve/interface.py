@@ -104,6 +104,10 @@ class ShelfBase(MutableMapping):
         "Those of `keys` not in the shelf."
         return [k for k in keys if k not in self]
 
+    def building(self) -> bool|None:
+        "Is a build (or copy) writing this shelf now, in any process? None where this backend can't tell."
+        return None
+
     def verify(self, progress=None) -> VerifyReport:
         "A `VerifyReport`: (key, reason) for every record that cannot be read."
         bad, keys = [], self.keys()

@@ -4,7 +4,8 @@
 
 # %% ../nbs/00b_lmdb_env.ipynb #3f0a0103
 from __future__ import annotations
-import os, errno, fcntl
+import os, errno, fcntl, warnings
+from contextlib import contextmanager
 from pathlib import Path
 import lmdb
 from fastcore.basics import ifnone
@@ -12,7 +13,7 @@ from .codec import ShelfError
 
 # %% auto #0
 __all__ = ['LOCK_BYTES', 'MAX_READERS', 'MAX_DBS', 'lock_path', 'read_only_fs', 'needs_lock', 'open_here', 'in_use',
-           'prepare_lock', 'os_reason', 'acquire_env', 'release_env']
+           'prepare_lock', 'os_reason', 'acquire_env', 'release_env', 'writing_build', 'build_running']
 
 # %% ../nbs/00b_lmdb_env.ipynb #5a1e0c01
 LOCK_BYTES = 64 << 10  # what LMDB's lock file needs for MAX_READERS reader slots, and then some
@@ -144,3 +145,31 @@ def release_env(path:Path, env=None):
     if e is None: return
     e.refs -= 1
     if e.refs <= 0: e.env.close(); del _envs[k]
+
+# %% ../nbs/00b_lmdb_env.ipynb #b1d0a002
+@contextmanager
+def writing_build(path):
+    "Hold the shelf file at `path` while a build (or copy) writes it: another one waits, saying so, until this one ends."
+    # flock, not a POSIX lock: closing any descriptor of a file drops the process's POSIX locks on it, and flock's are the open
+    # file's own. LMDB's locks are on the lock file. Where flock isn't supported (some network file systems) the build goes on.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            warnings.warn(f"{path}: another build (or copy) is writing it, in this process or another: waiting for it to end", stacklevel=3)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError: pass
+        yield
+    finally: os.close(fd)
+
+def build_running(path) -> bool|None:
+    "Is a build (or copy) writing the shelf file at `path` now, in any process? None where it can't be told."
+    try: fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError: return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError: return True
+    except OSError: return None
+    finally: os.close(fd)
+

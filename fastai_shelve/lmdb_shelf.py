@@ -14,7 +14,7 @@ from .codec import (ShelfError, RecordError, FORMAT_VERSION, encode_record, deco
                                  seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
 from .meta import ShelfMeta
 from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
-from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use, read_only_fs
+from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use, read_only_fs, build_running
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
 import fastai_shelve
@@ -208,6 +208,8 @@ class Shelf(ShelfBase):
     def missing(self, keys) -> list:
         "Those of `keys` not in the shelf, from one read transaction."
         with self.txn() as txn: return [k for k in keys if (b := key_bytes(k)) is None or txn.get(b) is None]
+
+    def building(self) -> bool|None: return build_running(self.path)  # a build holds the file while it runs (`writing_build`)
 
     # Writing
     def _commit(self, ops=(), meta:dict=None, check=None, db=None, stats=None):

@@ -61,13 +61,17 @@ class ShelfMeta(Mapping):
         "A copy with `kwargs` merged in (a key set to None is kept as None, as `update_meta` writes it)."
         return type(self)(**(self.as_meta() | kwargs))
 
-    unfinished = 'has not finished (it stopped, or is still running)'  # what `from_shelf` and a copy say of a build, `complete` False
+    def unfinished(self, running:bool=None) -> str:
+        "How the build that wrote this shelf stands, `complete` False: `running` (the shelf's `building()`), stopped, or None: either."
+        return {True: 'is still running (a process is writing it now)', False: 'stopped before it finished'}.get(
+            running, 'has not finished (it stopped, or is still running)')
 
-    def resume(self) -> str:
-        "What to run to finish the stopped build that wrote this shelf: `info` and `from_shelf` say it."
+    def resume(self, running:bool=None) -> str:
+        "What to do to finish that build: `info` and `from_shelf` say it."
+        if running: return 'wait for it to end'
         how = ('convert_shelf (fastai-shelve convert)' if self.converted_from else  # a build clears it: the shelf is its own then
                'build_sharded (fastai-shelve build --shards)' if self.build_id or self.shard else 'build_shelf (fastai-shelve build)')
-        return f"if it stopped, run the same {how} again to resume it"
+        return f"{'' if running is False else 'if it stopped, '}run the same {how} again to resume it"
 
     def dataset(self) -> dict:
         "What describes the data, not the file: what a copy of the shelf carries over."

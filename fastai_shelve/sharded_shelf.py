@@ -195,6 +195,9 @@ class ShardedShelf(ShelfBase):
         ok = [k for k in keys if k not in miss]
         for s, pos in self._groups(ok).items(): miss.update(self.shards[s].missing([ok[i] for i in pos]))
         return [k for k in keys if k in miss]
+    def building(self) -> bool|None:
+        got = [s.building() for s in self.shards]  # each shard's build holds its file
+        return True if any(got) else None if None in got else False
 
     @property
     def meta(self) -> ShelfMeta:

@@ -33,7 +33,9 @@ def shelf_items(shelf) -> list:
         else:
             have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
             items = rows = [k for k in ids if k in have]
-    check_served(shelf.path, shelf.meta, len(keys if order is None else ids), len(rows), order is not None, waiting)
+    # Whether a stopped build still runs: a build holds its file while it runs, and "stopped" then is wrong advice
+    running = shelf.building() if shelf.meta.complete is False else None
+    check_served(shelf.path, shelf.meta, len(keys if order is None else ids), len(rows), order is not None, waiting, running)
     return items
 
 def _user_level() -> int:
@@ -42,18 +44,18 @@ def _user_level() -> int:
     while f is not None and f.f_globals.get('__name__', '').split('.')[0] == 'fastai_shelve': f, level = f.f_back, level + 1
     return level
 
-def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waiting:int=0):
-    "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped with rows (or `waiting` frames) left out."
-    stopped, again = meta.complete is False, meta.resume()  # None: before 0.2.2, or not a build
+def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waiting:int=0, running:bool=None):
+    "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped (or is `running`) with rows left out."
+    stopped, again, how = meta.complete is False, meta.resume(running), meta.unfinished(running)  # None: before 0.2.2, or not a build
     if not n_served:
-        raise ShelfError(f"{path} has no record to serve: " + (f"its build {meta.unfinished} and wrote none yet: {again}" if stopped else
+        raise ShelfError(f"{path} has no record to serve: " + (f"its build {how} and wrote none yet: {again}" if stopped else
                          f"none of its build table's {n_rows} rows has a record (the build report says why)" if n_rows else
                          "build_shelf writes them"))
     if stopped and (n_served < n_rows or not counted or waiting):
         left = ([f"{n_rows - n_served} of its table's {n_rows} rows have no record yet"] if n_served < n_rows else []) + \
                ([f"{waiting} frames have no table row yet"] if waiting else [])
         left = ' and '.join(left) + ' and are left out' if counted else "it has no table to count the records it lacks"
-        warnings.warn(f"{path}: its last build {meta.unfinished}: {left}: {again}", stacklevel=_user_level())
+        warnings.warn(f"{path}: its last build {how}: {left}: {again}", stacklevel=_user_level())
 
 
 # %% ../nbs/05a_splits.ipynb #05508402

@@ -2,7 +2,7 @@
 transaction, and a shelf whose build stopped says so when it is trained from. Real builds in child processes, killed
 by SIGKILL right after their N-th committed write transaction, for every N; then `from_shelf`, compared with fastai's
 `ImageDataLoaders.from_df` on the same PNG files and table."""
-import os, re, signal, subprocess, sys, textwrap, warnings
+import os, re, signal, subprocess, sys, textwrap, time, warnings
 import numpy as np, pandas as pd, pytest
 from PIL import Image
 from fastai.vision.all import ImageDataLoaders, PILImageBW
@@ -59,7 +59,7 @@ def _served(shelf):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         dls = ShelfDataLoaders.from_shelf(shelf, bs=4, num_workers=0)
-    stopped = [o for o in w if 'build has not finished' in str(o.message)]
+    stopped = [o for o in w if 'build stopped before it finished' in str(o.message)]
     assert all(o.filename == __file__ for o in stopped), [o.filename for o in stopped]  # at the user's line, not ours
     return (*_split(dls), [str(o.message) for o in stopped])
 
@@ -95,8 +95,8 @@ def test_a_rebuild_killed_after_any_commit_serves_one_tables_rows(tables):
 def test_a_first_build_killed_before_any_record_says_so(tables):
     "A new shelf whose build was killed before a record is a `ShelfError` saying so (fastai's setup met an empty list: TypeError)."
     path, a, _ = tables
-    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build has not finished (it stopped, or is still running) and '
-                                                                     'wrote none yet')):
+    for when, says in (('in', 'build_shelf writes them'), ('after', 'its build stopped before it finished and wrote none yet: '
+                                                                     'run the same build_shelf')):
         assert _build(path, 'A', f'{when}.shelf', 1, when) == -signal.SIGKILL  # the first write: the settings, table and order
         with pytest.raises(ShelfError, match=re.escape(f"{when}.shelf has no record to serve: {says}")):
             ShelfDataLoaders.from_shelf(path/f'{when}.shelf', bs=4)
@@ -187,10 +187,10 @@ def test_info_says_a_build_stopped(tables):
     path, a, _ = tables
     (path/'i10.png').write_bytes(b'not a png')
     with pytest.raises(ShelfError, match='i10.png'): build_shelf(a, path/'s.shelf', path, strict=True, **KW)
-    assert shelf_info(path/'s.shelf')['build'] == ("not finished (stopped, or still running): 2 of the table's 12 rows have no record "
-                                                   "yet: if it stopped, run the same build_shelf (fastai-shelve build) again to resume it")
+    assert shelf_info(path/'s.shelf')['build'] == ("not finished: its build stopped before it finished: 2 of the table's 12 rows have no "
+                                                   "record yet: run the same build_shelf (fastai-shelve build) again to resume it")
     from fastai_shelve.build import convert_shelf
-    with pytest.warns(UserWarning, match=r"s\.shelf: its build has not finished .* so neither has its copy .*c\.shelf: finish that build"):
+    with pytest.warns(UserWarning, match=r"s\.shelf: its build stopped before it finished, so neither has its copy .*c\.shelf: finish that build"):
         convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)  # a copy of the stopped build: it says what to finish
     build_shelf(a, path/'s.shelf', path, **KW)  # resumed: i11 written, i10 reported bad
     assert shelf_info(path/'s.shelf')['build'] == 'finished'
@@ -238,3 +238,68 @@ def test_sharded_from_a_list_of_files_equals_build_shelf(tables):
         assert not sh.verify() and sorted(sh.keys()) == sorted(one.keys()) == [f.stem for f in files]
         assert sum(r['written'] for r in reports) == len(files) and sh.meta.complete
         for k in one.keys(): np.testing.assert_array_equal(sh[k]['image'], one[k]['image'])
+
+# A build paused after its first commit (its settings, table and order) until the test lets it go: what a second build, a
+# reader, `info` and a copy meet while a build runs
+PAUSED = textwrap.dedent('''
+    import sys, time, pandas as pd
+    from pathlib import Path
+    from contextlib import contextmanager
+    from fastai_shelve.lmdb_shelf import Shelf
+    from fastai_shelve.build import build_shelf
+    table, dest, img = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    _txn, done = Shelf.txn, [0]
+    @contextmanager
+    def txn(self, write=False, **kw):
+        with _txn(self, write=write, **kw) as t: yield t
+        if write:
+            done[0] += 1
+            if done[0] == 1:
+                Path(f'{dest}.paused').touch()
+                while not Path(f'{dest}.go').exists(): time.sleep(0.05)
+    Shelf.txn = txn
+    print(build_shelf(pd.read_csv(table), dest, img, fn_col='fn', label_col='y', valid_col='is_valid', n_workers=0, commit_every=1,
+                      progress=False))
+''')
+
+def _start(path, script:str, *args):
+    "A child process running `script` with `args`, its output piped."
+    return subprocess.Popen([sys.executable, '-c', script, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def _wait_for(f, what:str, timeout:float=120):
+    t0 = time.monotonic()
+    while not f():
+        assert time.monotonic() - t0 < timeout, f'no {what} in {timeout} s'
+        time.sleep(0.05)
+
+def test_two_builds_of_one_shelf_run_one_after_the_other(tables):
+    "A build started while another writes the shelf waits for it, saying so, then resumes it: the shelf is what the two builds run in turn give."
+    from fastai_shelve.info import shelf_info
+    from fastai_shelve.build import build_shelf
+    path, a, b = tables
+    dest = path/'s.shelf'
+    first = _start(path, PAUSED, path/'A.csv', dest, path)
+    _wait_for(lambda: (path/'s.shelf.paused').exists() or first.poll() is not None, 'pause')
+    assert first.poll() is None, first.communicate()
+    second = _start(path, CHILD, path/'B.csv', dest, path, 0, 'after')  # B's build, not killed
+    said = next((l for l in second.stderr if 'is writing it' in l), '')  # EOF: it ended without waiting
+    assert 'another build (or copy) is writing it, in this process or another: waiting for it to end' in said, said
+    # While A runs, a reader and `info` say it is running (not stopped) and to wait
+    with pytest.raises(ShelfError, match=r'has no record to serve: its build is still running \(a process is writing it now\) and '
+                                         r'wrote none yet: wait for it to end'):
+        ShelfDataLoaders.from_shelf(dest, bs=4)
+    assert shelf_info(dest)['build'].startswith('not finished: its build is still running (a process is writing it now): 12 of')
+    assert second.poll() is None  # still waiting: B has written nothing
+    with open_shelf(dest) as s: assert sorted(s.table.index) == sorted(a.fn) and len(s) == 0
+    (path/'s.shelf.go').touch()
+    out_a, err_a = first.communicate(timeout=300); out_b, err_b = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err_a[-2000:] + err_b[-2000:]
+    assert 's.shelf: 12 written, 0 already there' in out_a, out_a  # A's report: its table was the shelf's until its end
+    # B ran after A, as a rerun: A's records kept, B's two new ones decoded; B's table, B's split, as from_df on the files
+    assert _served(dest) == (*_files(path, b), [])
+    with open_shelf(dest) as s: assert s.meta.complete and len(s) == 14
+    fresh = path/'fresh.shelf'
+    build_shelf(a, fresh, path, **KW); build_shelf(b, fresh, path, **KW)  # the same two builds, one after the other
+    with open_shelf(dest) as s, open_shelf(fresh) as f:
+        assert s.table.equals(f.table) and s.order.equals(f.order) and s.keys() == f.keys()
+        assert all((x['image'] == y['image']).all() and (x['labels'] == y['labels']).all() for x, y in zip(s.get_many(s.keys()), f.get_many(f.keys())))
