@@ -14,6 +14,7 @@ from .interface import (ShelfBase, VerifyReport, RAISE, key_bytes, PixelStats, D
 from .lmdb_shelf import Shelf
 from .meta import ShelfMeta
 from .lmdb_check import check_lmdb_file
+from .lmdb_env import build_running
 
 # %% auto #0
 __all__ = ['MANIFEST', 'shard_of', 'shard_names', 'read_manifest', 'write_manifest', 'check_shard_ids', 'claim_shard',
@@ -196,7 +197,7 @@ class ShardedShelf(ShelfBase):
         for s, pos in self._groups(ok).items(): miss.update(self.shards[s].missing([ok[i] for i in pos]))
         return [k for k in keys if k in miss]
     def building(self) -> bool|None:
-        got = [s.building() for s in self.shards]  # each shard's build holds its file
+        got = [build_running(self.path)] + [s.building() for s in self.shards]  # `build_sharded` holds the folder, each shard's build its file
         return True if any(got) else None if None in got else False
 
     @property

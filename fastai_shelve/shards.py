@@ -10,6 +10,7 @@ import numpy as np
 from .codec import ShelfError
 from .interface import key_bytes
 from .lmdb_shelf import Shelf
+from .lmdb_env import writing_build
 from .sharded_shelf import shard_of, write_manifest, claim_shard, check_shard_ids, count_shards
 from .images import BuildSettings
 from .labels import read_source, encode_labels
@@ -69,19 +70,21 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
           'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
     # A rerun any shard would refuse (another folder's, other settings, its records relabelled) is refused before any is written
-    check_shard_ids(dest)
-    for i in range(n_shards): build_shelf(part(i), Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
-    for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
-    _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them
-    tasks = [dask.delayed(_build_part)(part(i), Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
-    if scheduler:
-        from dask.distributed import Client
-        with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))
-    else:
-        # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
-        with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
-            res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
-    count_shards(dest)  # the manifest keeps each shard's key count: `verify` checks them
+    # One build of the folder at a time, as of a shelf: the folder is held from the checks to the count (a second waits, then resumes)
+    with writing_build(dest):
+        check_shard_ids(dest)
+        for i in range(n_shards): build_shelf(part(i), Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
+        for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
+        _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them
+        tasks = [dask.delayed(_build_part)(part(i), Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]
+        if scheduler:
+            from dask.distributed import Client
+            with Client(scheduler) as client: res = list(dask.compute(*tasks, scheduler=client))
+        else:
+            # Dask's local pool spawns by default, which fails in a script without a main guard; fork as `build_shelf` does.
+            with dask.config.set({'multiprocessing.context': mp_context().get_start_method()}):
+                res = list(dask.compute(*tasks, scheduler='processes', num_workers=n_workers))
+        count_shards(dest)  # the manifest keeps each shard's key count: `verify` checks them
     if progress:
         for r in res: print(BuildReport(**r))
     return res

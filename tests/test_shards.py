@@ -99,3 +99,23 @@ def test_build_sharded_without_dask_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ShelfError, match=r"build_sharded needs dask: pip install 'fastai_shelve\[shards\]'"):
         build_sharded(df, tmp_path/'sh', 2, tmp_path, **KW)
     assert not (tmp_path/'sh').exists()
+
+def test_a_second_build_sharded_waits_for_the_first(sharded):
+    "A `build_sharded` of a folder another process is building waits for it, saying so; meanwhile the folder says it is being written."
+    import time, warnings
+    from fastai_shelve.info import shelf_info
+    d, df, _ = sharded
+    # Another build of the folder: a process holding it as `build_sharded` does, for a second and a half
+    other = subprocess.Popen([sys.executable, '-c', "import sys, time; from fastai_shelve.lmdb_env import writing_build\n"
+                              f"with writing_build({str(d/'sh')!r}): print(1, flush=True); time.sleep(1.5)"], stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == '1'  # it holds the folder now
+    with open_shelf(d/'sh') as sh: assert sh.building() is True
+    t0 = time.monotonic()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        reports = build_sharded(df, d/'sh', 3, d, n_workers=2, **KW)
+    assert time.monotonic() - t0 > 0.5 and other.wait() == 0  # it waited for the other build's end
+    assert [str(o.message) for o in w if 'is writing it' in str(o.message)] == [
+        f"{d/'sh'}: another build (or copy) is writing it, in this process or another: waiting for it to end"]
+    assert sum(r['existing'] for r in reports) == 40 and shelf_info(d/'sh')['build'] == 'finished'  # then ran as a rerun
+    with open_shelf(d/'sh') as sh: assert sh.building() is False
