@@ -24,8 +24,8 @@ from .workers import stream_map
 from .meta import ShelfMeta
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'missing_hint', 'BuildReport', 'refuse_retired',
-           'other_columns', 'build_shelf', 'convert_shelf']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'source_facts', 'missing_hint', 'BuildReport',
+           'refuse_retired', 'other_columns', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def pixel_hist(img:np.ndarray) -> np.ndarray:
@@ -44,10 +44,22 @@ def _mask_mismatch(fn, mask_fn) -> str|None:
     with Image.open(fn) as im: isize = im.size
     if msize != isize: return f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
 
+def source_facts(fn, mask_fn=None) -> dict|None:
+    "What tells a record's file (and mask) changed since the record was written: their [size, mtime_ns]; None if one is not there."
+    try: return {'file': _stat(fn)} | ({} if mask_fn is None else {'mask': _stat(mask_fn)})
+    except (OSError, TypeError, ValueError): return None
+
+def _stat(p) -> list: st = os.stat(p); return [st.st_size, st.st_mtime_ns]
+
+def _kept(facts, img) -> dict:
+    "What the shelf keeps of a record's source: the file's `facts` and the record's pixel histogram."
+    return (facts or {}) | {'hist': pixel_hist(img).tolist()}
+
 def _decode_task(task):
-    "Worker: (key, [(record key, encoded record)], pixel histogram, None) or (key, None, None, reason)."
+    "Worker: (key, [(record key, encoded record)], {record key: source facts and histogram}, None) or (key, None, None, reason)."
     key, fn, lab, mask_fn, settings, compression = task
     if settings.frame == 'all': return _frames_task(task)
+    facts = source_facts(fn, mask_fn)  # before the decode: a file that changes while read is decoded again by the next build
     try:
         settings.check_file(fn)  # a JPEG with garbled image data is a bad record, not garbage pixels
         img = settings.load(fn)
@@ -57,19 +69,19 @@ def _decode_task(task):
     except FileNotFoundError as e: return key, None, None, 'missing file' if e.filename in (None, str(fn)) else f'missing mask {mask_fn}'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
     # Encoding here, not in the writer: the one writer process is the build's bottleneck on few cores.
-    return key, [(key, encode_record(_record(img, lab, mask), *compression))], pixel_hist(img), None
+    return key, [(key, encode_record(_record(img, lab, mask), *compression))], {key: _kept(facts, img)}, None
 
 def _frames_task(task):
     "Worker, `frame='all'`: every frame of the file a record of its own, `frame_key(key, i)`."
     key, fn, lab, _, settings, compression = task
-    recs, hist = [], 0
+    recs, kept, facts = [], {}, source_facts(fn)
     try:
         for i, img in enumerate(settings.iter_frames(fn)):
             recs.append((frame_key(key, i), encode_record(_record(img, lab), *compression)))
-            hist = hist + pixel_hist(img)
+            kept[frame_key(key, i)] = _kept(facts, img)
     except FileNotFoundError: return key, None, None, 'missing file'
     except Exception as e: return key, None, None, f'{type(e).__name__}: {e}'
-    return key, recs, hist, None
+    return key, recs, kept, None
 
 # %% ../nbs/02_build.ipynb #43e00781
 COMMIT_BYTES = 32 << 20  # commit at this many bytes too: `commit_every` big images would wait in the writer's memory, and die with a kill
@@ -78,18 +90,19 @@ class _Writer:
     "The build's one writer: records go to `shelf` as they come, a commit every `every` records or `COMMIT_BYTES`."
     def __init__(self, shelf, every:int):
         store_attr()
-        self.stats, self.pending, self.nbytes, self.written = PixelStats(), [], 0, 0
+        self.stats, self.pending, self.kept, self.nbytes, self.written = PixelStats(), [], {}, 0, 0
 
-    def add(self, recs:list, hist):
-        "Queue encoded records `recs` [(key, bytes)] and their pixel histogram `hist`; commit when enough are queued."
-        self.pending += recs; self.nbytes += sum(len(d) for _,d in recs); self.stats.add(hist)
+    def add(self, recs:list, kept:dict):
+        "Queue encoded records `recs` [(key, bytes)] and what to keep of their sources (`kept`: key → facts and histogram); commit when enough are queued."
+        self.pending += recs; self.nbytes += sum(len(d) for _,d in recs); self.kept |= kept
+        for s in kept.values(): self.stats.add(np.asarray(s['hist'], np.int64))
         if len(self.pending) >= self.every or self.nbytes >= COMMIT_BYTES: self.commit()
 
     def commit(self):
-        "Write what is queued in one transaction, its pixel histogram added to the shelf's there (another build may be adding its own)."
+        "Write what is queued in one transaction, with what is kept of the sources and the pixel histogram added to the shelf's."
         if not self.pending: return
-        self.shelf.put_many(self.pending, stats=self.stats.h)
-        self.written += len(self.pending); self.pending, self.nbytes, self.stats = [], 0, PixelStats()
+        self.shelf.put_many(self.pending, stats=self.stats.h, sources=self.kept)
+        self.written += len(self.pending); self.pending, self.kept, self.nbytes, self.stats = [], {}, 0, PixelStats()
 
     def __enter__(self): return self
     def __exit__(self, *exc):
@@ -116,9 +129,10 @@ def missing_hint(bad, opt=str, listed:bool=False) -> str:
 
 class BuildReport:
     "What `build_shelf` did: counts, speed, and every input it could not use as (key, path, reason)."
-    # `unnamed`: records the table no longer names (an earlier build's rows), kept but not served; `pruned`: those deleted
+    # `unnamed`: records the table no longer names (an earlier build's rows), kept but not served; `pruned`: those deleted;
+    # `changed`: the written records of files that changed since their earlier records were written
     def __init__(self, path, total, written, existing, bad, seconds, unnamed:int=0, pruned:int=0,
-                 listed:bool=False): store_attr()  # `listed`: built from a list of files, not a table
+                 listed:bool=False, changed:int=0): store_attr()  # `listed`: built from a list of files, not a table
     @property
     def rate(self): return self.written / max(self.seconds, 1e-9)
     @property
@@ -126,6 +140,7 @@ class BuildReport:
     def __repr__(self):
         return (f"{self.path}: {self.written} written, {self.existing} already there, {len(self.bad)} bad, "
                 f"of {self.total} in {self.seconds:.1f}s ({self.rate:.1f} img/s)"
+                + (f"; {self.changed} of them decoded again: their files changed since their records were written" if self.changed else '')
                 + (f"; {self.unnamed} records no row of the table names, kept but not served (prune=True deletes them)"
                    if self.unnamed else '')
                 + (f"; {self.pruned} records no row of the table names deleted" if self.pruned else '')
@@ -253,14 +268,23 @@ def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
                               f"ShelfDataLoaders.from_df(df, shelf, ...)")
 
 def _resume_tasks(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
-    "(decode tasks for the ids not in `shelf` yet, how many are there): a resume, refused if the table changed their labels."
+    "(decode tasks for the ids not in `shelf` yet or whose files changed, how many are there, the changed ids): a resume, refused if the table changed their labels."
     # A file's frames commit in one transaction: its first frame there means all of them are
     probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
     todo = {probe[p] for p in shelf.missing(list(probe))}
     lab_of = dict(zip(keys, labels))  # a resume must not leave records with labels the table no longer gives
     _check_stored_labels(shelf, {p: lab_of[k] for p,k in probe.items() if k not in todo})
-    tasks = [(k, f, l, m, settings, compression) for k,f,l,m in zip(keys, files, labels, masks) if k in todo]
-    return tasks, len(valid) - len(tasks)
+    changed = _changed(shelf, probe, todo, dict(zip(keys, zip(files, masks))))
+    tasks = [(k, f, l, m, settings, compression) for k,f,l,m in zip(keys, files, labels, masks) if k in todo or k in changed]
+    return tasks, len(valid) - len(tasks), changed
+
+def _changed(shelf, probe:dict, todo:set, files:dict) -> set:
+    "The ids whose record `shelf` has, and whose file or mask (`files`: id → (file, mask)) changed since: its size or time differ from those kept."
+    # As from_df reads the files as they are now: a record is a cache of its file. A file no longer there keeps its record
+    # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
+    kept = shelf.sources([p for p,k in probe.items() if k not in todo])
+    now = {p: source_facts(*files[probe[p]]) for p in kept}
+    return {probe[p] for p,s in kept.items() if now[p] is not None and any(s.get(f) != v for f,v in now[p].items())}
 
 def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
     "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
@@ -268,6 +292,14 @@ def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
     ids = set(valid)
     keys = [k for k in shelf.keys() if (frame_file(k) if frames else k) not in ids]
     return keys if listed else len(keys)
+
+def _served(shelf, valid:list, frames:bool) -> list:
+    "The keys of the records the table's ids `valid` serve (a file's frames, with `frames`)."
+    if not frames:
+        miss = set(shelf.missing(valid))
+        return [k for k in valid if k not in miss]
+    ids = set(valid)
+    return [k for k in shelf.keys() if frame_file(k) in ids]
 
 def _prune(shelf, valid:list, frames:bool) -> int:
     "Delete the records no id of `valid` names: how many."
@@ -281,8 +313,8 @@ def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool
     results = stream_map(_decode_task, tasks, n_workers)
     pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else None
     with _Writer(shelf, commit_every) as w:
-        for key, recs, hist, reason in (results if pb is None else pb):
-            if recs is not None: w.add(recs, hist)
+        for key, recs, kept, reason in (results if pb is None else pb):
+            if recs is not None: w.add(recs, kept)
             elif strict: raise ShelfError(f"{fn_of[key]} (id {key!r}): {reason}")
             else: bad.append((key, fn_of[key], reason))
             if pb is not None: pb.comment = f'{(w.written+len(w.pending))/(time.time()-t0):.1f} img/s'
@@ -345,7 +377,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # A resume with other settings, or whose table relabels stored records, is refused before anything is written
         check = _check_same_build(dest, settings, label_meta, (compression, level))
         check(shelf.meta)
-        tasks, existing = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
+        tasks, existing, changed = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         if check_only: return None
         # The settings (and their check, again: of two builds started together one is refused), the table and the row order in
         # one transaction: a build killed here leaves the earlier build's three or this one's, never one table in another's
@@ -359,12 +391,18 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           complete=False, converted_from=None,  # a build into a copy: the build's to resume now, not the copy's
                           table=_frames_table(_framed(shelf.keys(), valid), table) if frames else table,
                           order=shelf.new_order(valid))  # `from_shelf`'s items, in the table's row order
+        if frames and changed:  # a changed file may have fewer frames now: its old ones go before it is decoded again
+            for k in [k for k in shelf.keys() if frame_file(k) in changed]: shelf.delete(k)
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
         pruned = _prune(shelf, valid, frames) if prune else 0
-        shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}))
+        # The statistics `Normalize` reads are those of the records this table serves, as a fresh build of it counts them
+        # (records of dropped rows, deleted ones, files decoded again are not); a shelf from 0.2.4 or older keeps its sum
+        stats = PixelStats.of(shelf, _served(shelf, valid, frames))
+        shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}),
+                          **({} if stats is None else {'stats': stats}))
         unnamed = _unnamed(shelf, valid, frames)
-    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None)
+    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None, changed=len(changed))
     if progress: print(report)
     return report
 
@@ -393,7 +431,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
             recs = src.get_many(ks)
             for k,r in zip(ks, recs):
                 if not isinstance(r, dict): raise ShelfError(f"{src.path}: key {k!r} holds a {type(r).__name__}, not a record dict")
-            out.put_many(zip(ks, recs))
+            out.put_many(zip(ks, recs), sources=src.sources(ks))  # what the build kept of their files: the copy's records are theirs
         # A shelf from elsewhere: its records' layout as the settings; then the source's mark (a copy of a stopped build is one)
         meta = {} if 'build' in ours or not len(out) else record_meta(out[out.keys()[0]])
         out.update_meta(**meta, complete=ours.get('complete'))

@@ -21,7 +21,7 @@ from fastai.data.core import DataLoaders
 from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
 from fastai.losses import CrossEntropyLossFlat
 from .codec import ShelfError
-from .interface import ShelfBase, shelf_here
+from .interface import ShelfBase, PixelStats, shelf_here
 from .store import open_shelf
 from .images import BuildSettings, record_meta
 from .labels import block_kind, block_options, label_columns
@@ -363,6 +363,9 @@ class ShelfDataLoaders(DataLoaders):
             raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {held} images: leave img_cls out, or build another shelf")
         col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
         items = _df_keys(df, shelf, col)
+        # A gray shelf's `Normalize` takes the statistics of these rows, as a build of this table would count them
+        stats = PixelStats.of(shelf, map(str, items))
+        if stats is not None: meta = meta.merge(stats=stats)
         is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None  # as `from_df` picks its block
         y_block = ifnone(y_block, MultiCategoryBlock if is_multi else CategoryBlock)
         pil = any(needs_pil(f) for f in L(item_tfms))

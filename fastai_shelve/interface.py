@@ -13,9 +13,10 @@ import numpy as np
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['RAISE', 'key_bytes', 'frame_key', 'frame_file', 'shelf_here', 'PickleRefusedError', 'ShelfClosedError',
-           'ReadOnlyError', 'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError', 'BadKeyError',
-           'KeyTypeError', 'MissingShardError', 'MissingKeyError', 'VerifyReport', 'ShelfBase', 'PixelStats']
+__all__ = ['SOURCES', 'RAISE', 'key_bytes', 'source_name', 'frame_key', 'frame_file', 'shelf_here', 'PickleRefusedError',
+           'ShelfClosedError', 'ReadOnlyError', 'DamagedStoreError', 'ShelfNotFoundError', 'ShelfAccessError',
+           'BadKeyError', 'KeyTypeError', 'MissingShardError', 'MissingKeyError', 'VerifyReport', 'ShelfBase',
+           'PixelStats']
 
 # %% ../nbs/00a_interface.ipynb #1f0a0005
 def key_bytes(key) -> bytes|None:
@@ -24,6 +25,12 @@ def key_bytes(key) -> bytes|None:
     try: b = key.encode('utf-8')  # strict: a lone surrogate written would come back as U+FFFD, a key nobody can read
     except UnicodeEncodeError: return None
     return b if 0 < len(b) <= 511 else None
+
+SOURCES = b'src/'  # the metadata entries `src/<key>`: what a build knew of each record's source file (`ShelfBase.sources`)
+
+def source_name(kb:bytes|None) -> bytes|None:
+    "The metadata entry keeping the source facts of the record under key bytes `kb` (None for a key too long to prefix)."
+    return None if kb is None or len(kb) + len(SOURCES) > 511 else SOURCES + kb
 
 def frame_key(key:str, i:int) -> str:
     "The record key of frame `i` of the file whose id is `key`, with `frame='all'`: sorts with its file's other frames."
@@ -108,6 +115,10 @@ class ShelfBase(MutableMapping):
         "Is a build (or copy) writing this shelf now, in any process? None where this backend can't tell."
         return None
 
+    def sources(self, keys) -> dict:
+        "{key: what the build kept of its source file} for those of `keys` it has it for: none where this backend keeps none."
+        return {}
+
     def verify(self, progress=None) -> VerifyReport:
         "A `VerifyReport`: (key, reason) for every record that cannot be read."
         bad, keys = [], self.keys()
@@ -173,6 +184,14 @@ class PixelStats:
         "Add one image's (or one shard's) histogram."
         self.h = np.asarray(hist, np.int64) if self.h is None else self.h + hist
         return self
+    @classmethod
+    def of(cls, shelf, keys) -> dict|None:
+        "The statistics (`as_meta`) of `shelf`'s records under `keys`, added up from the histograms their build kept; None if one has none."
+        keys = list(dict.fromkeys(keys))  # a row given twice (oversampling) is one record
+        kept = shelf.sources(keys)
+        if not keys or len(kept) < len(keys) or any('hist' not in s for s in kept.values()): return None
+        return cls().add(sum(np.asarray(s['hist'], np.int64) for s in kept.values())).as_meta()
+
     def as_meta(self) -> dict:
         "The histogram with its mean and std (values scaled to 0..1), as the metadata keeps them."
         if self.h is None: return {}

@@ -13,7 +13,8 @@ from .codec import (ShelfError, RecordError, FORMAT_VERSION, encode_record, deco
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
                                  seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
 from .meta import ShelfMeta
-from .interface import ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats
+from .interface import (ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats,
+                                     SOURCES, source_name)
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use, read_only_fs, build_running
 from .lmdb_check import check_lmdb_file, check_lmdb_size, check_structure, check_replaceable
 from .lmdb_batch import BatchFill
@@ -212,8 +213,8 @@ class Shelf(ShelfBase):
     def building(self) -> bool|None: return build_running(self.path)  # a build holds the file while it runs (`writing_build`)
 
     # Writing
-    def _commit(self, ops=(), meta:dict=None, check=None, db=None, stats=None):
-        "One write transaction: `ops` [(key, bytes or None)] into `db` (records by default), `meta` merged, histogram `stats` added."
+    def _commit(self, ops=(), meta:dict=None, check=None, db=None, stats=None, side=()):
+        "One write transaction: `ops` [(key, bytes or None)] into `db` (records by default), `side` ones into the metadata's, `meta` merged, histogram `stats` added."
         if self.readonly: self._refuse('write')
         recs = bool(ops) and db is None
         big = max((_declared(v) for _,v in ops if v is not None), default=0) if recs else 0
@@ -223,6 +224,9 @@ class Shelf(ShelfBase):
                     for k,v in ops:
                         if v is None: txn.delete(k)
                         else: txn.put(k, v)
+                    for k,v in side:  # what is kept of each record's source, in its record's transaction
+                        if v is None: txn.delete(k, db=self._metadb)
+                        else: txn.put(k, v, db=self._metadb)
                     old = ShelfMeta.from_meta(self._load(txn, b'meta'), self.path)
                     if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                     new = old.merge(**(meta or {}))
@@ -236,7 +240,7 @@ class Shelf(ShelfBase):
                         # write unsealed entries into it)
                         new.format_version, new.package_version = FORMAT_VERSION, fastai_shelve.__version__
                         self._reseal(txn)
-                    new.parts = [bytes(k).decode() for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']
+                    new.parts = [n.decode() for n in self._meta_names(txn) if n != b'meta']
                     txn.put(b'meta', seal_meta('meta', new.as_meta()), db=self._metadb)
                 self._meta, self._version = new, new.format_version
                 self._limit = record_limit(new.max_record_bytes, os.fstat(self._fd).st_size)
@@ -245,7 +249,7 @@ class Shelf(ShelfBase):
 
     def _reseal(self, txn):
         "Seal the metadata entries an older version wrote (in `txn`, the one that upgrades the shelf's format)."
-        for name in [bytes(k) for k in txn.cursor(db=self._metadb).iternext(values=False) if bytes(k) != b'meta']:
+        for name in [n for n in self._meta_names(txn, sources=True) if n != b'meta']:
             d, sealed = self._unseal(name, txn.get(name, db=self._metadb))
             if not sealed: txn.put(name, seal_meta(name.decode(), d), db=self._metadb)
 
@@ -258,15 +262,37 @@ class Shelf(ShelfBase):
             return encode_record(rec, self.compression, self.level, key=key)
         except RecordError as e: raise type(e)(f"{self.path}: key {key!r}: {e}") from None
 
-    def put_many(self, items, meta:dict=None, stats=None):
-        "Write records (dicts, or `encode_record` bytes) in one transaction, with `meta` merged and pixel histogram `stats` added."
+    def put_many(self, items, meta:dict=None, stats=None, sources:dict=None):
+        "Write records (dicts, or `encode_record` bytes) in one transaction, with `meta` merged, pixel histogram `stats` added, and `sources` (key: dict) kept."
         items = items.items() if isinstance(items, dict) else items
-        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta, stats=stats)
+        side = [(n, seal_meta(n.decode(), d)) for k,d in (sources or {}).items() if (n := source_name(self._enc(k))) is not None]
+        self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta, stats=stats, side=side)
 
     def delete(self, key):
-        "Remove `key`'s record."
+        "Remove `key`'s record (and what was kept of its source)."
         if key not in self: raise self._key_error(key)
-        self._commit([(self._enc(key), None)])
+        kb = self._enc(key)
+        self._commit([(kb, None)], side=[(n, None) for n in [source_name(kb)] if n is not None])
+
+    def sources(self, keys) -> dict:
+        "What a build kept of the source files of those of `keys` it wrote (`source_name` entries, checked): {key: dict}."
+        out = {}
+        with self.txn(db=self._metadb) as txn:
+            for k in keys:
+                n = source_name(key_bytes(k))
+                b = None if n is None else txn.get(n)
+                if b is not None: out[k] = self._unseal(n, b)[0]
+        return out
+
+    def _meta_names(self, txn, sources:bool=False) -> list:
+        "The metadata entries' names, without the per-record `src/` ones unless `sources`: a commit lists the others, and skips those."
+        cur, names = txn.cursor(db=self._metadb), []
+        ok = cur.first()
+        while ok:
+            n = bytes(cur.key())
+            if n.startswith(SOURCES) and not sources: ok = cur.set_range(SOURCES[:-1] + bytes([SOURCES[-1] + 1]))  # past them all
+            else: names.append(n); ok = cur.next()
+        return names
 
     # Metadata
     def _unseal(self, name:bytes, b) -> tuple:

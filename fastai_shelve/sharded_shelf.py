@@ -199,6 +199,9 @@ class ShardedShelf(ShelfBase):
     def building(self) -> bool|None:
         got = [build_running(self.path)] + [s.building() for s in self.shards]  # `build_sharded` holds the folder, each shard's build its file
         return True if any(got) else None if None in got else False
+    def sources(self, keys) -> dict:
+        ok = [k for k in keys if key_bytes(k) is not None]
+        return {k: v for s, pos in self._groups(ok).items() for k, v in self.shards[s].sources([ok[i] for i in pos]).items()}
 
     @property
     def meta(self) -> ShelfMeta:

@@ -25,7 +25,7 @@ def _build_part(part, dest, **kwargs):
     "One Dask task: one shard, built (or resumed) by one process, quietly (its report goes back to `build_sharded`)."
     r = build_shelf(part, dest, **{**kwargs, 'n_workers': 0, 'progress': False})
     return dict(path=str(dest), total=r.total, written=r.written, existing=r.existing, bad=r.bad, seconds=r.seconds,
-                unnamed=r.unnamed, pruned=r.pruned)
+                unnamed=r.unnamed, pruned=r.pruned, changed=r.changed)
 
 def _start_shards(dest, names, keys, shard, table, valid_col=None):
     "Each shard's table and row order (its ids at the whole table's row numbers), marked unfinished with a new `build_id`."

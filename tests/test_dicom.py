@@ -307,3 +307,18 @@ def test_16_bit_colour_with_alpha(tmp_path):
     a = rgb12()
     assert cv2.imwrite(str(tmp_path/'rgba.png'), np.dstack([a[..., ::-1], np.full(a.shape[:2], 65535, np.uint16)]))
     np.testing.assert_array_equal(load_image(tmp_path/'rgba.png', gray=False), to_uint8(a))
+
+def test_frame_all_a_file_changed_to_fewer_frames_drops_its_old_ones(tmp_path):
+    "A rerun decodes a multi-frame file changed since: its old frames go, so a file now of 2 frames serves 2, as a fresh build."
+    cine(tmp_path, 'c', 5); cine(tmp_path, 'd', 2)
+    df = pd.DataFrame({'id': ['c', 'd'], 'y': ['a', 'b']})
+    kw = dict(path=tmp_path, suff='.dcm', label_col='y', size=16, frame='all', n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', **kw)
+    cine(tmp_path, 'c', 2)  # the file rewritten: two frames now
+    r = build_shelf(df, tmp_path/'s.shelf', **kw)
+    assert (r.written, r.existing, r.changed) == (2, 1, 1)
+    build_shelf(df, tmp_path/'fresh.shelf', **kw)
+    with open_shelf(tmp_path/'s.shelf') as s, open_shelf(tmp_path/'fresh.shelf') as f:
+        assert s.keys() == f.keys() == ['c#0000', 'c#0001', 'd#0000', 'd#0001']
+        np.testing.assert_array_equal(s.get_batch(s.keys())['image'], f.get_batch(f.keys())['image'])
+        assert s.table.equals(f.table) and s.meta.stats == f.meta.stats

@@ -1,0 +1,94 @@
+"""A rerun of the build cell gives what a fresh build of the same table gives: a file changed since its record was written
+is decoded again (its size or modification time differ from those kept with the record), and the statistics `Normalize`
+reads are those of the rows the table serves, whatever earlier builds wrote, pruned or decoded again."""
+import os
+import numpy as np, pandas as pd, pytest
+from PIL import Image
+from fastai.vision.all import ImageDataLoaders, PILImageBW, Resize, Normalize
+from fastai_shelve.build import build_shelf
+from fastai_shelve.store import open_shelf
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.splits import shelf_items
+
+KW = dict(fn_col='fn', label_col='y', size=32, n_workers=0, progress=False)
+
+@pytest.fixture
+def dark_bright(tmp_path):
+    "12 dark and 12 bright gray PNGs (32x32, as the build stores them) and their table."
+    rng = np.random.default_rng(0)
+    for i in range(24): Image.fromarray(rng.integers(0, 80 if i < 12 else 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i:02d}.png')
+    return tmp_path, pd.DataFrame({'fn': [f'i{i:02d}.png' for i in range(24)], 'y': list('ab') * 12})
+
+def _same(a, b):
+    "The two shelves serve the same: items, images, labels, table, order, statistics (a rerun may keep records it doesn't serve)."
+    with open_shelf(a) as s, open_shelf(b) as f:
+        items = shelf_items(s)
+        assert items == shelf_items(f) and s.table.equals(f.table) and s.order.equals(f.order)
+        for x, y in zip(s.get_many(items), f.get_many(items)):
+            np.testing.assert_array_equal(x['image'], y['image']); np.testing.assert_array_equal(x['labels'], y['labels'])
+        assert s.meta.stats == f.meta.stats
+
+def _rewrite(p, value:int):
+    "Write `p` again with other pixels, its modification time moved on (some file systems keep whole seconds)."
+    t = os.stat(p).st_mtime_ns
+    Image.fromarray(np.full((32, 32), value, np.uint8)).save(p)
+    os.utime(p, ns=(t + 2_000_000_000, t + 2_000_000_000))
+
+def test_a_changed_file_is_decoded_again(dark_bright):
+    "The same table rerun after a file changed: that record is written again (the report says why), the rest kept."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    _rewrite(path/'i03.png', 200)
+    r = build_shelf(df, path/'s.shelf', path, **KW)
+    assert (r.written, r.existing, r.changed) == (1, 23, 1)
+    assert 'i03' not in str(r) and '1 of them decoded again: their files changed since their records were written' in str(r)
+    with open_shelf(path/'s.shelf') as s: assert (s['i03.png']['image'] == 200).all()
+    build_shelf(df, path/'fresh.shelf', path, **KW)
+    _same(path/'s.shelf', path/'fresh.shelf')
+    r = build_shelf(df, path/'s.shelf', path, **KW)  # nothing changed since: nothing decoded
+    assert (r.written, r.existing, r.changed) == (0, 24, 0)
+
+def test_what_reaches_the_model_after_a_file_changed_is_what_files_give(dark_bright):
+    "Batches of `from_shelf` after the rerun equal fastai's `from_df` on the files as they are now."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    _rewrite(path/'i05.png', 7)
+    build_shelf(df, path/'s.shelf', path, **KW)
+    dls = ShelfDataLoaders.from_shelf(path/'s.shelf', bs=24, seed=1, valid_pct=0, normalize=False, shuffle=False)
+    ref = ImageDataLoaders.from_df(df, path, fn_col='fn', label_col='y', img_cls=PILImageBW, bs=24, seed=1, valid_pct=0,
+                                   shuffle=False, num_workers=0)
+    np.testing.assert_array_equal(dls.train.one_batch()[0].cpu().numpy(), ref.train.one_batch()[0].cpu().numpy())
+
+def test_a_file_gone_keeps_its_record(dark_bright):
+    "A shelf is a cache: a rerun where a file no longer is keeps its record (the images may be gone), as before."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    (path/'i07.png').unlink()
+    r = build_shelf(df, path/'s.shelf', path, **KW)
+    assert (r.written, r.existing, r.changed, r.bad) == (0, 24, 0, [])
+
+def test_statistics_follow_the_table(dark_bright):
+    "After reruns with fewer rows, with prune, and with the rows back, the statistics are a fresh build's of the same table."
+    path, df = dark_bright
+    dark, s, f = df.iloc[:12], path/'s.shelf', path/'f.shelf'
+    build_shelf(df, s, path, **KW); build_shelf(dark, s, path, **KW)
+    build_shelf(dark, f, path, **KW)
+    _same(s, f)
+    with open_shelf(s) as sh: assert sh.meta.stats['mean'][0] < 0.2  # the dark rows' own, not all 24 rows' (0.4)
+    build_shelf(dark, s, path, prune=True, **KW); _same(s, f)
+    build_shelf(df, s, path, **KW)  # the bright rows back: decoded again, counted once
+    build_shelf(df, path/'all.shelf', path, **KW); _same(s, path/'all.shelf')
+    _rewrite(path/'i02.png', 255)  # a file decoded again counts as it is now, not twice
+    build_shelf(df, s, path, **KW); build_shelf(df, path/'all2.shelf', path, **KW); _same(s, path/'all2.shelf')
+
+def test_from_df_normalizes_with_its_rows_statistics(dark_bright):
+    "`ShelfDataLoaders.from_df` of some rows of a shelf normalizes as a shelf built of those rows only does."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    build_shelf(df.iloc[:12], path/'dark.shelf', path, **KW)
+    norm = lambda dls: next(f for f in dls.after_batch.fs if isinstance(f, Normalize))
+    a = ShelfDataLoaders.from_df(df.iloc[:12], path/'s.shelf', path, fn_col='fn', label_col='y', bs=4)
+    b = ShelfDataLoaders.from_df(df.iloc[:12], path/'dark.shelf', path, fn_col='fn', label_col='y', bs=4)
+    assert float(norm(a).mean) == float(norm(b).mean) and float(norm(a).std) == float(norm(b).std)
+    c = ShelfDataLoaders.from_shelf(path/'dark.shelf', bs=4)
+    assert float(norm(c).mean) == float(norm(b).mean)
