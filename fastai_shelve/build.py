@@ -14,18 +14,19 @@ from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
 from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_file
-from .lmdb_shelf import Shelf
+from .lmdb_shelf import Shelf, table_entry
 from .lmdb_env import writing_build
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
+from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed
 from .meta import ShelfMeta
 
 # %% auto #0
-__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'LABEL_CHUNK', 'RETIRED', 'pixel_hist', 'source_facts', 'missing_hint', 'BuildReport',
-           'refuse_retired', 'other_columns', 'build_shelf', 'convert_shelf']
+__all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'RETIRED', 'pixel_hist', 'missing_hint', 'BuildReport', 'refuse_retired',
+           'other_columns', 'build_shelf', 'convert_shelf']
 
 # %% ../nbs/02_build.ipynb #24e46e08
 def pixel_hist(img:np.ndarray) -> np.ndarray:
@@ -43,13 +44,6 @@ def _mask_mismatch(fn, mask_fn) -> str|None:
     if is_dicom(fn): return None
     with Image.open(fn) as im: isize = im.size
     if msize != isize: return f"mask {mask_fn} is {msize[0]}x{msize[1]}, its image {isize[0]}x{isize[1]}"
-
-def source_facts(fn, mask_fn=None) -> dict|None:
-    "What tells a record's file (and mask) changed since the record was written: their [size, mtime_ns]; None if one is not there."
-    try: return {'file': _stat(fn)} | ({} if mask_fn is None else {'mask': _stat(mask_fn)})
-    except (OSError, TypeError, ValueError): return None
-
-def _stat(p) -> list: st = os.stat(p); return [st.st_size, st.st_mtime_ns]
 
 def _kept(facts, img) -> dict:
     "What the shelf keeps of a record's source: the file's `facts` and the record's pixel histogram."
@@ -187,7 +181,6 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
 
 # %% ../nbs/02_build.ipynb #12b6ea20
 MAX_WORKERS = 8  # decode processes by default, at most: every record goes through the one writer, so more would mostly wait
-LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
 
 # The spellings 0.2.0 removed (see CHANGELOG.md), and what replaced them: a call with one fails naming its replacement.
 RETIRED = {'img_path': "path= (and folder=), as fastai's from_df", 'suffix': 'suff=', 'label_cols': 'label_col= (one or a list)',
@@ -256,57 +249,6 @@ def _frames_table(rec_keys, table):
     files = [frame_file(k) for k in fk]
     return table.reindex(files).set_axis(fk).assign(file=files)
 
-def _check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
-    "Refuse a resume whose table gives records already in `shelf` other labels than they hold (`want`: key → labels)."
-    keys, diff = [k for k,v in want.items() if v is not None], []
-    for i in range(0, len(keys), chunk):
-        part = keys[i:i+chunk]
-        have = shelf.get_batch(part, fields={'labels'})['labels']
-        diff += [k for k,h in zip(part, have) if not np.array_equal(np.asarray(h).reshape(-1), np.asarray(want[k]).reshape(-1))]
-    if diff: raise ShelfError(f"{shelf.path}: the table gives records already in the shelf other labels than they hold "
-                              f"({len(diff)} in all, e.g. {diff[:3]}): build to a new path to change labels, or train with the table's own: "
-                              f"ShelfDataLoaders.from_df(df, shelf, ...)")
-
-def _resume_tasks(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
-    "(decode tasks for the ids not in `shelf` yet or whose files changed, how many are there, the changed ids): a resume, refused if the table changed their labels."
-    # A file's frames commit in one transaction: its first frame there means all of them are
-    probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
-    todo = {probe[p] for p in shelf.missing(list(probe))}
-    lab_of = dict(zip(keys, labels))  # a resume must not leave records with labels the table no longer gives
-    _check_stored_labels(shelf, {p: lab_of[k] for p,k in probe.items() if k not in todo})
-    changed = _changed(shelf, probe, todo, dict(zip(keys, zip(files, masks))))
-    tasks = [(k, f, l, m, settings, compression) for k,f,l,m in zip(keys, files, labels, masks) if k in todo or k in changed]
-    return tasks, len(valid) - len(tasks), changed
-
-def _changed(shelf, probe:dict, todo:set, files:dict) -> set:
-    "The ids whose record `shelf` has, and whose file or mask (`files`: id → (file, mask)) changed since: its size or time differ from those kept."
-    # As from_df reads the files as they are now: a record is a cache of its file. A file no longer there keeps its record
-    # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
-    kept = shelf.sources([p for p,k in probe.items() if k not in todo])
-    now = {p: source_facts(*files[probe[p]]) for p in kept}
-    return {probe[p] for p,s in kept.items() if now[p] is not None and any(s.get(f) != v for f,v in now[p].items())}
-
-def _unnamed(shelf, valid:list, frames:bool, listed:bool=False):
-    "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
-    if not listed and not frames: return len(shelf) - (len(valid) - len(shelf.missing(valid)))  # no walk of every key
-    ids = set(valid)
-    keys = [k for k in shelf.keys() if (frame_file(k) if frames else k) not in ids]
-    return keys if listed else len(keys)
-
-def _served(shelf, valid:list, frames:bool) -> list:
-    "The keys of the records the table's ids `valid` serve (a file's frames, with `frames`)."
-    if not frames:
-        miss = set(shelf.missing(valid))
-        return [k for k in valid if k not in miss]
-    ids = set(valid)
-    return [k for k in shelf.keys() if frame_file(k) in ids]
-
-def _prune(shelf, valid:list, frames:bool) -> int:
-    "Delete the records no id of `valid` names: how many."
-    keys = _unnamed(shelf, valid, frames, listed=True)
-    for k in keys: shelf.delete(k)
-    return len(keys)
-
 def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool, progress:bool, bad:list) -> int:
     "Decode `tasks` in `n_workers` processes, writing records as they come and adding unusable inputs to `bad`: how many written."
     fn_of, t0 = {t[0]: t[1] for t in tasks}, time.time()
@@ -363,6 +305,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     files, masks, pref = ([None]*len(keys), [None]*len(keys), None) if check_only else \
         _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
     table = other_columns(df, keys, col, label_col)
+    table_entry(table)  # a column the shelf can't keep is refused here, before a file is made
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     valid = [k for k in keys if key_bytes(k) is not None]
     # One build at a time holds the shelf: another waits for it, then resumes it (a build is many commits, see `writing_build`)
@@ -377,7 +320,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         # A resume with other settings, or whose table relabels stored records, is refused before anything is written
         check = _check_same_build(dest, settings, label_meta, (compression, level))
         check(shelf.meta)
-        tasks, existing, changed = _resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
+        tasks, existing, changed = resume_tasks(shelf, valid, keys, files, labels, masks, settings, (compression, level))
         if check_only: return None
         # The settings (and their check, again: of two builds started together one is refused), the table and the row order in
         # one transaction: a build killed here leaves the earlier build's three or this one's, never one table in another's
@@ -395,13 +338,13 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
             for k in [k for k in shelf.keys() if frame_file(k) in changed]: shelf.delete(k)
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
-        pruned = _prune(shelf, valid, frames) if prune else 0
+        pruned = prune_unnamed(shelf, valid, frames) if prune else 0
         # The statistics `Normalize` reads are those of the records this table serves, as a fresh build of it counts them
         # (records of dropped rows, deleted ones, files decoded again are not); a shelf from 0.2.4 or older keeps its sum
-        stats = PixelStats.of(shelf, _served(shelf, valid, frames))
+        stats = PixelStats.of(shelf, served_keys(shelf, valid, frames))
         shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}),
                           **({} if stats is None else {'stats': stats}))
-        unnamed = _unnamed(shelf, valid, frames)
+        unnamed = unnamed_records(shelf, valid, frames)
     report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None, changed=len(changed))
     if progress: print(report)
     return report

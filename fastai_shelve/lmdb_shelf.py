@@ -12,7 +12,7 @@ from fastcore.basics import store_attr, ifnone
 from .codec import (ShelfError, RecordError, FORMAT_VERSION, encode_record, decode_record,
                                  record_layout, record_version, check_compression, check_key, bind_key, RecordTooLargeError,
                                  seal_meta, unseal_meta, record_limit, SEALED_FROM, KEYED_FROM, PREFIX_BYTES)
-from .meta import ShelfMeta
+from .meta import ShelfMeta, table_entry, read_table, order_entry, read_order
 from .interface import (ShelfBase, VerifyReport, RAISE, key_bytes, ReadOnlyError, DamagedStoreError, BadKeyError, PixelStats,
                                      SOURCES, source_name)
 from .lmdb_env import acquire_env, release_env, needs_lock, lock_path, os_reason, in_use, read_only_fs, build_running
@@ -31,14 +31,6 @@ def _declared(buf) -> int:
     "Bytes `buf`'s arrays decode to: what `max_record_bytes` follows."
     try: return sum(f.nbytes for f in record_layout(buf, FORMAT_VERSION, _ANY_SIZE).fields)
     except RecordError: return 0  # not ours to refuse here (`_commit` takes bytes as given)
-
-def _table_entry(df) -> dict:
-    "The stored form of a per-key table (a DataFrame indexed by key)."
-    return {'index': [str(o) for o in df.index], 'columns': {c: df[c].tolist() for c in df.columns}}
-
-def _order_entry(keys, rows=None) -> dict:
-    "The stored form of the build table's row order: `keys` at row numbers `rows` (0, 1, ... if None)."
-    return {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]})
 
 # %% ../nbs/00e_lmdb_shelf.ipynb #bc7ca556
 class Shelf(ShelfBase):
@@ -101,7 +93,6 @@ class Shelf(ShelfBase):
         fd, self._fd = getattr(self, '_fd', None), None
         if fd is not None:
             with suppress(OSError): os.close(fd)
-
 
     def _init_meta(self):
         "Both databases and the first metadata, in one transaction."
@@ -271,18 +262,13 @@ class Shelf(ShelfBase):
     def delete(self, key):
         "Remove `key`'s record (and what was kept of its source)."
         if key not in self: raise self._key_error(key)
-        kb = self._enc(key)
-        self._commit([(kb, None)], side=[(n, None) for n in [source_name(kb)] if n is not None])
+        self._commit([(kb := self._enc(key), None)], side=[(n, None) for n in [source_name(kb)] if n is not None])
 
     def sources(self, keys) -> dict:
         "What a build kept of the source files of those of `keys` it wrote (`source_name` entries, checked): {key: dict}."
-        out = {}
         with self.txn(db=self._metadb) as txn:
-            for k in keys:
-                n = source_name(key_bytes(k))
-                b = None if n is None else txn.get(n)
-                if b is not None: out[k] = self._unseal(n, b)[0]
-        return out
+            got = [(k, n, txn.get(n)) for k in keys for n in [source_name(key_bytes(k))] if n is not None]
+            return {k: self._unseal(n, b)[0] for k, n, b in got if b is not None}
 
     def _meta_names(self, txn, sources:bool=False) -> list:
         "The metadata entries' names, without the per-record `src/` ones unless `sources`: a commit lists the others, and skips those."
@@ -326,7 +312,7 @@ class Shelf(ShelfBase):
         "Merge `kwargs` into the metadata, after `check(old_meta)` if given; `table` and `order` (keys, rows) set with them, in one transaction."
         # A build's settings, table and row order change together: a build killed between them would leave one table's rows
         # in another's order, a split from neither
-        ops = ([] if table is None else [(b'table', _table_entry(table))]) + ([] if order is None else [(b'order', _order_entry(*order))])
+        ops = ([] if table is None else [(b'table', table_entry(table))]) + ([] if order is None else [(b'order', order_entry(*order))])
         self._commit([(n, seal_meta(n.decode(), d)) for n,d in ops], meta=kwargs, check=check, db=self._metadb)
 
     @property
@@ -337,25 +323,24 @@ class Shelf(ShelfBase):
 
     def set_table(self, df):
         "Store a DataFrame of per-key columns, indexed by key."
-        self._set_meta(b'table', _table_entry(df))
+        self._set_meta(b'table', table_entry(df))
 
     @property
     def table(self):
         "The per-key table stored by `set_table`, or None."
         d = self._get_meta(b'table')
-        return None if d is None else pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
+        return None if d is None else read_table(d)
 
     def set_order(self, keys, rows=None):
         "Store the build table's row order: `keys` at row numbers `rows`."
         # rows default to 0, 1, ...; a shard's are the whole table's
-        self._set_meta(b'order', _order_entry(keys, rows))
+        self._set_meta(b'order', order_entry(keys, rows))
 
     @property
     def order(self):
         "The build table's row of each id (a Series in row order), or None."
         d = self._get_meta(b'order')
-        if d is None: return None
-        return pd.Series(d.get('rows', range(len(d['keys']))), index=pd.Index(d['keys'], name='key'), dtype=np.int64)
+        return None if d is None else read_order(d)
 
     def verify(self, progress=None) -> VerifyReport:
         "A `VerifyReport`: (key, reason) for every record that is damaged or misplaced, and what could not be checked."

@@ -4,11 +4,14 @@
 
 # %% ../nbs/00ab_meta.ipynb #a0e10003
 from __future__ import annotations
+import json
 from collections.abc import Mapping
+from contextlib import suppress
+import pandas as pd
 from .codec import ShelfError, FormatVersionError, FORMAT_VERSION
 
 # %% auto #0
-__all__ = ['ShelfMeta']
+__all__ = ['ShelfMeta', 'table_entry', 'order_entry', 'read_order', 'read_table']
 
 # %% ../nbs/00ab_meta.ipynb #a0e10005
 class ShelfMeta(Mapping):
@@ -86,3 +89,38 @@ class ShelfMeta(Mapping):
 def _version() -> str:
     import fastai_shelve
     return fastai_shelve.__version__
+
+# %% ../nbs/00ab_meta.ipynb #a0e10021
+def _json_value(v):
+    "A table cell as JSON keeps it: missing as null, dates and durations as text (the column's dtype gives them back)."
+    if v is pd.NA or v is pd.NaT: return None
+    return str(v) if isinstance(v, (pd.Timestamp, pd.Timedelta, pd.Period)) else v
+
+def table_entry(df) -> dict:
+    "The stored form of a per-key table (a DataFrame indexed by key): JSON values and each column's dtype; a column JSON can't hold is a `ShelfError` naming it."
+    cols = {}
+    for c in df.columns:  # what from_df takes: dates, nullable ints and bools, categories, ...
+        vals = [_json_value(v) for v in df[c].astype(object).tolist()]
+        try: json.dumps(vals)
+        except (TypeError, ValueError) as e:
+            raise ShelfError(f"the table's column {c!r} holds values a shelf's table can't keep ({e}): convert it "
+                             f"(df[{c!r}].astype(str)) or drop it") from None
+        cols[str(c)] = vals
+    return {'index': [str(o) for o in df.index], 'columns': cols, 'dtypes': {str(c): str(t) for c,t in df.dtypes.items()}}
+
+def order_entry(keys, rows=None) -> dict:
+    "The stored form of the build table's row order: `keys` at row numbers `rows` (0, 1, ... if None)."
+    return {'keys': [str(k) for k in keys]} | ({} if rows is None else {'rows': [int(r) for r in rows]})
+
+def read_order(d:dict) -> pd.Series:
+    "The build table's row of each id, in row order, from its stored form."
+    return pd.Series(d.get('rows', range(len(d['keys']))), index=pd.Index(d['keys'], name='key'), dtype='int64')
+
+def read_table(d:dict) -> pd.DataFrame:
+    "A table from its stored form, each column in its dtype again (one stored before 0.2.5 as JSON gives it back)."
+    df = pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
+    for c, t in d.get('dtypes', {}).items():
+        if c in df.columns and t != str(df[c].dtype):
+            with suppress(TypeError, ValueError): df[c] = df[c].astype(t)
+    return df
+
