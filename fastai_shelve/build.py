@@ -53,7 +53,7 @@ def _decode_task(task):
     "Worker: (key, [(record key, encoded record)], {record key: source facts and histogram}, None) or (key, None, None, reason)."
     key, fn, lab, mask_fn, settings, compression = task
     if settings.frame == 'all': return _frames_task(task)
-    facts = source_facts(fn, mask_fn)  # before the decode: a file that changes while read is decoded again by the next build
+    facts = source_facts(fn, mask_fn, content=True)  # before the decode: a file that changes while read is decoded again by the next build
     try:
         settings.check_file(fn)  # a JPEG with garbled image data is a bad record, not garbage pixels
         img = settings.load(fn)
@@ -68,7 +68,7 @@ def _decode_task(task):
 def _frames_task(task):
     "Worker, `frame='all'`: every frame of the file a record of its own, `frame_key(key, i)`."
     key, fn, lab, _, settings, compression = task
-    recs, kept, facts = [], {}, source_facts(fn)
+    recs, kept, facts = [], {}, source_facts(fn, content=True)
     try:
         for i, img in enumerate(settings.iter_frames(fn)):
             recs.append((frame_key(key, i), encode_record(_record(img, lab), *compression)))
@@ -169,7 +169,11 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
             was, now = ({k: m.get(k) for k in _LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
             if was != now:
                 diff = {k:(was[k], now[k]) for k in _LABEL_META if was[k] != now[k]}
-                raise ShelfError(f"{path} was built with other labels {diff} (was, now): build to a new path to change them")
+                # A table without any row of a class gives a fresh build a smaller vocab: the stored records hold the old indices
+                keep = f"; keep the shelf's with vocab={was['vocab']!r}" if set(now['vocab'] or ()) < set(was['vocab'] or ()) else ''
+                raise ShelfError(f"{path} was built with other labels {diff} (was, now), which its records hold: train on this table "
+                                 f"with ShelfDataLoaders.from_df(df, shelf, ...) (targets and vocab from the table, as fastai's "
+                                 f"from_df){keep}, or build to a new path")
         # Records in another codec would read back, but the shelf would no longer be what its metadata says
         if codec is None: return
         was = (meta.compression, meta.compression_level)  # recorded when given: None is the library's default

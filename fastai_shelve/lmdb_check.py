@@ -75,8 +75,11 @@ env = lmdb.open(sys.argv[1], subdir=False, readonly=True, lock=sys.argv[2] == '1
 need, have = (env.info()['last_pgno'] + 1) * env.stat()['psize'], os.path.getsize(sys.argv[1])
 if have < need: sys.exit(f"truncated: {have} bytes, but its last commit needs {need}")
 n = 0
-try: txn = env.begin(buffers=True)
-except lmdb.MapResizedError: env.set_mapsize(0); txn = env.begin(buffers=True)  # a writer grew the file since the open
+for tries in range(8):  # a writer grew the file since the open (again, while a busy one commits): take its size and retry
+    try: txn = env.begin(buffers=True); break
+    except lmdb.MapResizedError:
+        if tries == 7: raise
+        env.set_mapsize(0)
 with txn:
     names = [bytes(k) for k in txn.cursor().iternext(values=False)]
     for name in names:

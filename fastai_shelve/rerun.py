@@ -4,23 +4,32 @@
 
 # %% ../nbs/02c_rerun.ipynb #2c000003
 from __future__ import annotations
-import os
+import os, zlib
 import numpy as np
 from .codec import ShelfError
 from .interface import frame_key, frame_file
-from .images import BuildSettings
 
 # %% auto #0
-__all__ = ['LABEL_CHUNK', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids', 'unnamed_records', 'served_keys',
-           'prune_unnamed']
+__all__ = ['LABEL_CHUNK', 'file_facts', 'file_crc', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids',
+           'unnamed_records', 'served_keys', 'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
-def source_facts(fn, mask_fn=None) -> dict|None:
-    "What tells a record's file (and mask) changed since the record was written: their [size, mtime_ns]; None if one is not there."
-    try: return {'file': _stat(fn)} | ({} if mask_fn is None else {'mask': _stat(mask_fn)})
-    except (OSError, TypeError, ValueError): return None
+def file_facts(p, content:bool=False) -> list:
+    "[size, mtime_ns] of file `p`, and with `content` the crc32 of its bytes: what tells it changed."
+    st = os.stat(p)
+    return [st.st_size, st.st_mtime_ns] + ([file_crc(p)] if content else [])
 
-def _stat(p) -> list: st = os.stat(p); return [st.st_size, st.st_mtime_ns]
+def file_crc(p) -> int:
+    "crc32 of file `p`'s bytes."
+    crc = 0
+    with open(p, 'rb') as f:
+        while b := f.read(1 << 20): crc = zlib.crc32(b, crc)
+    return crc
+
+def source_facts(fn, mask_fn=None, content:bool=False) -> dict|None:
+    "The `file_facts` of a record's file (and mask), as a build keeps them with the record; None if one is not there."
+    try: return {'file': file_facts(fn, content)} | ({} if mask_fn is None else {'mask': file_facts(mask_fn, content)})
+    except (OSError, TypeError, ValueError): return None
 
 
 # %% ../nbs/02c_rerun.ipynb #2c000009
@@ -37,7 +46,7 @@ def check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
                               f"({len(diff)} in all, e.g. {diff[:3]}): build to a new path to change labels, or train with the table's own: "
                               f"ShelfDataLoaders.from_df(df, shelf, ...)")
 
-def resume_tasks(shelf, valid, keys, files, labels, masks, settings:BuildSettings, compression:tuple) -> tuple:
+def resume_tasks(shelf, valid, keys, files, labels, masks, settings, compression:tuple) -> tuple:
     "(decode tasks for the ids not in `shelf` yet or whose files changed, how many are there, the changed ids): a resume, refused if the table changed their labels."
     # A file's frames commit in one transaction: its first frame there means all of them are
     probe = {frame_key(k, 0) if settings.frame == 'all' else k: k for k in valid}
@@ -52,9 +61,22 @@ def changed_ids(shelf, probe:dict, todo:set, files:dict) -> set:
     "The ids whose record `shelf` has, and whose file or mask (`files`: id → (file, mask)) changed since: its size or time differ from those kept."
     # As from_df reads the files as they are now: a record is a cache of its file. A file no longer there keeps its record
     # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
-    kept = shelf.sources([p for p,k in probe.items() if k not in todo])
-    now = {p: source_facts(*files[probe[p]]) for p in kept}
-    return {probe[p] for p,s in kept.items() if now[p] is not None and any(s.get(f) != v for f,v in now[p].items())}
+    kept, changed, touched = shelf.sources([p for p,k in probe.items() if k not in todo]), set(), {}
+    for p, s in kept.items():
+        now = source_facts(*files[probe[p]])
+        if now is None: continue
+        same = {f: _same_file(s.get(f), v, q) for (f, v), q in zip(now.items(), files[probe[p]])}
+        if not all(same.values()): changed.add(probe[p])
+        elif any(o is not True for o in same.values()):  # the same bytes at a new time: kept, so the next rerun reads no file
+            touched[p] = s | {f: o for f, o in same.items() if o is not True}
+    if touched: shelf.put_many([], sources=touched)
+    return changed
+
+def _same_file(was:list|None, now:list, p):
+    "Is file `p` (its facts `now`) the one `was` kept: True, False, or its facts with its crc when only its time moved."
+    if was is None or was[0] != now[0]: return False
+    if was[1] == now[1]: return True
+    return len(was) > 2 and (crc := file_crc(p)) == was[2] and now + [crc]
 
 def unnamed_records(shelf, valid:list, frames:bool, listed:bool=False):
     "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."

@@ -274,14 +274,24 @@ def _wait_for(f, what:str, timeout:float=120):
 
 def test_two_builds_of_one_shelf_run_one_after_the_other(tables):
     "A build started while another writes the shelf waits for it, saying so, then resumes it: the shelf is what the two builds run in turn give."
-    from fastai_shelve.info import shelf_info
-    from fastai_shelve.build import build_shelf
     path, a, b = tables
     dest = path/'s.shelf'
     first = _start(path, PAUSED, path/'A.csv', dest, path)
+    try: _both_builds(path, dest, a, b, first)
+    finally: first.kill()  # a failed check leaves no paused build behind (it would hold its shelf)
+
+def _both_builds(path, dest, a, b, first):
+    "A's build paused: B's started, then checked while it waits (and killed if a check fails)."
     _wait_for(lambda: (path/'s.shelf.paused').exists() or first.poll() is not None, 'pause')
     assert first.poll() is None, first.communicate()
     second = _start(path, CHILD, path/'B.csv', dest, path, 0, 'after')  # B's build, not killed
+    try: _second_waits(path, dest, a, b, first, second)
+    finally: second.kill()
+
+def _second_waits(path, dest, a, b, first, second):
+    "B waits for A, and the shelf says A runs; A let go, the two builds run in turn."
+    from fastai_shelve.info import shelf_info
+    from fastai_shelve.build import build_shelf
     said = next((l for l in second.stderr if 'is writing it' in l), '')  # EOF: it ended without waiting
     assert 'another build (or copy) is writing it, in this process or another: waiting for it to end' in said, said
     # While A runs, a reader and `info` say it is running (not stopped) and to wait

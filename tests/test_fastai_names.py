@@ -309,3 +309,18 @@ def test_plain_tensor_is_hwc_as_in_fastai(pets):
     x_hwc, = dls.test_dl([torch.from_numpy(a)]).one_batch()
     x_chw, = dls.test_dl([TensorImage(torch.from_numpy(a).permute(2, 0, 1))]).one_batch()
     assert x_arr.shape == (1, 3, 20, 24) and torch.equal(x_arr, x_hwc) and torch.equal(x_arr, x_chw)
+
+def test_a_rerun_without_a_class_says_how_to_train_on_its_rows(pets):
+    "A table that drops every row of a class gives a fresh build a smaller vocab: the rerun is refused saying so, and from_df on the shelf trains those rows as fastai's from_df does."
+    path, df = pets
+    kw = dict(folder='train', fn_col='fn', suff='.png', label_col='lbl', img_cls=PILImage, n_workers=0, progress=False)
+    build_shelf(df, path/'g.shelf', path, **kw)
+    no_bird = df[df.lbl != 'bird']
+    with pytest.raises(ShelfError, match=r"other labels \{'vocab': \(\['bird', 'cat', 'dog'\], \['cat', 'dog'\]\)\}.*ShelfDataLoaders\.from_df"
+                                         r".*keep the shelf's with vocab=\['bird', 'cat', 'dog'\], or build to a new path"):
+        build_shelf(no_bird, path/'g.shelf', path, **kw)
+    dls = ShelfDataLoaders.from_df(no_bird, path/'g.shelf', path, folder='train', fn_col='fn', label_col='lbl', valid_pct=0.25, seed=3, bs=4)
+    ref = ImageDataLoaders.from_df(no_bird, path, folder='train', fn_col='fn', suff='.png', label_col='lbl', valid_pct=0.25, seed=3,
+                                   bs=4, num_workers=0)
+    assert list(dls.vocab) == list(ref.vocab) == ['cat', 'dog']
+    assert [int(dls.train_ds[i][1]) for i in range(len(dls.train_ds))] == [int(ref.train_ds[i][1]) for i in range(len(ref.train_ds))]

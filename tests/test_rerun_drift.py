@@ -92,3 +92,14 @@ def test_from_df_normalizes_with_its_rows_statistics(dark_bright):
     assert float(norm(a).mean) == float(norm(b).mean) and float(norm(a).std) == float(norm(b).std)
     c = ShelfDataLoaders.from_shelf(path/'dark.shelf', bs=4)
     assert float(norm(c).mean) == float(norm(b).mean)
+
+def test_the_same_bytes_at_a_new_time_are_not_decoded_again(dark_bright):
+    "Files copied or unpacked again (new times, same bytes) keep their records: the rerun reads them, decodes none, and keeps their new times."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    for f in path.glob('i0*.png'):
+        t = os.stat(f).st_mtime_ns + 5_000_000_000
+        os.utime(f, ns=(t, t))
+    r = build_shelf(df, path/'s.shelf', path, **KW)
+    assert (r.written, r.existing, r.changed) == (0, 24, 0)
+    with open_shelf(path/'s.shelf') as s: assert s.sources(['i03.png'])['i03.png']['file'][1] == os.stat(path/'i03.png').st_mtime_ns
