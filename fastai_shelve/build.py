@@ -206,6 +206,11 @@ def _held(shelf, check_only:bool=False):
     "The hold a build (or copy) keeps on `shelf`'s file while it writes (`writing_build`): none for a check, nor a folder (its shards' builds hold them)."
     return writing_build(shelf.path) if isinstance(shelf, Shelf) and not check_only else nullcontext()
 
+def _same_file(a, b) -> bool:
+    "Do paths `a` and `b` name one file (or folder), however spelled; for a path not there, are they spelled alike?"
+    try: return os.path.samefile(a, b)
+    except (OSError, TypeError): return a is not None and str(a) == str(b)
+
 def _check_args(dest, n_workers, commit_every, compression, level):
     "Refuse, before anything is written, worker and commit counts no build can use, and a compression level out of range."
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
@@ -364,7 +369,14 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                  ) -> int:
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
     src = open_shelf(src, allow_pickle=allow_pickle)
+    if _same_file(src.path, dst):
+        src.close(); raise ShelfError(f"{dst}: convert_shelf copies a shelf into another: give the copy a new path")
     with src, open_shelf(dst, 'c', compression=compression, level=level) as out, _held(out):
+        # A resume copies what is missing: into another source's copy, or a build, its records (same keys) would stay theirs
+        if len(out) and not _same_file(out.meta.converted_from, src.path):
+            was = f"a copy of {out.meta.converted_from}" if out.meta.converted_from else "a shelf of its own build"
+            raise ShelfError(f"{dst} is {was}, not of {src.path}: copying into it would keep its records under the keys they share; "
+                             f"convert to a new path")
         ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
         order = src.order
         # The settings, table and row order in one transaction, as a build writes them, before the records: `complete` stays

@@ -56,7 +56,17 @@ def check_lmdb_file(path:Path):
     except PermissionError: raise ShelfAccessError(f"{path}: no permission to read this shelf") from None
     except OSError as e: raise ShelfError(f"{path}: cannot read this shelf: {e.strerror}") from None
     if len(head) < _MAGIC_AT + 4 or struct.unpack_from('<I', head, _MAGIC_AT)[0] != LMDB_MAGIC:
+        if _second_meta_page(path): raise DamagedStoreError(f"{path}: damaged store: its first LMDB meta page is not one (the second is)")
         raise ShelfError(f"{path} is not a shelf: neither an LMDB file nor a stdlib shelve file")
+
+def _second_meta_page(path:Path) -> bool:
+    "Does `path` hold LMDB's second meta page (at a page size LMDB uses): an LMDB file whose first one was damaged?"
+    with open(path, 'rb') as f:
+        for ps in (4096, 8192, 16384, 65536):
+            f.seek(ps + _MAGIC_AT)
+            b = f.read(4)
+            if len(b) == 4 and struct.unpack('<I', b)[0] == LMDB_MAGIC: return True
+    return False
 
 def check_lmdb_size(path:Path, env, fd:int=None, psize:int=None):
     "Raise if `path` (or the file open as `fd`, with pages of `psize`) is shorter than `env`'s last commit needs: not a SIGBUS."

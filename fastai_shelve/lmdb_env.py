@@ -57,7 +57,7 @@ def open_here(path) -> bool:
 def in_use(path) -> bool:
     "Whether any process has `path`'s LMDB environment open: this one, or another (holding LMDB's lock on the lock file)."
     if open_here(path): return True  # and no descriptor of the lock file here: closing it would drop this process's locks
-    try: fd = os.open(lock_path(path), os.O_RDWR)
+    try: fd = os.open(lock_path(path), os.O_RDWR | os.O_NOFOLLOW)
     except OSError: return False  # no lock file we may lock: nobody has it open with a lock
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)  # LMDB's users hold byte 0 shared while they have the file open
@@ -70,10 +70,13 @@ def prepare_lock(path:Path):
     # Not where this process has the file open: closing any descriptor of the lock file drops all this process's POSIX
     # locks on it, LMDB's too; the next process to open the shelf would then think itself alone and reset LMDB's lock
     # table, and a writer here would commit over its own last commit (records lost). LMDB has the file ready anyway.
-    if open_here(path): return
     lockf = lock_path(path)
+    if lockf.is_symlink():  # LMDB would write its lock table through it, into whatever file it names (a shared folder's trap)
+        raise ShelfError(f"{path}: its lock file {lockf.name} is a symbolic link (to {os.readlink(lockf)}): LMDB would write "
+                         f"through it into that file; remove the link ({lockf}), and the next open makes a lock file")
+    if open_here(path): return
     try:
-        fd = os.open(lockf, os.O_RDWR | os.O_CREAT, 0o664)
+        fd = os.open(lockf, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o664)
         try:
             if os.fstat(fd).st_size < LOCK_BYTES: os.posix_fallocate(fd, 0, LOCK_BYTES)  # allocates; never overwrites a live table
         finally: os.close(fd)

@@ -188,3 +188,28 @@ def test_the_table_keeps_pandas_column_types(tmp_path):
     with pytest.raises(ShelfError, match=r"the table's column 'where' holds values a shelf's table can't keep .*astype\(str\)"):
         build_shelf(bad, tmp_path/'t.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False)
     assert not (tmp_path/'t.shelf').exists()  # refused before a file was made
+
+def test_a_float_image_with_nan_is_a_bad_record(tmp_path):
+    "A float TIFF holding a NaN or an infinity goes into the report as bad (min-max scaling made it all black, counted good)."
+    good = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    bad = good.copy(); bad[3, 5] = np.nan
+    inf = good.copy(); inf[0, 0] = np.inf
+    for n, a in (('good', good), ('nan', bad), ('inf', inf)): Image.fromarray(a, mode='F').save(tmp_path/f'{n}.tif')
+    df = pd.DataFrame({'fn': ['good', 'nan', 'inf']})
+    r = build_shelf(df, tmp_path/'s.shelf', tmp_path, fn_col='fn', suff='.tif', size=32, n_workers=0, progress=False)
+    assert r.written == 1 and sorted(k for k, _, _ in r.bad) == ['inf', 'nan']
+    assert all('NaN or infinite pixel values' in why for _, _, why in r.bad), r.bad
+
+def test_convert_refuses_into_itself_and_into_another_sources_copy(tmp_path):
+    "convert_shelf into its own source, or into a copy of another shelf (its records would stay under the keys they share), is refused."
+    from fastai_shelve.build import convert_shelf
+    for n, v in (('a', 10), ('b', 200)):
+        with open_shelf(tmp_path/f'{n}.shelf', 'c') as s: s.put_many({f'k{i}': {'image': np.full((4, 4), v, np.uint8)} for i in range(3)})
+    with pytest.raises(ShelfError, match='give the copy a new path'): convert_shelf(tmp_path/'a.shelf', tmp_path/'a.shelf', progress=False)
+    assert convert_shelf(tmp_path/'a.shelf', tmp_path/'mix.shelf', progress=False) == 3
+    with pytest.raises(ShelfError, match=r"mix\.shelf is a copy of .*a\.shelf, not of .*b\.shelf"):
+        convert_shelf(tmp_path/'b.shelf', tmp_path/'mix.shelf', progress=False)
+    with pytest.raises(ShelfError, match=r"a\.shelf is a shelf of its own build, not of .*b\.shelf"):
+        convert_shelf(tmp_path/'b.shelf', tmp_path/'a.shelf', progress=False)
+    assert convert_shelf(tmp_path/'a.shelf', tmp_path/'mix.shelf', progress=False) == 0  # its own source again: a resume
+    with open_shelf(tmp_path/'mix.shelf') as s: assert (s['k1']['image'] == 10).all()

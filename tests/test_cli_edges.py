@@ -48,3 +48,21 @@ def test_frame_all_from_the_command_line(tmp_path):
     assert r.returncode == 0 and '3 written' in r.stdout, r.stdout + r.stderr
     from fastai_shelve.store import open_shelf
     with open_shelf(tmp_path/'t.shelf') as s: assert s.keys() == ['c#0000', 'c#0001', 'c#0002'] and s.table.file.tolist() == ['c'] * 3
+
+def test_info_exits_1_for_a_bad_record_and_a_damaged_header(tmp_path):
+    "info on a shelf whose record is another key's, or whose first LMDB meta page is zeroed: bad data (exit 1), one line, not a usage error."
+    from fastai_shelve.store import open_shelf
+    p = tmp_path/'s.shelf'
+    with open_shelf(p, 'c') as s: s.put_many({k: {'image': np.full((4, 4), i, np.uint8)} for i, k in enumerate(('a', 'b'))})
+    with open_shelf(p, 'w') as s:
+        with s.txn() as txn: b = bytes(txn.get(b'b'))
+        s._commit([(b'a', b)])  # b's record under a: the first key info reads
+    r = run('info', p)
+    assert r.returncode == 1 and r.stderr.count('\n') == 1 and 'another key' in r.stderr, (r.returncode, r.stderr)
+    raw = bytearray((tmp_path/'s.shelf').read_bytes()); raw[:4096] = bytes(4096)  # LMDB's first meta page zeroed
+    (tmp_path/'z.shelf').write_bytes(bytes(raw))
+    r = run('info', tmp_path/'z.shelf')
+    assert r.returncode == 1 and 'first LMDB meta page' in r.stderr, (r.returncode, r.stderr)
+    (tmp_path/'t.txt').write_bytes(bytes(9000))  # no LMDB file at all: still not a shelf, a usage error
+    r = run('info', tmp_path/'t.txt')
+    assert r.returncode == 2 and 'is not a shelf' in r.stderr, (r.returncode, r.stderr)

@@ -312,6 +312,18 @@ def test_reader_that_cannot_lock_is_refused_unless_it_says_so(tmp_path):
         assert 'read 5' in r.stdout, r.stdout + r.stderr[-800:]
     finally: subprocess.run(['umount', lock], capture_output=True)
 
+def test_a_lock_file_planted_as_a_link_writes_nothing_through_it(tmp_path):
+    "A lock file that is a symbolic link (a shared folder's trap) is refused by every open, naming it; the file it names is untouched."
+    shelf = tmp_path/'s.shelf'
+    _sweep_shelf(shelf, 5, 0)
+    victim = tmp_path/'notes.txt'; victim.write_text('mine')
+    Path(f'{shelf}-lock').unlink(missing_ok=True); Path(f'{shelf}-lock').symlink_to(victim)
+    with pytest.raises(ShelfError, match=r's\.shelf-lock is a symbolic link \(to .*notes\.txt\): LMDB would write through it'): open_shelf(shelf)
+    with pytest.raises(ShelfError, match='is a symbolic link'): build_shelf([], shelf, progress=False)
+    r = subprocess.run([sys.executable, '-m', 'fastai_shelve.cli', 'info', str(shelf)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count('\n') == 1 and 'is a symbolic link' in r.stderr, r.stderr
+    assert victim.read_text() == 'mine'
+
 def _lmdb_locks(path) -> list:
     "This process's POSIX locks on `path`'s LMDB lock file, as /proc/locks lists them: [(kind, first byte)]."
     ino, pid = os.stat(f'{path}-lock').st_ino, str(os.getpid())
