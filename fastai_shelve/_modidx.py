@@ -478,6 +478,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_shelve.images.target_size': ('images.html#target_size', 'fastai_shelve/images.py'),
                                       'fastai_shelve.images.to_uint8': ('images.html#to_uint8', 'fastai_shelve/images.py')},
             'fastai_shelve.info': { 'fastai_shelve.info._fields': ('info.html#_fields', 'fastai_shelve/info.py'),
+                                    'fastai_shelve.info._lmdb_info': ('info.html#_lmdb_info', 'fastai_shelve/info.py'),
                                     'fastai_shelve.info._stored_bytes': ('info.html#_stored_bytes', 'fastai_shelve/info.py'),
                                     'fastai_shelve.info.shelf_info': ('info.html#shelf_info', 'fastai_shelve/info.py')},
             'fastai_shelve.interface': { 'fastai_shelve.interface.BadKeyError': ( 'interface.html#badkeyerror',

@@ -375,8 +375,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         # A resume copies what is missing: into another source's copy, or a build, its records (same keys) would stay theirs
         if len(out) and not _same_file(out.meta.converted_from, src.path):
             was = f"a copy of {out.meta.converted_from}" if out.meta.converted_from else "a shelf of its own build"
-            raise ShelfError(f"{dst} is {was}, not of {src.path}: copying into it would keep its records under the keys they share; "
-                             f"convert to a new path")
+            raise ShelfError(f"{dst} is {was}, not of {src.path}: its records would stay under the keys they share: convert to a new path")
         ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
         order = src.order
         # The settings, table and row order in one transaction, as a build writes them, before the records: `complete` stays

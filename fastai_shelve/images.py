@@ -23,8 +23,7 @@ def to_uint8(a:np.ndarray, scale:str='minmax') -> np.ndarray:
     "Scale a 16-bit or float image to uint8 keeping its range: per-image min-max, or the 0.5-99.5 percentile window."
     src, a = a, np.asarray(a, np.float32)
     if np.asarray(src).dtype.kind == 'f' and not np.isfinite(a).all():  # NaN poisons min and max: the image would be all black
-        raise ShelfError(f"the image holds {int((~np.isfinite(a)).sum())} NaN or infinite pixel values, which no 8-bit scale maps: "
-                         f"fix the file or drop its row")
+        raise ShelfError(f"the image holds {int((~np.isfinite(a)).sum())} NaN or infinite pixel values: fix the file or drop its row")
     if scale == 'legacy':  # what format-1 builds did (a fixed divide): kept so their shelves predict as they were built
         return (a * (255 / (65535. if a.max() > 255 else 255.))).round().clip(0, 255).astype(np.uint8)
     if scale not in SCALES: raise ShelfError(f"scale must be one of {SCALES}, not {scale!r}")

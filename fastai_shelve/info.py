@@ -6,8 +6,8 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
-from .codec import ShelfError
-from .interface import ShelfNotFoundError
+from .codec import ShelfError, RecordError
+from .interface import ShelfNotFoundError, DamagedStoreError
 from .lmdb_shelf import Shelf
 from .std_shelf import StdShelf
 from .store import open_shelf, shelf_kind
@@ -45,19 +45,25 @@ def shelf_info(path, allow_pickle:bool=False, lock:bool=None) -> dict:
             return res
     # Each file walked in a child process first: a damaged one is an error, not a crash
     with open_shelf(path, check=True, **({} if lock is None else dict(lock=lock))) as s:
-        keys = s.keys()
-        files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
-        res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),
-                   holds_pickles=False, bytes=sum(f.stat().st_size for f in files))
-        sizes = _stored_bytes(s.shards[0] if kind == 'sharded' else s)
-        if sizes and sizes[1]:
-            res['compression'] = f"{s.meta.compression or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
-        t, o = s.table, s.order  # read, so their checksums are checked: damage there is found here too (exit 1), not only by verify
-        if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
-        if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
-        if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
-            frames = (s.meta.build or {}).get('frame') == 'all'
-            left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
-            running = None if s.meta.complete else s.building()  # a build holds the file while it runs
-            res['build'] = 'finished' if s.meta.complete else f"not finished: its build {s.meta.unfinished(running)}{left}: {s.meta.resume(running)}"
-        return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)
+        try: return _lmdb_info(path, kind, s)
+        except RecordError as e: raise DamagedStoreError(f"{e} (fastai-shelve verify lists every bad record)") from None  # bad data, not a usage error
+
+def _lmdb_info(path, kind:str, s) -> dict:
+    "`shelf_info` of the open LMDB shelf (or folder of shards) `s`."
+    keys = s.keys()
+    files = [path/n for n in s.manifest['shards']] if kind == 'sharded' else [path]
+    res = dict(path=str(path), backend='lmdb' + (f", {s.n} shards" if kind == 'sharded' else ''), records=len(keys),
+               holds_pickles=False, bytes=sum(f.stat().st_size for f in files))
+    sizes = _stored_bytes(s.shards[0] if kind == 'sharded' else s)
+    if sizes and sizes[1]:
+        res['compression'] = f"{s.meta.compression or 'none'} ({sizes[0]/sizes[1]:.2f}x the raw arrays)"
+    t, o = s.table, s.order  # read, so their checksums are checked: damage there is found here too (exit 1), not only by verify
+    if t is not None: res['table'] = f"{len(t)} rows; columns {', '.join(map(str, t.columns))}"[:300]
+    if o is not None: res['order'] = f"{len(o)} ids in the build table's row order"
+    if s.meta.complete is not None:  # a build since 0.2.2 marks its start and its end
+        frames = (s.meta.build or {}).get('frame') == 'all'
+        left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
+        running = None if s.meta.complete else s.building()  # a build holds the file while it runs
+        res['build'] = 'finished' if s.meta.complete else f"not finished: its build {s.meta.unfinished(running)}{left}: {s.meta.resume(running)}"
+    return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)
+
