@@ -6,7 +6,7 @@
 from __future__ import annotations
 import os, glob, json, time, warnings
 from pathlib import Path
-from contextlib import suppress, nullcontext
+from contextlib import suppress, nullcontext, closing
 import numpy as np, pandas as pd, cv2
 from PIL import Image
 from fastcore.basics import store_attr, ifnone
@@ -21,7 +21,7 @@ from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed
+from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed, drop_records, copy_keys, same_path
 from .meta import ShelfMeta
 
 # %% auto #0
@@ -47,7 +47,7 @@ def _mask_mismatch(fn, mask_fn) -> str|None:
 
 def _kept(facts, img) -> dict:
     "What the shelf keeps of a record's source: the file's `facts` and the record's pixel histogram."
-    return (facts or {}) | {'hist': pixel_hist(img).tolist()}
+    return (facts or {}) | {'px': PixelStats.pack(pixel_hist(img))}
 
 def _decode_task(task):
     "Worker: (key, [(record key, encoded record)], {record key: source facts and histogram}, None) or (key, None, None, reason)."
@@ -89,7 +89,7 @@ class _Writer:
     def add(self, recs:list, kept:dict):
         "Queue encoded records `recs` [(key, bytes)] and what to keep of their sources (`kept`: key → facts and histogram); commit when enough are queued."
         self.pending += recs; self.nbytes += sum(len(d) for _,d in recs); self.kept |= kept
-        for s in kept.values(): self.stats.add(np.asarray(s['hist'], np.int64))
+        for s in kept.values(): self.stats.add(PixelStats.unpack(s['px']))
         if len(self.pending) >= self.every or self.nbytes >= COMMIT_BYTES: self.commit()
 
     def commit(self):
@@ -206,11 +206,6 @@ def _held(shelf, check_only:bool=False):
     "The hold a build (or copy) keeps on `shelf`'s file while it writes (`writing_build`): none for a check, nor a folder (its shards' builds hold them)."
     return writing_build(shelf.path) if isinstance(shelf, Shelf) and not check_only else nullcontext()
 
-def _same_file(a, b) -> bool:
-    "Do paths `a` and `b` name one file (or folder), however spelled; for a path not there, are they spelled alike?"
-    try: return os.path.samefile(a, b)
-    except (OSError, TypeError): return a is not None and str(a) == str(b)
-
 def _check_args(dest, n_workers, commit_every, compression, level):
     "Refuse, before anything is written, worker and commit counts no build can use, and a compression level out of range."
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 0):
@@ -263,7 +258,8 @@ def _decode_and_write(shelf, tasks, n_workers:int, commit_every:int, strict:bool
     fn_of, t0 = {t[0]: t[1] for t in tasks}, time.time()
     results = stream_map(_decode_task, tasks, n_workers)
     pb = progress_bar(results, total=len(tasks), leave=False) if progress and tasks else None
-    with _Writer(shelf, commit_every) as w:
+    # `closing`: a build stopped (an error, Ctrl-C) ends its workers now, not when a notebook lets go of the traceback
+    with _Writer(shelf, commit_every) as w, closing(results):
         for key, recs, kept, reason in (results if pb is None else pb):
             if recs is not None: w.add(recs, kept)
             elif strict: raise ShelfError(f"{fn_of[key]} (id {key!r}): {reason}")
@@ -309,12 +305,12 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab)
     _check_request(dest, df, valid_col, settings, mask_path)
+    table = other_columns(df, keys, col, label_col)
+    table_entry(table)  # a column the shelf can't keep is refused here, before a file (or a folder's shard) is made
     if check_only and shelf_kind(dest) is None: return None  # nothing to resume: nothing to refuse, and nothing is made
     # The checks need the keys and labels, not the files (with `build_sharded` on a cluster only the workers see them)
     files, masks, pref = ([None]*len(keys), [None]*len(keys), None) if check_only else \
         _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix)
-    table = other_columns(df, keys, col, label_col)
-    table_entry(table)  # a column the shelf can't keep is refused here, before a file is made
     bad = [(k, f, 'not a possible id: LMDB keys are 1 to 511 bytes of UTF-8') for k,f in zip(keys, files) if key_bytes(k) is None]
     valid = [k for k in keys if key_bytes(k) is not None]
     # One build at a time holds the shelf: another waits for it, then resumes it (a build is many commits, see `writing_build`)
@@ -343,10 +339,10 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           complete=False, converted_from=None,  # a build into a copy: the build's to resume now, not the copy's
                           table=_frames_table(_framed(shelf.keys(), valid), table) if frames else table,
                           order=shelf.new_order(valid))  # `from_shelf`'s items, in the table's row order
-        if frames and changed:  # a changed file may have fewer frames now: its old ones go before it is decoded again
-            for k in [k for k in shelf.keys() if frame_file(k) in changed]: shelf.delete(k)
+        if frames: drop_records(shelf, changed, frames)  # a changed file may have fewer frames now: its old ones go first
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
+        drop_records(shelf, {b[0] for b in bad} & changed, frames)  # a changed file that no longer decodes has no record, as fresh
         pruned = prune_unnamed(shelf, valid, frames) if prune else 0
         # The statistics `Normalize` reads are those of the records this table serves, as a fresh build of it counts them
         # (records of dropped rows, deleted ones, files decoded again are not); a shelf from 0.2.4 or older keeps its sum
@@ -354,7 +350,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         shelf.update_meta(complete=True, **({'table': _frames_table(shelf.keys(), table)} if frames else {}),
                           **({} if stats is None else {'stats': stats}))
         unnamed = unnamed_records(shelf, valid, frames)
-    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None, changed=len(changed))
+    report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None,
+                         changed=len(changed - {b[0] for b in bad}))
     if progress: print(report)
     return report
 
@@ -369,11 +366,11 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
                  ) -> int:
     "Copy the shelf at `src` into a new LMDB shelf at `dst`, (re)compressed as asked; return the records copied."
     src = open_shelf(src, allow_pickle=allow_pickle)
-    if _same_file(src.path, dst):
+    if same_path(src.path, dst):
         src.close(); raise ShelfError(f"{dst}: convert_shelf copies a shelf into another: give the copy a new path")
     with src, open_shelf(dst, 'c', compression=compression, level=level) as out, _held(out):
         # A resume copies what is missing: into another source's copy, or a build, its records (same keys) would stay theirs
-        if len(out) and not _same_file(out.meta.converted_from, src.path):
+        if len(out) and not same_path(out.meta.converted_from, src.path):
             was = f"a copy of {out.meta.converted_from}" if out.meta.converted_from else "a shelf of its own build"
             raise ShelfError(f"{dst} is {was}, not of {src.path}: its records would stay under the keys they share: convert to a new path")
         ours = src.meta.dataset()  # not the source file's own facts (format, count, codec): the copy writes its own
@@ -382,7 +379,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         # False until the last is copied, so a copy stopped midway says so when it is trained from (the count: every commit's)
         out.update_meta(converted_from=str(src.path), **{**ours, **_codec_meta(compression, level), 'complete': False},
                         table=src.table, order=None if order is None else (order.index, order.to_numpy()))
-        keys = out.missing(src.keys())
+        keys = copy_keys(src, out)
         it = range(0, len(keys), chunk)
         for i in (progress_bar(it, leave=False) if progress else it):
             ks = keys[i:i+chunk]
@@ -395,6 +392,6 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         out.update_meta(**meta, complete=ours.get('complete'))
         running = src.building() if ours.get('complete') is False else None
     if ours.get('complete') is False:  # another run of this copy would not finish it: the source's build must end first
-        warnings.warn(f"{src.path}: its build {ShelfMeta().unfinished(running)}, so neither has its copy {dst}: "
+        warnings.warn(f"{src.path}: its build {ShelfMeta().build_state(running)}, so neither has its copy {dst}: "
                       f"{'let that build end' if running else 'finish that build'}, then run convert_shelf again", stacklevel=2)
     return len(keys)

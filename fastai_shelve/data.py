@@ -364,7 +364,8 @@ class ShelfDataLoaders(DataLoaders):
         col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
         items = _df_keys(df, shelf, col)
         # A gray shelf's `Normalize` takes the statistics of these rows, as a build of this table would count them
-        stats = PixelStats.of(shelf, map(str, items))
+        uses = normalize or (normalize is None and BuildSettings.from_meta(meta.build).gray)  # RGB: none of ours, ImageNet's
+        stats = PixelStats.of(shelf, map(str, items)) if uses else None
         if stats is not None: meta = meta.merge(stats=stats)
         is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None  # as `from_df` picks its block
         y_block = ifnone(y_block, MultiCategoryBlock if is_multi else CategoryBlock)

@@ -64,6 +64,6 @@ def _lmdb_info(path, kind:str, s) -> dict:
         frames = (s.meta.build or {}).get('frame') == 'all'
         left = f": {len(s.missing(list(o.index)))} of the table's {len(o)} rows have no record yet" if o is not None and not frames else ''
         running = None if s.meta.complete else s.building()  # a build holds the file while it runs
-        res['build'] = 'finished' if s.meta.complete else f"not finished: its build {s.meta.unfinished(running)}{left}: {s.meta.resume(running)}"
+        res['build'] = 'finished' if s.meta.complete else f"not finished: its build {s.meta.build_state(running)}{left}: {s.meta.resume(running)}"
     return res | dict(meta=s.meta.as_meta(), sample=_fields(s[keys[0]]) if keys else None)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00a_interface.ipynb #1f0a0003
 from __future__ import annotations
-import os
+import os, base64
 from abc import abstractmethod
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -189,8 +189,18 @@ class PixelStats:
         "The statistics (`as_meta`) of `shelf`'s records under `keys`, added up from the histograms their build kept; None if one has none."
         keys = list(dict.fromkeys(keys))  # a row given twice (oversampling) is one record
         kept = shelf.sources(keys)
-        if not keys or len(kept) < len(keys) or any('hist' not in s for s in kept.values()): return None
-        return cls().add(sum(np.asarray(s['hist'], np.int64) for s in kept.values())).as_meta()
+        if not keys or len(kept) < len(keys) or any('px' not in s for s in kept.values()): return None
+        return cls().add(sum(cls.unpack(s['px']) for s in kept.values())).as_meta()
+
+    @staticmethod
+    def pack(h) -> str:
+        "One image's histogram (channels, 256) as the text a record's source entry keeps: base64 of uint32 counts, read fast."
+        return base64.b64encode(np.asarray(h, '<u4').tobytes()).decode()
+
+    @staticmethod
+    def unpack(s:str) -> np.ndarray:
+        "The histogram `pack` wrote."
+        return np.frombuffer(base64.b64decode(s), '<u4').reshape(-1, 256).astype(np.int64)
 
     def as_meta(self) -> dict:
         "The histogram with its mean and std (values scaled to 0..1), as the metadata keeps them."

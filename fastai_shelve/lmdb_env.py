@@ -4,8 +4,8 @@
 
 # %% ../nbs/00b_lmdb_env.ipynb #3f0a0103
 from __future__ import annotations
-import os, errno, fcntl, warnings
-from contextlib import contextmanager
+import os, errno, fcntl, time, warnings
+from contextlib import contextmanager, suppress
 from pathlib import Path
 import lmdb
 from fastcore.basics import ifnone
@@ -150,20 +150,40 @@ def release_env(path:Path, env=None):
     if e.refs <= 0: e.env.close(); del _envs[k]
 
 # %% ../nbs/00b_lmdb_env.ipynb #b1d0a002
+_holds = set()  # this process's descriptors holding a shelf for a build
+
+def _drop_holds():
+    "In a forked child (a decode worker, a DataLoader worker): close the holds' descriptors, so the hold ends with its build."
+    # A flock belongs to the open file, which fork shares: a child kept alive past the build (a pool never shut down, its
+    # traceback kept by a notebook) would hold the shelf, and the next build would wait for it forever
+    for fd in _holds:
+        with suppress(OSError): os.close(fd)
+    _holds.clear()
+
+os.register_at_fork(after_in_child=_drop_holds)
+
 @contextmanager
 def writing_build(path):
     "Hold the shelf file at `path` while a build (or copy) writes it: another one waits, saying so, until this one ends."
     # flock, not a POSIX lock: closing any descriptor of a file drops the process's POSIX locks on it, and flock's are the open
     # file's own. LMDB's locks are on the lock file. Where flock isn't supported (some network file systems) the build goes on.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    _holds.add(fd)
     try:
-        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            warnings.warn(f"{path}: another build (or copy) is writing it, in this process or another: waiting for it to end", stacklevel=3)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if not _take(fd, tries=20):  # `build_running` holds it shared for an instant: no warning for that
+                warnings.warn(f"{path}: another build (or copy) is writing it, in this process or another: waiting for it to end", stacklevel=3)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError: pass
         yield
-    finally: os.close(fd)
+    finally: _holds.discard(fd); os.close(fd)
+
+def _take(fd:int, tries:int) -> bool:
+    "Try `tries` times, 10 ms apart, to hold `fd` exclusively without waiting: whether it is held."
+    for i in range(tries):
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); return True
+        except BlockingIOError: time.sleep(0.01) if i < tries - 1 else None
+    return False
 
 def build_running(path) -> bool|None:
     "Is a build (or copy) writing the shelf file at `path` now, in any process? None where it can't be told."

@@ -212,12 +212,10 @@ class Shelf(ShelfBase):
         while True:
             try:
                 with self.txn(write=True, db=db, what='write (nothing of this batch was written)') as txn:
-                    for k,v in ops:
-                        if v is None: txn.delete(k)
-                        else: txn.put(k, v)
-                    for k,v in side:  # what is kept of each record's source, in its record's transaction
-                        if v is None: txn.delete(k, db=self._metadb)
-                        else: txn.put(k, v, db=self._metadb)
+                    # `side`: what is kept of each record's source, in the metadata, in its record's transaction
+                    for k, v, d in [(k, v, None) for k,v in ops] + [(k, v, self._metadb) for k,v in side]:
+                        if v is None: txn.delete(k, db=d)
+                        else: txn.put(k, v, db=d)
                     old = ShelfMeta.from_meta(self._load(txn, b'meta'), self.path)
                     if check is not None: check(old)  # in the transaction: a concurrent writer waits, then sees ours
                     new = old.merge(**(meta or {}))
@@ -255,8 +253,10 @@ class Shelf(ShelfBase):
 
     def put_many(self, items, meta:dict=None, stats=None, sources:dict=None):
         "Write records (dicts, or `encode_record` bytes) in one transaction, with `meta` merged, pixel histogram `stats` added, and `sources` (key: dict) kept."
-        items = items.items() if isinstance(items, dict) else items
-        side = [(n, seal_meta(n.decode(), d)) for k,d in (sources or {}).items() if (n := source_name(self._enc(k))) is not None]
+        items, kept = list(items.items() if isinstance(items, dict) else items), sources or {}
+        # A record written without its source facts drops those kept of the one it replaces: they describe other pixels
+        side = [(n, seal_meta(n.decode(), kept[k]) if k in kept else None) for k in dict.fromkeys([k for k,_ in items] + list(kept))
+                if (n := source_name(self._enc(k))) is not None]
         self._commit([(kb, self.encode(kb, r)) for k,r in items for kb in [self._enc(k)]], meta=meta, stats=stats, side=side)
 
     def delete(self, key):

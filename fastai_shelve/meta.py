@@ -64,10 +64,11 @@ class ShelfMeta(Mapping):
         "A copy with `kwargs` merged in (a key set to None is kept as None, as `update_meta` writes it)."
         return type(self)(**(self.as_meta() | kwargs))
 
-    def unfinished(self, running:bool=None) -> str:
-        "How the build that wrote this shelf stands, `complete` False: `running` (the shelf's `building()`), stopped, or None: either."
-        return {True: 'is still running (a process is writing it now)', False: 'stopped before it finished'}.get(
-            running, 'has not finished (it stopped, or is still running)')
+    unfinished = 'has not finished (it stopped, or is still running)'  # a build, `complete` False, where it can't be told which
+
+    def build_state(self, running:bool=None) -> str:
+        "How the build that wrote this shelf stands, `complete` False: `running` (the shelf's `building()`), stopped, or None: `unfinished`."
+        return {True: 'is still running (a process is writing it now)', False: 'stopped before it finished'}.get(running, self.unfinished)
 
     def resume(self, running:bool=None) -> str:
         "What to do to finish that build: `info` and `from_shelf` say it."

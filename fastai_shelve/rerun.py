@@ -11,7 +11,7 @@ from .interface import frame_key, frame_file
 
 # %% auto #0
 __all__ = ['LABEL_CHUNK', 'file_facts', 'file_crc', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids',
-           'unnamed_records', 'served_keys', 'prune_unnamed']
+           'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'same_path', 'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
 def file_facts(p, content:bool=False) -> list:
@@ -63,9 +63,8 @@ def changed_ids(shelf, probe:dict, todo:set, files:dict) -> set:
     # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
     kept, changed, touched = shelf.sources([p for p,k in probe.items() if k not in todo]), set(), {}
     for p, s in kept.items():
-        now = source_facts(*files[probe[p]])
-        if now is None: continue
-        same = {f: _same_file(s.get(f), v, q) for (f, v), q in zip(now.items(), files[probe[p]])}
+        there = [(f, q, now) for f, q in zip(('file', 'mask'), files[probe[p]]) if (now := source_facts(q)) is not None]
+        same = {f: _same_file(s.get(f), now['file'], q) for f, q, now in there}  # each file on its own: a mask gone hides no image
         if not all(same.values()): changed.add(probe[p])
         elif any(o is not True for o in same.values()):  # the same bytes at a new time: kept, so the next rerun reads no file
             touched[p] = s | {f: o for f, o in same.items() if o is not True}
@@ -92,6 +91,22 @@ def served_keys(shelf, valid:list, frames:bool) -> list:
         return [k for k in valid if k not in miss]
     ids = set(valid)
     return [k for k in shelf.keys() if frame_file(k) in ids]
+
+def drop_records(shelf, ids, frames:bool):
+    "Delete the records of the files `ids` (each frame of theirs, with `frames`): changed since, they are decoded again, or are bad now."
+    ids = set(ids)
+    for k in ([k for k in shelf.keys() if frame_file(k) in ids] if frames and ids else [k for k in ids if k in shelf]): shelf.delete(k)
+
+def copy_keys(src, out) -> list:
+    "What a rerun of a copy of `src` into `out` copies: the keys `out` lacks, or holds as an earlier build of `src` wrote them."
+    keys = src.keys()
+    now, was = src.sources(keys), out.sources(keys)  # a rebuild of `src` since decoded their files again: what it kept differs
+    return sorted(set(out.missing(keys)) | {k for k,s in now.items() if was.get(k) != s})
+
+def same_path(a, b) -> bool:
+    "Do paths `a` and `b` name one file (or folder), however spelled; for a path not there, are they spelled alike?"
+    try: return os.path.samefile(a, b)
+    except (OSError, TypeError): return a is not None and str(a) == str(b)
 
 def prune_unnamed(shelf, valid:list, frames:bool) -> int:
     "Delete the records no id of `valid` names: how many."

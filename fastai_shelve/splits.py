@@ -46,7 +46,7 @@ def _user_level() -> int:
 
 def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waiting:int=0, running:bool=None):
     "Refuse a shelf at `path` serving none of its table's `n_rows` rows; warn when its build stopped (or is `running`) with rows left out."
-    stopped, again, how = meta.complete is False, meta.resume(running), meta.unfinished(running)  # None: before 0.2.2, or not a build
+    stopped, again, how = meta.complete is False, meta.resume(running), meta.build_state(running)  # None: before 0.2.2, or not a build
     if not n_served:
         raise ShelfError(f"{path} has no record to serve: " + (f"its build {how} and wrote none yet: {again}" if stopped else
                          f"none of its build table's {n_rows} rows has a record (the build report says why)" if n_rows else

@@ -103,3 +103,49 @@ def test_the_same_bytes_at_a_new_time_are_not_decoded_again(dark_bright):
     r = build_shelf(df, path/'s.shelf', path, **KW)
     assert (r.written, r.existing, r.changed) == (0, 24, 0)
     with open_shelf(path/'s.shelf') as s: assert s.sources(['i03.png'])['i03.png']['file'][1] == os.stat(path/'i03.png').st_mtime_ns
+
+def test_a_changed_file_that_no_longer_decodes_has_no_record(dark_bright):
+    "A file cut short since its record was written: the rerun reports it bad and serves it no more, as a fresh build; fastai fails on it."
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    raw = (path/'i03.png').read_bytes(); (path/'i03.png').write_bytes(raw[:len(raw)//2])
+    r = build_shelf(df, path/'s.shelf', path, **KW)
+    assert (r.written, r.changed, [k for k, _, _ in r.bad]) == (0, 0, ['i03.png'])
+    build_shelf(df, path/'fresh.shelf', path, **KW)
+    _same(path/'s.shelf', path/'fresh.shelf')
+    with open_shelf(path/'s.shelf') as s: assert 'i03.png' not in s
+
+def test_a_stopped_build_holds_nothing_after_it(dark_bright):
+    "A build stopped by an error whose traceback is kept (as a notebook keeps it): its workers end, the shelf is not held, a rerun runs."
+    path, df = dark_bright
+    (path/'i05.png').write_bytes(b'not a png')
+    with pytest.raises(Exception) as kept:  # `kept` holds the traceback, and with it the build's frames
+        build_shelf(df, path/'s.shelf', path, **{**KW, 'n_workers': 2, 'strict': True})
+    with open_shelf(path/'s.shelf') as s: assert s.building() is False
+    r = build_shelf(df.drop(index=5), path/'s.shelf', path, **{**KW, 'n_workers': 2})
+    assert r.written + r.existing == 23 and kept.value is not None
+
+def test_an_image_changed_while_its_mask_is_gone_is_decoded_again(tmp_path):
+    "Each file is compared on its own: a mask no longer there hides no change of its image."
+    rng = np.random.default_rng(1)
+    (tmp_path/'m').mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i}.png')
+        Image.fromarray((rng.integers(0, 2, (32, 32)) * 1).astype(np.uint8)).save(tmp_path/'m'/f'i{i}.png')
+    df = pd.DataFrame({'fn': [f'i{i}' for i in range(4)]})
+    kw = dict(fn_col='fn', suff='.png', size=32, n_workers=0, progress=False, mask_path='m')
+    build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw)
+    (tmp_path/'m'/'i2.png').unlink(); _rewrite(tmp_path/'i2.png', 99)
+    r = build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw)
+    assert r.changed == 0 and [k for k, _, _ in r.bad] == ['i2']  # decoded again: its mask is missing now, as a fresh build says
+    with open_shelf(tmp_path/'s.shelf') as s: assert 'i2' not in s
+
+def test_a_copy_converted_again_takes_the_sources_rebuilt_records(dark_bright):
+    "convert_shelf into its earlier copy after the source was rebuilt (a file changed): the copy takes the new records, not only the missing ones."
+    from fastai_shelve.build import convert_shelf
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)
+    _rewrite(path/'i01.png', 123); build_shelf(df, path/'s.shelf', path, **KW)
+    assert convert_shelf(path/'s.shelf', path/'c.shelf', progress=False) == 1
+    _same(path/'s.shelf', path/'c.shelf')
