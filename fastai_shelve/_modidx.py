@@ -787,6 +787,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.rerun.file_crc': ('rerun.html#file_crc', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.file_facts': ('rerun.html#file_facts', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.prune_unnamed': ('rerun.html#prune_unnamed', 'fastai_shelve/rerun.py'),
+                                     'fastai_shelve.rerun.records_of': ('rerun.html#records_of', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.resume_tasks': ('rerun.html#resume_tasks', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.same_path': ('rerun.html#same_path', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.served_keys': ('rerun.html#served_keys', 'fastai_shelve/rerun.py'),

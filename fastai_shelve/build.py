@@ -14,7 +14,7 @@ from fastcore.meta import delegates
 from fastprogress.fastprogress import progress_bar
 from .codec import ShelfError, encode_record, check_compression
 from .interface import PixelStats, ReadOnlyError, key_bytes, frame_key, frame_file
-from .lmdb_shelf import Shelf, table_entry
+from .lmdb_shelf import Shelf
 from .lmdb_env import writing_build
 from .sharded_shelf import ShardedShelf
 from .store import open_shelf, shelf_kind
@@ -22,7 +22,7 @@ from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
 from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed, drop_records, copy_keys, same_path
-from .meta import ShelfMeta
+from .meta import ShelfMeta, table_entry
 
 # %% auto #0
 __all__ = ['COMMIT_BYTES', 'MAX_WORKERS', 'RETIRED', 'pixel_hist', 'missing_hint', 'BuildReport', 'refuse_retired',
@@ -342,7 +342,8 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         if frames: drop_records(shelf, changed, frames)  # a changed file may have fewer frames now: its old ones go first
         n_workers = ifnone(n_workers, min(os.cpu_count() or 1, MAX_WORKERS))
         written = _decode_and_write(shelf, tasks, n_workers, commit_every, strict, progress, bad)
-        drop_records(shelf, {b[0] for b in bad} & changed, frames)  # a changed file that no longer decodes has no record, as fresh
+        failed = {b[0] for b in bad} & changed  # changed files that no longer decode: no record, as in a fresh build
+        drop_records(shelf, failed, frames)
         pruned = prune_unnamed(shelf, valid, frames) if prune else 0
         # The statistics `Normalize` reads are those of the records this table serves, as a fresh build of it counts them
         # (records of dropped rows, deleted ones, files decoded again are not); a shelf from 0.2.4 or older keeps its sum
@@ -351,7 +352,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
                           **({} if stats is None else {'stats': stats}))
         unnamed = unnamed_records(shelf, valid, frames)
     report = BuildReport(dest, len(keys), written, existing, bad, time.time()-t0, unnamed, pruned, listed=col is None,
-                         changed=len(changed - {b[0] for b in bad}))
+                         changed=len(changed) - len(failed))
     if progress: print(report)
     return report
 

@@ -268,15 +268,18 @@ def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     return own
 
 # %% ../nbs/05_data.ipynb #a74e328a
-def _image_dblock(shelf, meta:ShelfMeta, pil:bool, y_blk, get_y, splitter, item_tfms, batch_tfms, normalize:bool, files:dict) -> DataBlock:
-    "The `DataBlock` reading `shelf`'s images (and `get_y`'s targets, with `y_blk`), split by `splitter`."
+def _image_dblock(shelf, meta:ShelfMeta, pil:bool, y_blk, get_y, splitter, item_tfms, batch_tfms, normalize:bool, files:dict,
+                  rows=None) -> DataBlock:
+    "The `DataBlock` reading `shelf`'s images (and `get_y`'s targets, with `y_blk`), split by `splitter`; normalized as `rows` (keys) count, if given."
     settings = BuildSettings.from_meta(meta.build)
     # fastai's `vision_learner` adds ImageNet's statistics for a pretrained 3-channel model when the DataLoaders have
     # no `Normalize`, and nothing for one channel: RGB behaves as on files, gray gets the shelf's own statistics.
     own = any(isinstance(f, Normalize) or isinstance(f, type) and issubclass(f, Normalize) for f in L(batch_tfms))  # yours, as on files
     if own and normalize: raise ShelfError("batch_tfms has a Normalize and normalize=True adds the shelf's: pass one of the two")
     if normalize is None: normalize = settings.gray and not own
-    stats = (meta.stats['mean'], meta.stats['std']) if 'mean' in (meta.stats or {}) else XRAY_STATS
+    # `from_df`'s rows' own statistics, as a build of that table would count them; else the build's (its served rows')
+    st = (PixelStats.of(shelf, rows) if normalize and rows is not None else None) or meta.stats or {}
+    stats = (st['mean'], st['std']) if 'mean' in st else XRAY_STATS
     batch_tfms = L(batch_tfms) + ([Normalize.from_stats(*stats, cuda=False)] if normalize else [])
     db = DataBlock(blocks=(ShelfImageBlock(pil),) + ((y_blk,) if y_blk else ()), dl_type=ShelfDL, n_inp=1,
                    get_x=ShelfGetter(shelf, 'image', new_items=True, settings=settings, files=files), get_y=get_y,
@@ -363,10 +366,6 @@ class ShelfDataLoaders(DataLoaders):
             raise ShelfError(f"img_cls={img_cls.__name__}, and {shelf.path} holds {held} images: leave img_cls out, or build another shelf")
         col = df.columns[fn_col] if isinstance(fn_col, int) else fn_col
         items = _df_keys(df, shelf, col)
-        # A gray shelf's `Normalize` takes the statistics of these rows, as a build of this table would count them
-        uses = normalize or (normalize is None and BuildSettings.from_meta(meta.build).gray)  # RGB: none of ours, ImageNet's
-        stats = PixelStats.of(shelf, map(str, items)) if uses else None
-        if stats is not None: meta = meta.merge(stats=stats)
         is_multi = (is_listy(label_col) and len(label_col) > 1) or label_delim is not None  # as `from_df` picks its block
         y_block = ifnone(y_block, MultiCategoryBlock if is_multi else CategoryBlock)
         pil = any(needs_pil(f) for f in L(item_tfms))
@@ -375,7 +374,7 @@ class ShelfDataLoaders(DataLoaders):
                      label_delim=label_delim)
         get_y = None if label_col is None else Pipeline([TableRow(df), ColReader(label_col, label_delim=label_delim)])
         db = _image_dblock(shelf, meta, pil, None if label_col is None else y_block, get_y, table_splitter(df, valid_pct, seed, valid_col),
-                           item_tfms, batch_tfms, normalize, files)
+                           item_tfms, batch_tfms, normalize, files, rows=map(str, items))
         if num_workers is None: num_workers = None if item_tfms else 0
         dls = cls.from_dblock(db, items, path=path, num_workers=num_workers, **kwargs)
         return cls(*dls.loaders, path=dls.path, device=dls.device)

@@ -11,7 +11,7 @@ from .interface import frame_key, frame_file
 
 # %% auto #0
 __all__ = ['LABEL_CHUNK', 'file_facts', 'file_crc', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids',
-           'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'same_path', 'prune_unnamed']
+           'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'same_path', 'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
 def file_facts(p, content:bool=False) -> list:
@@ -58,7 +58,7 @@ def resume_tasks(shelf, valid, keys, files, labels, masks, settings, compression
     return tasks, len(valid) - len(tasks), changed
 
 def changed_ids(shelf, probe:dict, todo:set, files:dict) -> set:
-    "The ids whose record `shelf` has, and whose file or mask (`files`: id → (file, mask)) changed since: its size or time differ from those kept."
+    "The ids whose record `shelf` has, and whose file or mask (`files`: id → (file, mask)) changed since: its size, or its time and crc32, differ from those kept."
     # As from_df reads the files as they are now: a record is a cache of its file. A file no longer there keeps its record
     # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
     kept, changed, touched = shelf.sources([p for p,k in probe.items() if k not in todo]), set(), {}
@@ -77,25 +77,26 @@ def _same_file(was:list|None, now:list, p):
     if was[1] == now[1]: return True
     return len(was) > 2 and (crc := file_crc(p)) == was[2] and now + [crc]
 
+def records_of(shelf, ids, frames:bool, named:bool=True) -> list:
+    "The keys of `shelf`'s records whose id (a frame's file, with `frames`) is among `ids` (or, not `named`, is not): a walk of every key."
+    ids = set(ids)
+    return [k for k in shelf.keys() if ((frame_file(k) if frames else k) in ids) == named]
+
 def unnamed_records(shelf, valid:list, frames:bool, listed:bool=False):
     "How many records of `shelf` no id of `valid` names (an earlier table's rows); with `listed`, their keys."
     if not listed and not frames: return len(shelf) - (len(valid) - len(shelf.missing(valid)))  # no walk of every key
-    ids = set(valid)
-    keys = [k for k in shelf.keys() if (frame_file(k) if frames else k) not in ids]
+    keys = records_of(shelf, valid, frames, named=False)
     return keys if listed else len(keys)
 
 def served_keys(shelf, valid:list, frames:bool) -> list:
     "The keys of the records the table's ids `valid` serve (a file's frames, with `frames`)."
-    if not frames:
-        miss = set(shelf.missing(valid))
-        return [k for k in valid if k not in miss]
-    ids = set(valid)
-    return [k for k in shelf.keys() if frame_file(k) in ids]
+    if frames: return records_of(shelf, valid, frames)
+    miss = set(shelf.missing(valid))
+    return [k for k in valid if k not in miss]
 
 def drop_records(shelf, ids, frames:bool):
     "Delete the records of the files `ids` (each frame of theirs, with `frames`): changed since, they are decoded again, or are bad now."
-    ids = set(ids)
-    for k in ([k for k in shelf.keys() if frame_file(k) in ids] if frames and ids else [k for k in ids if k in shelf]): shelf.delete(k)
+    for k in (records_of(shelf, ids, frames) if frames and ids else [k for k in ids if k in shelf]): shelf.delete(k)
 
 def copy_keys(src, out) -> list:
     "What a rerun of a copy of `src` into `out` copies: the keys `out` lacks, or holds as an earlier build of `src` wrote them."
