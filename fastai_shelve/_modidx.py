@@ -772,6 +772,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'fastai_shelve.meta.ShelfMeta.from_meta': ('meta.html#shelfmeta.from_meta', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta.ShelfMeta.merge': ('meta.html#shelfmeta.merge', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta.ShelfMeta.resume': ('meta.html#shelfmeta.resume', 'fastai_shelve/meta.py'),
+                                    'fastai_shelve.meta._categories': ('meta.html#_categories', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta._json_value': ('meta.html#_json_value', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta._version': ('meta.html#_version', 'fastai_shelve/meta.py'),
                                     'fastai_shelve.meta.order_entry': ('meta.html#order_entry', 'fastai_shelve/meta.py'),

@@ -97,17 +97,25 @@ def _json_value(v):
     if v is pd.NA or v is pd.NaT: return None
     return str(v) if isinstance(v, (pd.Timestamp, pd.Timedelta, pd.Period)) else v
 
+def _categories(s:pd.Series) -> dict:
+    "What `astype('category')` would lose of categorical column `s`: its categories, in order, with their dtype, and whether they are ordered."
+    cats = s.cat.categories
+    return {'values': [_json_value(v) for v in cats.astype(object).tolist()], 'dtype': str(cats.dtype), 'ordered': bool(s.cat.ordered)}
+
 def table_entry(df) -> dict:
     "The stored form of a per-key table (a DataFrame indexed by key): JSON values and each column's dtype; a column JSON can't hold is a `ShelfError` naming it."
-    cols = {}
+    cols, cats = {}, {}
     for c in df.columns:  # what from_df takes: dates, nullable ints and bools, categories, ...
         vals = [_json_value(v) for v in df[c].astype(object).tolist()]
-        try: json.dumps(vals)
+        cat = _categories(df[c]) if isinstance(df[c].dtype, pd.CategoricalDtype) else None
+        try: json.dumps([vals, cat])
         except (TypeError, ValueError) as e:
             raise ShelfError(f"the table's column {c!r} holds values a shelf's table can't keep ({e}): convert it "
                              f"(df[{c!r}].astype(str)) or drop it") from None
         cols[str(c)] = vals
-    return {'index': [str(o) for o in df.index], 'columns': cols, 'dtypes': {str(c): str(t) for c,t in df.dtypes.items()}}
+        if cat: cats[str(c)] = cat
+    return ({'index': [str(o) for o in df.index], 'columns': cols, 'dtypes': {str(c): str(t) for c,t in df.dtypes.items()}}
+            | ({'categories': cats} if cats else {}))
 
 def order_entry(keys, rows=None) -> dict:
     "The stored form of the build table's row order: `keys` at row numbers `rows` (0, 1, ... if None)."
@@ -119,9 +127,12 @@ def read_order(d:dict) -> pd.Series:
 
 def read_table(d:dict) -> pd.DataFrame:
     "A table from its stored form, each column in its dtype again (one stored before 0.2.5 as JSON gives it back)."
-    df = pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key'))
+    df, cats = pd.DataFrame(d['columns'], index=pd.Index(d['index'], name='key')), d.get('categories', {})
     for c, t in d.get('dtypes', {}).items():
         if c in df.columns and t != str(df[c].dtype):
-            with suppress(TypeError, ValueError): df[c] = df[c].astype(t)
+            with suppress(TypeError, ValueError):
+                e = cats.get(c)  # categories as they were (their order, ordered or not, unused ones): what codes and sorting use
+                if e: t = pd.CategoricalDtype(pd.Index(e['values']).astype(e['dtype']), e['ordered'])
+                df[c] = (df[c].astype(e['dtype']) if e else df[c]).astype(t)
     return df
 

@@ -173,17 +173,19 @@ def test_resume_with_tuple_size(tmp_path):
     assert (r.existing, r.written) == (2, 2)
 
 def test_the_table_keeps_pandas_column_types(tmp_path):
-    "Columns from_df takes (dates, nullable ints and bools, categories, durations) are kept and come back in their dtypes."
+    "Columns from_df takes (dates, nullable ints and bools, categories, ordered or not, durations) are kept and come back in their dtypes."
     from pathlib import PurePath
     for i in range(3): Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(tmp_path/f'f{i}.png')
     df = pd.DataFrame({'fn': ['f0', 'f1', 'f2'], 'y': list('aba'),
                        'seen': pd.to_datetime(['2020-01-01 00:00:00', '2021-02-03 04:05:06', None]), 'age': pd.array([60, None, 7], dtype='Int64'),
                        'ok': pd.array([True, None, False], dtype='boolean'), 'site': pd.Categorical(['x', 'y', 'x']),
-                       'wait': pd.to_timedelta([1, 2, 3], unit='s'), 'w': [1.5, np.nan, 2.0]})
+                       'wait': pd.to_timedelta([1, 2, 3], unit='s'), 'w': [1.5, np.nan, 2.0],
+                       'grade': pd.Categorical(['mild', 'severe', 'mild'], ['severe', 'mild', 'none'], ordered=True)})
     build_shelf(df, tmp_path/'s.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False)
     with open_shelf(tmp_path/'s.shelf') as s: t = s.table
     want = df.drop(columns=['fn', 'y']).set_axis(pd.Index(['f0', 'f1', 'f2'], name='key'))
     pd.testing.assert_frame_equal(t, want)
+    assert t.grade.cat.ordered and list(t.grade.cat.categories) == ['severe', 'mild', 'none']  # what sorting and codes use
     bad = df.assign(where=[PurePath('a'), PurePath('b'), PurePath('c')])
     with pytest.raises(ShelfError, match=r"the table's column 'where' holds values a shelf's table can't keep .*astype\(str\)"):
         build_shelf(bad, tmp_path/'t.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False)
