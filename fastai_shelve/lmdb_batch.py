@@ -5,7 +5,8 @@
 # %% ../nbs/00d_lmdb_batch.ipynb #3f0a0303
 from __future__ import annotations
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from .codec import ShelfError, check_key
 from .interface import MissingKeyError
@@ -89,21 +90,25 @@ class BatchFill:
         for nm in self.values: self.out[nm][row] = v[nm]
 
     def finish(self):
-        "Run the queued copies and decodes: one run of records per thread, this thread doing the first."
-        # the codecs and memcpy release the GIL; a task per record would cost more in the pool than zstd spends on it. This
-        # thread works rather than waits: one thread fewer to wake and hand the GIL to (a sixth of a 512² batch on two cores)
-        jobs, t = self.jobs, min(len(self.jobs), DECODE_THREADS)
+        "Run the queued copies and decodes on up to `DECODE_THREADS` threads, this one among them, each taking the next job when free."
+        # The codecs and memcpy release the GIL; a task per record would cost more in the pool than zstd spends on it. So the
+        # threads take jobs from one queue: a pool thread wakes tens of µs after its submit, and then takes fewer, where a fixed
+        # share kept this thread waiting for it. This thread works rather than waits: one thread fewer to wake and hand the GIL to
+        jobs = self.jobs
         if not jobs: return
-        futs = []  # what was submitted, even if a later submit fails (at interpreter exit), is waited for
+        todo, futs = deque(jobs), []  # `futs`: what was submitted, even if a later submit fails (at interpreter exit), is waited for
         try:
-            for i in range(1, t): futs.append(_pool().submit(self.run, jobs[i::t]))
-            self.run(jobs[::t])
-        finally: wait(futs)  # LMDB's buffers are valid only in the transaction: no copy outlives this call, even after an error
+            for _ in range(1, min(len(jobs), DECODE_THREADS)): futs.append(_pool().submit(self.run, todo))
+            self.run(todo)
+        finally:  # LMDB's buffers are valid only in the transaction: no copy outlives this call, even after an error
+            for f in futs: f.exception()  # waits for it to end
         for f in futs: f.result()
 
-    def run(self, jobs):
-        "Do `jobs`: raw copies of a record, or one compressed field."
-        for lay, buf, f, arr, row, k in jobs:
+    def run(self, todo:deque):
+        "Do jobs taken from `todo` (raw copies of a record, or one compressed field) until none is left; a thread-safe `popleft` each."
+        while todo:
+            try: lay, buf, f, arr, row, k = todo.popleft()
+            except IndexError: return  # another thread took the last
             if lay is None:
                 for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
             else:
