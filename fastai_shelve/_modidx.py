@@ -283,6 +283,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.fetch.BatchPool._hand_out': ( 'fetch.html#batchpool._hand_out',
                                                                                   'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.BatchPool.buffer': ('fetch.html#batchpool.buffer', 'fastai_shelve/fetch.py'),
+                                     'fastai_shelve.fetch.BatchPool.free': ('fetch.html#batchpool.free', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.BatchPool.get': ('fetch.html#batchpool.get', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.BatchPool.learn': ('fetch.html#batchpool.learn', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.CudaAhead': ('fetch.html#cudaahead', 'fastai_shelve/fetch.py'),

@@ -39,10 +39,11 @@ def test_made_ahead_only_where_nothing_is_drawn(bars_shelf):
     assert not ShelfDataLoaders.from_shelf(path, num_workers=0, item_tfms=RandomResizedCrop(40), **kw).train.makes_ahead()
 
 def test_batch_tensors_walks_what_to_device_walks():
-    "Every tensor `to_device` moves (in tuples, lists, dicts) is found, to be recorded on the training stream."
+    "Every tensor `to_device` moves (in tuples, lists, fastcore `L`s, dicts) is found, to be recorded on the training stream."
     from fastai_shelve.fetch import batch_tensors
-    a, b, c = torch.zeros(1), torch.ones(2), torch.full((3,), 2.)
-    assert [t.numel() for t in batch_tensors(({'x': a, 'more': [b]}, c, 'a name'))] == [1, 2, 3]
+    from fastcore.foundation import L
+    a, b, c, d = torch.zeros(1), torch.ones(2), torch.full((3,), 2.), torch.zeros(4)
+    assert [t.numel() for t in batch_tensors(({'x': a, 'more': [b]}, c, L([d]), 'a name'))] == [1, 2, 3, 4]
 
 def test_one_ahead_stops_early_and_empty():
     "A loop that breaks leaves one batch started and never finished; no batches, no calls."

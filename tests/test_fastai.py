@@ -1,5 +1,5 @@
 "fastai integration: batch fetch DataLoader, augmentation by split, training, show_batch, test_dl, predict."
-import os, numpy as np, pytest, torch
+import os, weakref, numpy as np, pytest, torch
 from torch import nn
 import matplotlib; matplotlib.use('Agg')
 import matplotlib.pyplot as plt
@@ -27,6 +27,21 @@ def test_learner_trains_loss_falls(bars_shelf):
     assert acc > 0.8
 
 def _batches(dl): return [tuple(t.clone() for t in b) for b in dl]
+
+@pytest.mark.parametrize('n_workers', [0, 2])
+def test_training_uses_the_same_batch_arrays_again(bars_shelf, n_workers):
+    "A Learner's epochs fill the pool's batch arrays again, never fresh ones: none held past its step (cycles included)."
+    path, _ = bars_shelf
+    dls = ShelfDataLoaders.from_shelf(path, bs=4, seed=0, num_workers=n_workers)  # 10 training batches an epoch
+    learn = Learner(dls, tiny_cnn(), loss_func=BCEWithLogitsLossFlat(), metrics=accuracy_multi)
+    with learn.no_bar(), learn.no_logging(): learn.fit(3)
+    pool = dls.train._pool
+    assert len(pool.entries) > 0 and pool.misses == 0, f'{pool.misses} batches in fresh arrays'
+    it = iter(dls.train.new(after_batch=None))
+    first = next(it)
+    ref = weakref.ref(first[0])
+    del first; next(it)  # the consumer let go of the first batch and took the next: the loader holds none of it
+    assert ref() is None, 'the loader still holds the first batch'
 
 def test_batches_equal_per_item_path(bars_shelf):
     "No augmentation: the batch fetch gives bit-for-bit the batches of fastai's plain per-item TfmdDL."
