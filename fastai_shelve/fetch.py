@@ -11,7 +11,7 @@ import numpy as np, torch
 from functools import partial
 from fastcore.basics import ifnone, merge, store_attr, noop
 from fastcore.xtras import is_listy
-from fastai.torch_core import to_device
+from fastai.torch_core import apply, to_device
 from fastai.data.load import _loaders
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
@@ -104,6 +104,9 @@ class CudaAhead:
         self.side.wait_stream(torch.cuda.current_stream(device))  # what the training stream queued before comes first
 
     def start(self, b):
+        # A copy from pageable memory first waits, holding this thread, for the side stream's copies before it (the batch's
+        # images): the parts made unpinned (labels by `.float()`, RGB images by `.contiguous()`) are pinned first, a small copy
+        b = apply(lambda o: o.pin_memory() if isinstance(o, torch.Tensor) and not o.is_cuda and not o.is_pinned() else o, b)
         with torch.cuda.stream(self.side): out = to_device(b, self.device, non_blocking=True)  # pinned memory: async
         return b, out, self.side.record_event()
 

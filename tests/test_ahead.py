@@ -112,3 +112,17 @@ def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):
                     loss_func=BCEWithLogitsLossFlat())
     learn.fit(1, 1e-2)
     assert np.isfinite(learn.recorder.values[-1][0])
+
+@cuda
+def test_every_copy_ahead_is_from_pinned_memory():
+    "What `CudaAhead` copies is page-locked (labels made by `.float()` are pinned first): no copy holds the training thread."
+    from fastai.torch_core import TensorImage, TensorMultiCategory
+    from fastai_shelve.fetch import CudaAhead, batch_tensors
+    d = torch.device('cuda')
+    cuda = CudaAhead(d, torch.cuda.Stream(d))
+    x = TensorImage(torch.zeros(2, 1, 8, 8, dtype=torch.uint8).pin_memory())
+    y = TensorMultiCategory(torch.ones(2, 3, dtype=torch.int8).float())  # unpinned, as `ShelfMultiCategorize` makes it
+    host, out, ev = job = cuda.start((x, y))
+    assert all(t.is_pinned() for t in batch_tensors(host)) and host[0] is x  # pinned already: kept, not copied again
+    xb, yb = cuda.finish(job)
+    assert type(xb) is TensorImage and type(yb) is TensorMultiCategory and xb.is_cuda and torch.equal(yb.cpu(), y)
