@@ -620,6 +620,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'fastai_shelve/lmdb_batch.py'),
                                           'fastai_shelve.lmdb_batch.BatchFill.take_first': ( 'lmdb_batch.html#batchfill.take_first',
                                                                                              'fastai_shelve/lmdb_batch.py'),
+                                          'fastai_shelve.lmdb_batch.BatchFill.wait_idle': ( 'lmdb_batch.html#batchfill.wait_idle',
+                                                                                            'fastai_shelve/lmdb_batch.py'),
                                           'fastai_shelve.lmdb_batch._pool': ('lmdb_batch.html#_pool', 'fastai_shelve/lmdb_batch.py')},
             'fastai_shelve.lmdb_check': { 'fastai_shelve.lmdb_check._cache': ('lmdb_check.html#_cache', 'fastai_shelve/lmdb_check.py'),
                                           'fastai_shelve.lmdb_check._prune': ('lmdb_check.html#_prune', 'fastai_shelve/lmdb_check.py'),

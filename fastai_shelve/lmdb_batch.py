@@ -4,7 +4,7 @@
 
 # %% ../nbs/00d_lmdb_batch.ipynb #3f0a0303
 from __future__ import annotations
-import os
+import os, threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
@@ -26,7 +26,7 @@ def _pool() -> ThreadPoolExecutor:
 
 class BatchFill:
     "One `get_batch`: records copied into rows of batch arrays, in steps."
-    __slots__ = 'path', 'layout', 'n', 'nkeys', 'out', 'fields', 'first', 'first_plan', 'values', 'threads', 'jobs'  # read per record
+    __slots__ = 'path', 'layout', 'n', 'nkeys', 'out', 'fields', 'first', 'first_plan', 'values', 'threads', 'jobs', 'active', 'idle'  # read per record
     def __init__(self, path, # the shelf's file, for errors
                  layout, # `layout(key, buf)`: the record's checked `Layout`
                  n:int, # rows in the batch
@@ -97,20 +97,43 @@ class BatchFill:
         jobs = self.jobs
         if not jobs: return
         todo, futs = deque(jobs), []  # `futs`: what was submitted, even if a later submit fails (at interpreter exit), is waited for
+        self.active, self.idle = 0, threading.Condition()
         try:
-            for _ in range(1, min(len(jobs), DECODE_THREADS)): futs.append(_pool().submit(self.run, todo))
+            for _ in range(1, min(len(jobs), DECODE_THREADS)):
+                try: futs.append(_pool().submit(self.run, todo))
+                except RuntimeError: break  # no thread to be had: this one does the rest
             self.run(todo)
-        finally:  # LMDB's buffers are valid only in the transaction: no copy outlives this call, even after an error
-            for f in futs: f.exception()  # waits for it to end
+        finally:  # LMDB's buffers are valid only in the transaction: no copy outlives this call, even after an error or a Ctrl-C
+            todo.clear()  # after an error the rest is dropped: a run that starts late finds nothing to do
+            self.wait_idle(futs)
         for f in futs: f.result()
+
+    def wait_idle(self, futs):
+        "Wait until the runs of `futs`, and any other under way, have ended; a Ctrl-C meanwhile is raised after."
+        # "Any other": a thread that fails to start (a process's thread limit) makes `submit` raise after queueing its run,
+        # which a thread already there may take. Counted in `run`, it is waited for too.
+        stop = None
+        while True:
+            try:
+                for f in futs: f.exception()  # waits for it to end
+                with self.idle: self.idle.wait_for(lambda: self.active == 0)
+                break
+            except KeyboardInterrupt as e: stop = e  # a copy is at most one record's: wait for it
+        if stop is not None: raise stop
 
     def run(self, todo:deque):
         "Do jobs taken from `todo` (raw copies of a record, or one compressed field) until none is left; a thread-safe `popleft` each."
-        while todo:
-            try: lay, buf, f, arr, row, k = todo.popleft()
-            except IndexError: return  # another thread took the last
-            if lay is None:
-                for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
-            else:
-                try: lay.read_into(buf, f, arr, row)
-                except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
+        with self.idle: self.active += 1
+        try:
+            while todo:
+                try: lay, buf, f, arr, row, k = todo.popleft()
+                except IndexError: return  # another thread took the last
+                if lay is None:
+                    for a, dt, cnt, at, shape in f: a[row] = np.frombuffer(buf, dt, cnt, at).reshape(shape)
+                else:
+                    try: lay.read_into(buf, f, arr, row)
+                    except ShelfError as e: raise type(e)(f"{self.path}: key {k!r}: {e}") from None
+        finally:
+            with self.idle:
+                self.active -= 1
+                self.idle.notify_all()
