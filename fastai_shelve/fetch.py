@@ -105,7 +105,7 @@ class CudaAhead:
 
     def start(self, b):
         # A copy from pageable memory first waits, holding this thread, for the side stream's copies before it (the batch's
-        # images): the parts made unpinned (labels by `.float()`, RGB images by `.contiguous()`) are pinned first, a small copy
+        # images): the parts made unpinned are pinned first (labels made by `.float()`: a small copy; RGB images by `.contiguous()`)
         b = apply(lambda o: o.pin_memory() if isinstance(o, torch.Tensor) and not o.is_cuda and not o.is_pinned() else o, b)
         with torch.cuda.stream(self.side): out = to_device(b, self.device, non_blocking=True)  # pinned memory: async
         return b, out, self.side.record_event()
