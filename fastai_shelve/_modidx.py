@@ -788,6 +788,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.copy_keys': ('rerun.html#copy_keys', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.drop_records': ('rerun.html#drop_records', 'fastai_shelve/rerun.py'),
+                                     'fastai_shelve.rerun.drop_uncopied': ('rerun.html#drop_uncopied', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.file_crc': ('rerun.html#file_crc', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.file_facts': ('rerun.html#file_facts', 'fastai_shelve/rerun.py'),
                                      'fastai_shelve.rerun.prune_unnamed': ('rerun.html#prune_unnamed', 'fastai_shelve/rerun.py'),

@@ -21,7 +21,7 @@ from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed, drop_records, copy_keys, same_path
+from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed, drop_records, copy_keys, drop_uncopied, same_path
 from .meta import ShelfMeta, table_entry
 
 # %% auto #0
@@ -380,6 +380,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
         # False until the last is copied, so a copy stopped midway says so when it is trained from (the count: every commit's)
         out.update_meta(converted_from=str(src.path), **{**ours, **_codec_meta(compression, level), 'complete': False},
                         table=src.table, order=None if order is None else (order.index, order.to_numpy()))
+        drop_uncopied(src, out)
         keys = copy_keys(src, out)
         it = range(0, len(keys), chunk)
         for i in (progress_bar(it, leave=False) if progress else it):

@@ -11,7 +11,8 @@ from .interface import frame_key, frame_file
 
 # %% auto #0
 __all__ = ['LABEL_CHUNK', 'file_facts', 'file_crc', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids',
-           'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'same_path', 'prune_unnamed']
+           'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'drop_uncopied', 'same_path',
+           'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
 def file_facts(p, content:bool=False) -> list:
@@ -103,6 +104,12 @@ def copy_keys(src, out) -> list:
     keys = src.keys()
     now, was = src.sources(keys), out.sources(keys)  # a rebuild of `src` since decoded their files again: what it kept differs
     return sorted(set(out.missing(keys)) | {k for k,s in now.items() if was.get(k) != s})
+
+def drop_uncopied(src, out) -> int:
+    "Delete the records a copy `out` holds that `src` no longer does (its rebuild dropped them, or `prune`d): how many."
+    gone = sorted(set(out.keys()) - set(src.keys()))  # the copy serves what its source serves: its table is the source's
+    for k in gone: out.delete(k)
+    return len(gone)
 
 def same_path(a, b) -> bool:
     "Do paths `a` and `b` name one file (or folder), however spelled; for a path not there, are they spelled alike?"

@@ -149,3 +149,16 @@ def test_a_copy_converted_again_takes_the_sources_rebuilt_records(dark_bright):
     _rewrite(path/'i01.png', 123); build_shelf(df, path/'s.shelf', path, **KW)
     assert convert_shelf(path/'s.shelf', path/'c.shelf', progress=False) == 1
     _same(path/'s.shelf', path/'c.shelf')
+
+def test_a_copy_converted_again_drops_what_the_source_dropped(dark_bright):
+    "convert_shelf into its earlier copy after the source's rebuild dropped a record (a file that no longer decodes) and pruned another: the copy holds neither."
+    from fastai_shelve.build import convert_shelf
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)
+    (path/'i03.png').write_bytes(b'not a png')
+    build_shelf(df.drop(index=7), path/'s.shelf', path, **KW, prune=True)
+    convert_shelf(path/'s.shelf', path/'c.shelf', progress=False)
+    _same(path/'s.shelf', path/'c.shelf')
+    with open_shelf(path/'s.shelf') as s, open_shelf(path/'c.shelf') as c:
+        assert 'i03.png' not in c and 'i07.png' not in c and sorted(c.keys()) == sorted(s.keys())
