@@ -64,6 +64,8 @@ def changed_ids(shelf, probe:dict, todo:set, files:dict) -> set:
     # (the point of a shelf: the images may be gone), and so does one written before its facts were kept (0.2.4 and older)
     kept, changed, touched = shelf.sources([p for p,k in probe.items() if k not in todo]), set(), {}
     for p, s in kept.items():
+        if files[probe[p]][1] is not None and 'mask' not in s:  # masks asked of a record written without one: decoded again
+            changed.add(probe[p]); continue                     # (a mask file missing: bad, as in a fresh build)
         there = [(f, q, now) for f, q in zip(('file', 'mask'), files[probe[p]]) if (now := source_facts(q)) is not None]
         same = {f: _same_file(s.get(f), now['file'], q) for f, q, now in there}  # each file on its own: a mask gone hides no image
         if not all(same.values()): changed.add(probe[p])

@@ -162,3 +162,21 @@ def test_a_copy_converted_again_drops_what_the_source_dropped(dark_bright):
     _same(path/'s.shelf', path/'c.shelf')
     with open_shelf(path/'s.shelf') as s, open_shelf(path/'c.shelf') as c:
         assert 'i03.png' not in c and 'i07.png' not in c and sorted(c.keys()) == sorted(s.keys())
+
+def test_masks_added_on_a_rerun_are_what_a_fresh_build_gives(tmp_path):
+    "The build cell edited to add `mask_path` and run again: each record gets its mask, one whose mask file is missing is bad, as fresh."
+    rng = np.random.default_rng(2)
+    (tmp_path/'m').mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i}.png')
+        if i != 3: Image.fromarray((rng.integers(0, 2, (32, 32))).astype(np.uint8)).save(tmp_path/'m'/f'i{i}.png')
+    df = pd.DataFrame({'fn': [f'i{i}' for i in range(5)]})
+    kw = dict(fn_col='fn', suff='.png', size=32, n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw)
+    r = build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw, mask_path='m')
+    f = build_shelf(df, tmp_path/'fresh.shelf', tmp_path, **kw, mask_path='m')
+    assert [k for k, _, _ in r.bad] == [k for k, _, _ in f.bad] == ['i3']
+    with open_shelf(tmp_path/'s.shelf') as s, open_shelf(tmp_path/'fresh.shelf') as g:
+        items = shelf_items(s)
+        assert items == shelf_items(g) == ['i0', 'i1', 'i2', 'i4']
+        for x, y in zip(s.get_many(items), g.get_many(items)): np.testing.assert_array_equal(x['mask'], y['mask'])
