@@ -238,6 +238,7 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
     # fastai's `CategoryBlock(vocab=)` sorts the names (`CategoryMap(sort=True)`); a block's vocab is as the block made it
     if vocab is not None and kind == 'category' and want in (None, 'category'): vocab = list(CategoryMap(list(vocab)))
     vocab = ifnone(vocab, bvocab)
+    if vocab is None and kind == 'category' and meta.vocab_given: vocab = meta.vocab  # the build's `vocab=`, as fastai's block keeps it
     if want == 'regression' or (want is None and kind == 'regression'): return _regression(shelf, meta, n_out)
     if want is not None and want != kind:
         raise ShelfError(f"y_block asks for {want} targets, and {shelf.path} holds {kind or 'no'} labels: "

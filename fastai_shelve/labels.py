@@ -115,6 +115,11 @@ def label_columns(df, label_col) -> list:
 
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
+    labels, meta = _encoded(df, keys, label_col, label_delim, y_block, vocab)
+    # Every field, None where it has no say: a rerun's metadata is a fresh build's, not an earlier build's fields left over
+    return labels, dict(label_delim=None, vocab_given=None) | meta
+
+def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
     kind, n_out, bvocab = block_kind(y_block)
     vocab = vocab if vocab is not None else bvocab
     cols = label_columns(df, label_col)
@@ -143,11 +148,13 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
     vals = [_native(v) for v in vals]
     found = _sorted(set(vals))
-    vocab = _sorted([_native(v) for v in vocab]) if vocab is not None else found  # fastai's `CategoryMap` sorts a given vocab too
+    given = vocab is not None
+    vocab = _sorted([_native(v) for v in vocab]) if given else found  # fastai's `CategoryMap` sorts a given vocab too
     idx = {v:i for i,v in enumerate(vocab)}
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
-    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab)
+    # `vocab_given`: the vocab is the model's (as a `CategoryBlock(vocab=)`), not one to learn from the training rows
+    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab, vocab_given=given)
 
 def _multi(a, keys, names) -> tuple:
     bad = ~np.isin(a, (0, 1))

@@ -28,7 +28,7 @@ class ShelfMeta(Mapping):
               'build_id', # the id a `build_sharded` run writes with each shard's table and order: a folder's shards agree on it
               'image_mode', # 'L' or 'RGB'
               'compression', 'compression_level', # the codec records are written with
-              'label_kind', 'vocab', 'label_names', 'label_delim', # what `encode_labels` wrote
+              'label_kind', 'vocab', 'label_names', 'label_delim', 'vocab_given', # what `encode_labels` wrote
               'codes', # a mask's class names
               'valid_col', # the table's bool column marking the validation set
               'files', # how `test_dl` finds a table row's file: fn_col, pref, suff, label_col, label_delim

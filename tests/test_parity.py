@@ -235,6 +235,23 @@ def test_your_normalize_is_kept_as_on_files(tmp_path):
     (n,) = [f for f in ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, batch_tfms=Normalize).after_batch.fs if isinstance(f, Normalize)]
     assert n.mean.flatten().tolist() != pytest.approx(shelf_mean)
 
+def test_a_vocab_given_to_the_build_is_the_model_s_as_on_files(tmp_path):
+    "`build_shelf(..., y_block=CategoryBlock(vocab=V))`: `from_shelf` keeps V (a class only in validation too), as fastai on the files."
+    from fastai.vision.all import CategoryBlock
+    df = write_bars(tmp_path, 12, ext='.png')
+    df['fn'], df['is_valid'] = df.StudyInstanceUID + '.png', [i >= 9 for i in range(12)]
+    df['y'] = ['a', 'b'] * 4 + ['a', 'rare', 'a', 'b']
+    V = ['rare', 'b', 'a']
+    kw = dict(path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='y', size=32, valid_col='is_valid', n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', **kw, y_block=CategoryBlock(vocab=V))
+    files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', valid_col='is_valid', bs=4, img_cls=PILImageBW,
+                                     item_tfms=Resize(32), y_block=CategoryBlock(vocab=V), device='cpu', shuffle=False)
+    ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, device='cpu')
+    assert list(ours.vocab) == list(files.vocab) == ['a', 'b', 'rare'] and ours.c == files.c == 3
+    assert torch.equal(torch.cat([y for _, y in ours.valid]), torch.cat([y for _, y in files.valid]))  # 'rare' is a class, not a KeyError
+    build_shelf(df, tmp_path/'s.shelf', **kw)  # the cell run again without the vocab: what a fresh build without it gives
+    assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, device='cpu').vocab) == ['a', 'b']
+
 def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
     "A category seen only in validation is not in the vocab, as fastai's `Categorize` learns it from the training split."
     df = write_bars(tmp_path, 12, ext='.png')

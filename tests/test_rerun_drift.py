@@ -180,3 +180,17 @@ def test_masks_added_on_a_rerun_are_what_a_fresh_build_gives(tmp_path):
         items = shelf_items(s)
         assert items == shelf_items(g) == ['i0', 'i1', 'i2', 'i4']
         for x, y in zip(s.get_many(items), g.get_many(items)): np.testing.assert_array_equal(x['mask'], y['mask'])
+
+def test_a_rerun_with_label_columns_leaves_no_tag_settings(tmp_path):
+    "Tags in one column, then the same labels as 0/1 columns on a rerun: the metadata is a fresh build's (no `label_delim` left over)."
+    from fastai_shelve.data import ShelfDataLoaders
+    rng = np.random.default_rng(3)
+    for i in range(6): Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i}.png')
+    df = pd.DataFrame({'fn': [f'i{i}.png' for i in range(6)], 'tags': ['a', 'a b'] * 3, 'a': 1, 'b': [0, 1] * 3})
+    kw = dict(fn_col='fn', size=32, n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', tmp_path, label_col='tags', label_delim=' ', **kw)
+    build_shelf(df, tmp_path/'s.shelf', tmp_path, label_col=['a', 'b'], **kw)
+    build_shelf(df, tmp_path/'fresh.shelf', tmp_path, label_col=['a', 'b'], **kw)
+    with open_shelf(tmp_path/'s.shelf') as s, open_shelf(tmp_path/'fresh.shelf') as f:
+        assert s.meta.label_delim is f.meta.label_delim is None
+    assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', vocab=['B', 'A'], bs=2).vocab) == ['B', 'A']
