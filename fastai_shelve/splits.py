@@ -62,6 +62,8 @@ def check_served(path, meta, n_rows:int, n_served:int, counted:bool=True, waitin
 def GroupSplitter(groups, valid_pct:float=0.2, seed:int=None):
     "Split keys so that each group in `groups` (key → group, e.g. PatientID) is wholly on one side."
     groups = pd.Series(groups)
+    # A categorical column as its values, as a str one: no unused category counted as a group, and room for a key as a group
+    if isinstance(groups.dtype, pd.CategoricalDtype): groups = groups.astype(object)
     def _inner(items):
         keys = [str(o) for o in items]
         g = groups.reindex(keys)
@@ -150,6 +152,9 @@ def shelf_splitter(shelf, # an open shelf: its table and the build's `valid_col`
         if table is None or arg not in table.columns:
             raise ShelfError(f"{shelf.path} has no column {arg!r} in its table (it has {[] if table is None else list(table.columns)})")
         c = table[arg]
+        if what == 'valid_col' and c.isna().any():  # a nullable bool's NA has no truth value
+            raise ShelfError(f"{shelf.path}: valid_col {arg!r} is empty in {int(c.isna().sum())} rows (e.g. {list(c.index[c.isna()][:3])}): "
+                             f"give each row True or False")
         # as fastai's `ColSplitter`: the column's truth value
         split = KeySplitter(c.index[c.to_numpy().astype(bool)]) if what == 'valid_col' else GroupSplitter(c, pct, sd)
     return named_split(split, shelf.path, how)

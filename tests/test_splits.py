@@ -92,6 +92,27 @@ def test_group_col_with_missing_groups_through_the_shelf(table):
             # 3.2 rows asked for: four lone rows, or up to three and a patient's four; never the 8 rows without a patient as one
             assert 4 <= len(valid) <= 7 and len(set(valid) & lone) <= 4, (seed, valid)
 
+def test_a_categorical_group_col_splits_as_its_values(table):
+    "group_col as a pandas category (unused categories, a missing value): the split its values as strings give, seed for seed."
+    path, df = table
+    cat = df.assign(patient=pd.Categorical(df.patient, categories=[f'p{i}' for i in range(9)]))  # p2..p8: no row
+    with open_shelf(_build(path, df)) as s, open_shelf(_build(path, cat, dest='c.shelf')) as c:
+        assert isinstance(c.table.patient.dtype, pd.CategoricalDtype)
+        items = shelf_items(s)
+        for pct, seed in ((0.2, 0), (0.5, 1), (0.7, 3)):
+            want = shelf_splitter(s, valid_pct=pct, seed=seed, group_col='patient')(items)
+            got = shelf_splitter(c, valid_pct=pct, seed=seed, group_col='patient')(items)
+            assert [list(o) for o in got] == [list(o) for o in want] and len(got[0]) > 0
+
+def test_a_valid_col_with_an_empty_row_is_refused_by_name(table):
+    "A nullable bool `valid_col` with NA in a row: a `ShelfError` naming the column and the row, not a TypeError mid-way."
+    from fastai_shelve.codec import ShelfError
+    path, df = table
+    df = df.assign(is_valid=pd.array([None] + list(df.is_valid[1:]), dtype='boolean'))
+    with open_shelf(_build(path, df)) as s:
+        with pytest.raises(ShelfError, match=rf"valid_col 'is_valid' is empty in 1 rows \(e.g. \['{df.fn[0]}'\]\)"):
+            shelf_splitter(s, valid_col='is_valid')
+
 def test_keys_outside_the_build_order_are_never_served(table):
     "Records of rows the latest table dropped, and records written since the build, stay unserved; served keys are in row order."
     path, df = table
