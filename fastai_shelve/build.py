@@ -214,12 +214,13 @@ def _check_args(dest, n_workers, commit_every, compression, level):
         raise ShelfError(f"commit_every must be an int of at least 1 record, not {commit_every!r}")
     if compression is not None or shelf_kind(dest) is None: check_compression(compression, level)  # else a resume: the shelf's codec
 
-def _check_request(dest, df, valid_col, settings:BuildSettings, mask_path):
+def _check_request(dest, df, valid_col, settings:BuildSettings, mask_path, col=None):
     "Refuse, before anything is written, what no build does: a missing `valid_col`, masks with `frame='all'`, a sharded `dest`."
     if valid_col is not None and valid_col not in df.columns:
         raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
     if settings.frame == 'all' and mask_path is not None:
         raise ShelfError("masks are one per file: frame='all' makes several images of one")
+    if settings.frame == 'all' and col is not None and 'file' in df.columns: raise ShelfError("frame='all' writes each frame's file in the table's column 'file': rename the table's own")
     if shelf_kind(dest) == 'sharded': raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
 
 def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> tuple:
@@ -238,7 +239,7 @@ def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> t
 
 def other_columns(df, keys, col, label_col) -> pd.DataFrame:
     "The table's columns that are neither ids nor labels (a patient id, a fold, `valid_col`), by key: what splitters read."
-    used = label_columns(df, label_col) + [col, 'file']
+    used = label_columns(df, label_col) + [col if col is not None else 'file']  # a file list's 'file' is its ids; a table's, a column
     return df[[c for c in df.columns if c not in used]].set_axis(keys)
 
 def _framed(rec_keys, ids) -> list:
@@ -304,7 +305,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
         source = Path(path)/source  # a CSV under `path`, as fastai's `from_csv` reads it
     df, keys, col = read_source(source, fn_col)
     labels, label_meta = encode_labels(df, keys, label_col, label_delim, y_block, vocab)
-    _check_request(dest, df, valid_col, settings, mask_path)
+    _check_request(dest, df, valid_col, settings, mask_path, col)
     table = other_columns(df, keys, col, label_col)
     table_entry(table)  # a column the shelf can't keep is refused here, before a file (or a folder's shard) is made
     if check_only and shelf_kind(dest) is None: return None  # nothing to resume: nothing to refuse, and nothing is made

@@ -139,7 +139,7 @@ def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
     if df[cols[0]].dtype.kind == 'f':  # 0.0/1.0/2.0 too: fastai's vocab is then [0.0, 1.0, 2.0], not the ints a user may mean
         warnings.warn(f"label column {cols[0]!r} holds floats: it becomes {df[cols[0]].nunique()} categories, as fastai's "
                       f"CategoryBlock makes them; pass y_block=RegressionBlock for a regression target, or cast the column "
-                      f"to int (or str) for classes", stacklevel=3)
+                      f"to int (or str) for classes", stacklevel=4)  # the user's line: build_shelf's caller
     if vals and all(np.ndim(v) == 1 for v in vals):
         widths = {len(v) for v in vals}
         if len(widths) > 1:

@@ -215,3 +215,16 @@ def test_convert_refuses_into_itself_and_into_another_sources_copy(tmp_path):
         convert_shelf(tmp_path/'b.shelf', tmp_path/'a.shelf', progress=False)
     assert convert_shelf(tmp_path/'a.shelf', tmp_path/'mix.shelf', progress=False) == 0  # its own source again: a resume
     with open_shelf(tmp_path/'mix.shelf') as s: assert (s['k1']['image'] == 10).all()
+
+def test_a_column_named_file_is_kept_in_the_table(tmp_path):
+    "A table's own column 'file' (not the ids: `fn_col` names them) is kept, and can be the group column, as any other."
+    from fastai_shelve.splits import shelf_splitter, shelf_items
+    for i in range(6): Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(tmp_path/f'f{i}.png')
+    df = pd.DataFrame({'fn': [f'f{i}' for i in range(6)], 'y': list('ab') * 3, 'file': ['scan1', 'scan1', 'scan2', 'scan2', 'scan3', 'scan3']})
+    build_shelf(df, tmp_path/'s.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False)
+    with open_shelf(tmp_path/'s.shelf') as s:
+        assert s.table.file.tolist() == df.file.tolist()
+        _, valid = shelf_splitter(s, valid_pct=0.3, seed=0, group_col='file')(shelf_items(s))
+        assert len(valid) == 2 and df.file[list(valid)].nunique() == 1
+    with pytest.raises(ShelfError, match="rename the table's own"):
+        build_shelf(df, tmp_path/'f.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False, frame='all')
