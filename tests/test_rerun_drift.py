@@ -125,14 +125,18 @@ def test_a_stopped_build_holds_nothing_after_it(dark_bright):
     r = build_shelf(df.drop(index=5), path/'s.shelf', path, **{**KW, 'n_workers': 2})
     assert r.written + r.existing == 23 and kept.value is not None
 
+def _with_masks(path, n:int, seed:int, without=()):
+    "`n` random gray PNGs and their 0/1 masks in `path/'m'` (none for the indices in `without`); the table of their ids."
+    rng = np.random.default_rng(seed)
+    (path/'m').mkdir()
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(path/f'i{i}.png')
+        if i not in without: Image.fromarray(rng.integers(0, 2, (32, 32)).astype(np.uint8)).save(path/'m'/f'i{i}.png')
+    return pd.DataFrame({'fn': [f'i{i}' for i in range(n)]})
+
 def test_an_image_changed_while_its_mask_is_gone_is_decoded_again(tmp_path):
     "Each file is compared on its own: a mask no longer there hides no change of its image."
-    rng = np.random.default_rng(1)
-    (tmp_path/'m').mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i}.png')
-        Image.fromarray((rng.integers(0, 2, (32, 32)) * 1).astype(np.uint8)).save(tmp_path/'m'/f'i{i}.png')
-    df = pd.DataFrame({'fn': [f'i{i}' for i in range(4)]})
+    df = _with_masks(tmp_path, 4, 1)
     kw = dict(fn_col='fn', suff='.png', size=32, n_workers=0, progress=False, mask_path='m')
     build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw)
     (tmp_path/'m'/'i2.png').unlink(); _rewrite(tmp_path/'i2.png', 99)
@@ -165,12 +169,7 @@ def test_a_copy_converted_again_drops_what_the_source_dropped(dark_bright):
 
 def test_masks_added_on_a_rerun_are_what_a_fresh_build_gives(tmp_path):
     "The build cell edited to add `mask_path` and run again: each record gets its mask, one whose mask file is missing is bad, as fresh."
-    rng = np.random.default_rng(2)
-    (tmp_path/'m').mkdir()
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp_path/f'i{i}.png')
-        if i != 3: Image.fromarray((rng.integers(0, 2, (32, 32))).astype(np.uint8)).save(tmp_path/'m'/f'i{i}.png')
-    df = pd.DataFrame({'fn': [f'i{i}' for i in range(5)]})
+    df = _with_masks(tmp_path, 5, 2, without=(3,))
     kw = dict(fn_col='fn', suff='.png', size=32, n_workers=0, progress=False)
     build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw)
     r = build_shelf(df, tmp_path/'s.shelf', tmp_path, **kw, mask_path='m')
