@@ -153,7 +153,7 @@ def shelf_splitter(shelf, # an open shelf: its table and the build's `valid_col`
             raise ShelfError(f"{shelf.path} has no column {arg!r} in its table (it has {[] if table is None else list(table.columns)})")
         c = table[arg]
         if what == 'valid_col' and c.isna().any():  # a nullable bool's NA has no truth value
-            raise ShelfError(f"{shelf.path}: valid_col {arg!r} is empty in {int(c.isna().sum())} rows (e.g. {list(c.index[c.isna()][:3])}): "
+            raise ShelfError(f"{shelf.path}: valid_col {arg!r} is empty in {int(c.isna().sum())} of the table's rows (e.g. {list(c.index[c.isna()][:3])}): "
                              f"give each row True or False")
         # as fastai's `ColSplitter`: the column's truth value
         split = KeySplitter(c.index[c.to_numpy().astype(bool)]) if what == 'valid_col' else GroupSplitter(c, pct, sd)

@@ -110,7 +110,7 @@ def test_a_valid_col_with_an_empty_row_is_refused_by_name(table):
     path, df = table
     df = df.assign(is_valid=pd.array([None] + list(df.is_valid[1:]), dtype='boolean'))
     with open_shelf(_build(path, df)) as s:
-        with pytest.raises(ShelfError, match=rf"valid_col 'is_valid' is empty in 1 rows \(e.g. \['{df.fn[0]}'\]\)"):
+        with pytest.raises(ShelfError, match=rf"valid_col 'is_valid' is empty in 1 of the table's rows \(e.g. \['{df.fn[0]}'\]\)"):
             shelf_splitter(s, valid_col='is_valid')
 
 def test_keys_outside_the_build_order_are_never_served(table):
