@@ -220,7 +220,7 @@ def _check_request(dest, df, valid_col, settings:BuildSettings, mask_path, col=N
         raise ShelfError(f"valid_col {valid_col!r} is not in the table (it has {list(df.columns)})")
     if settings.frame == 'all' and mask_path is not None:
         raise ShelfError("masks are one per file: frame='all' makes several images of one")
-    if settings.frame == 'all' and col is not None and 'file' in df.columns: raise ShelfError("frame='all' writes each frame's file in the table's column 'file': rename the table's own")
+    if settings.frame == 'all' and col not in (None, 'file') and 'file' in df.columns: raise ShelfError("frame='all' writes each frame's file in the table's column 'file': rename the table's own")
     if shelf_kind(dest) == 'sharded': raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {ShardedShelf.cannot_write}")
 
 def _input_files(df, keys, col, path, folder, suff, mask_path, mask_suffix) -> tuple:

@@ -238,7 +238,7 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
     # fastai's `CategoryBlock(vocab=)` sorts the names (`CategoryMap(sort=True)`); a block's vocab is as the block made it
     if vocab is not None and kind == 'category' and want in (None, 'category'): vocab = list(CategoryMap(list(vocab)))
     vocab = ifnone(vocab, bvocab)
-    if vocab is None and kind == 'category' and meta.vocab_given: vocab = meta.vocab  # the build's `vocab=`, as fastai's block keeps it
+    built = vocab is None and kind == 'category' and meta.vocab_given  # the build's `vocab=`, as fastai's block keeps it
     if want == 'regression' or (want is None and kind == 'regression'): return _regression(shelf, meta, n_out)
     if want is not None and want != kind:
         raise ShelfError(f"y_block asks for {want} targets, and {shelf.path} holds {kind or 'no'} labels: "
@@ -247,7 +247,9 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
         missing = [v for v in meta.vocab if vocab is not None and v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
         # No vocab: fastai's, the training split's values, as the block sorts them (a category only in validation is not in it)
-        cat = ShelfCategorize(vocab=None, **block_options(y_block)) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
+        opts = block_options(y_block)  # the build put a given vocab in its block's order; `add_na` is this block's say
+        if built: opts = dict(sort=False, add_na=opts.get('add_na', False))
+        cat = ShelfCategorize(vocab=meta.vocab if built else None, **opts) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
         return TransformBlock(type_tfms=cat), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None
     stored = names = meta.label_names

@@ -11,7 +11,7 @@ from fastcore.basics import listify
 from .codec import ShelfError
 
 # %% auto #0
-__all__ = ['read_source', 'block_options', 'block_kind', 'label_columns', 'encode_labels']
+__all__ = ['read_source', 'block_options', 'block_kind', 'label_columns', 'TableVocab', 'encode_labels']
 
 # %% ../nbs/02b_labels.ipynb #4bd13905
 def _id_column(cols, fn_col, source='the table'):
@@ -113,6 +113,9 @@ def label_columns(df, label_col) -> list:
     if miss: raise ShelfError(f"label columns {miss} are not in the table (it has {list(df.columns)})")
     return cols
 
+class TableVocab(list):
+    "A vocab found in a whole table, not given by the user: `build_sharded` gives each shard the one of all its rows."
+
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     labels, meta = _encoded(df, keys, label_col, label_delim, y_block, vocab)
@@ -148,8 +151,10 @@ def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
     vals = [_native(v) for v in vals]
     found = _sorted(set(vals))
-    given = vocab is not None
-    vocab = _sorted([_native(v) for v in vocab]) if given else found  # fastai's `CategoryMap` sorts a given vocab too
+    given = vocab is not None and not isinstance(vocab, TableVocab)
+    # fastai's `CategoryMap` sorts a given vocab too, unless the block says `sort=False`
+    if vocab is not None: vocab = [_native(v) for v in vocab] if block_options(y_block).get('sort') is False else _sorted([_native(v) for v in vocab])
+    else: vocab = found
     idx = {v:i for i,v in enumerate(vocab)}
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")

@@ -13,7 +13,7 @@ from .lmdb_shelf import Shelf
 from .lmdb_env import writing_build
 from .sharded_shelf import shard_of, write_manifest, claim_shard, check_shard_ids, count_shards
 from .images import BuildSettings
-from .labels import read_source, encode_labels
+from .labels import read_source, encode_labels, TableVocab
 from .build import build_shelf, refuse_retired, BuildReport, other_columns
 from .workers import mp_context
 
@@ -38,6 +38,11 @@ def _start_shards(dest, names, keys, shard, table, valid_col=None):
         with Shelf(Path(dest)/n, 'c') as s:
             s.update_meta(complete=False, build_id=run, valid_col=valid_col, table=table[shard == i],
                           order=s.new_order([keys[j] for j in pos], pos))
+
+def _table_vocab(label_meta:dict):
+    "The whole table's vocab (or tags) for each shard: a `TableVocab` unless the user gave it, so no shard says it was given."
+    v = label_meta.get('vocab', label_meta.get('label_names'))
+    return v if v is None or label_meta.get('vocab_given') else TableVocab(v)
 
 def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as for `build_shelf`
                   dest, # the folder of shards to write (a rerun resumes each shard)
@@ -68,7 +73,7 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     part = lambda i: df[shard == i] if col is not None else df['file'][shard == i].tolist()
     # Every shard gets the whole table's vocab (or tags), so a value missing from one shard keeps its index.
     kw = {**kwargs, 'path': str(path), 'folder': folder, 'suff': suff, 'label_col': label_col,
-          'fn_col': col if col is not None else 0, 'vocab': label_meta.get('vocab', label_meta.get('label_names'))}
+          'fn_col': col if col is not None else 0, 'vocab': _table_vocab(label_meta)}
     # A rerun any shard would refuse (another folder's, other settings, its records relabelled) is refused before any is written
     # One build of the folder at a time, as of a shelf: the folder is held from the checks to the count (a second waits, then resumes)
     with writing_build(dest):

@@ -226,5 +226,8 @@ def test_a_column_named_file_is_kept_in_the_table(tmp_path):
         assert s.table.file.tolist() == df.file.tolist()
         _, valid = shelf_splitter(s, valid_pct=0.3, seed=0, group_col='file')(shelf_items(s))
         assert len(valid) == 2 and df.file[list(valid)].nunique() == 1
-    with pytest.raises(ShelfError, match="rename the table's own"):
-        build_shelf(df, tmp_path/'f.shelf', tmp_path, fn_col='fn', suff='.png', label_col='y', size=8, n_workers=0, progress=False, frame='all')
+    kw = dict(suff='.png', label_col='y', size=8, n_workers=0, progress=False, frame='all')
+    with pytest.raises(ShelfError, match="rename the table's own"): build_shelf(df, tmp_path/'f.shelf', tmp_path, fn_col='fn', **kw)
+    ids = df.drop(columns='file').rename(columns={'fn': 'file'})  # the ids' column named 'file': no clash, it is not a table column
+    build_shelf(ids, tmp_path/'g.shelf', tmp_path, fn_col='file', **kw)
+    with open_shelf(tmp_path/'g.shelf') as s: assert s.table.file.tolist() == ids.file.tolist()

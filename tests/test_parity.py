@@ -251,6 +251,13 @@ def test_a_vocab_given_to_the_build_is_the_model_s_as_on_files(tmp_path):
     assert torch.equal(torch.cat([y for _, y in ours.valid]), torch.cat([y for _, y in files.valid]))  # 'rare' is a class, not a KeyError
     build_shelf(df, tmp_path/'s.shelf', **kw)  # the cell run again without the vocab: what a fresh build without it gives
     assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, device='cpu').vocab) == ['a', 'b']
+    # The block's options, at the build and at from_shelf, as fastai's block applies them on the files
+    for i, (at_build, at_load) in enumerate([(dict(sort=False), {}), (dict(add_na=True), {}), ({}, dict(add_na=True))]):
+        build_shelf(df, tmp_path/f'o{i}.shelf', **kw, y_block=CategoryBlock(vocab=V, **at_build))
+        files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', valid_col='is_valid', bs=4, img_cls=PILImageBW,
+                                         item_tfms=Resize(32), y_block=CategoryBlock(vocab=V, **at_build, **at_load), device='cpu')
+        ours = ShelfDataLoaders.from_shelf(tmp_path/f'o{i}.shelf', bs=4, device='cpu', y_block=CategoryBlock(**at_load) if at_load else None)
+        assert list(ours.vocab) == list(files.vocab), (at_build, at_load)
 
 def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
     "A category seen only in validation is not in the vocab, as fastai's `Categorize` learns it from the training split."

@@ -119,3 +119,14 @@ def test_a_second_build_sharded_waits_for_the_first(sharded):
         f"{d/'sh'}: another build (or copy) is writing it, in this process or another: waiting for it to end"]
     assert sum(r['existing'] for r in reports) == 40 and shelf_info(d/'sh')['build'] == 'finished'  # then ran as a rerun
     with open_shelf(d/'sh') as sh: assert sh.building() is False
+
+def test_shards_learn_the_vocab_as_a_single_shelf(tmp_path):
+    "Each shard gets the whole table's vocab for its indices, yet none says it was given: `from_shelf` learns it, as a single shelf."
+    df = write_bars(tmp_path, 16)
+    df['y'], df['is_valid'] = ['a', 'b'] * 7 + ['rare', 'a'], [i >= 12 for i in range(16)]  # 'rare': a validation row only
+    kw = dict(suff='.jpg', label_col='y', size=32, valid_col='is_valid')
+    build_sharded(df, tmp_path/'sh', 2, tmp_path, n_workers=2, **kw)
+    build_shelf(df, tmp_path/'one.shelf', path=tmp_path, n_workers=0, progress=False, **kw)
+    for p in (tmp_path/'sh', tmp_path/'one.shelf'):
+        with open_shelf(p) as s: assert not s.meta['vocab_given']
+        assert list(ShelfDataLoaders.from_shelf(p, bs=4, device='cpu').vocab) == ['a', 'b']
