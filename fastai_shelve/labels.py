@@ -152,9 +152,10 @@ def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
     vals = [_native(v) for v in vals]
     found = _sorted(set(vals))
     given = vocab is not None and not isinstance(vocab, TableVocab)
-    # fastai's `CategoryMap` sorts a given vocab too, unless the block says `sort=False`
-    if vocab is not None: vocab = [_native(v) for v in vocab] if block_options(y_block).get('sort') is False else _sorted([_native(v) for v in vocab])
-    else: vocab = found
+    if vocab is None: vocab = found
+    else:
+        vocab = [_native(v) for v in vocab]
+        if block_options(y_block).get('sort') is not False: vocab = _sorted(vocab)  # as fastai's `CategoryMap`, unless `sort=False`
     idx = {v:i for i,v in enumerate(vocab)}
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
