@@ -6,6 +6,7 @@
 from __future__ import annotations
 import os, sys, time, json, shelve, sqlite3, dbm, platform, subprocess, textwrap, warnings
 from functools import lru_cache
+from itertools import cycle
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
@@ -15,11 +16,11 @@ from .store import open_shelf
 from .workers import stream_map
 
 # %% auto #0
-__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'COPY_NP', 'COPY_TORCH', 'OURS_U8', 'PASSES', 'OURS_FFCV',
-           'FFCV_MOVES', 'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'real_bases', 'real_images',
-           'bench_fetch', 'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_copy', 'ffcv_status',
-           'bench_ffcv', 'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress', 'loader_over_fetch',
-           'bench_augment', 'bench_gpu', 'check_targets', 'format_table', 'run_bench']
+__all__ = ['FULL', 'QUICK', 'TINY', 'PHOTOS', 'DICOMS', 'SLOW_READERS', 'COPY_NP', 'COPY_TORCH', 'OURS_U8', 'OURS_READ', 'PASSES',
+           'OURS_FFCV', 'FFCV_MOVES', 'best_of', 'drop_caches', 'synth_images', 'machine_facts', 'real_bases',
+           'real_images', 'bench_fetch', 'bench_scale', 'SeedBatchedDataset', 'bench_loaders', 'bench_copy',
+           'ffcv_status', 'bench_ffcv', 'bench_build', 'bench_size', 'evict', 'FileBatches', 'bench_compress',
+           'loader_over_fetch', 'bench_augment', 'bench_gpu', 'check_targets', 'format_table', 'run_bench']
 
 # %% ../nbs/08_bench.ipynb #1d131f47
 FULL = dict(n=1000, side=704, bs=32, n_batches=20, scale=(1000, 10000, 30000), scale_side=128,
@@ -320,6 +321,7 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
 COPY_NP = f'in-RAM images copied into a batch, a row at a time on {DECODE_THREADS} threads (numpy, as get_batch copies)'
 COPY_TORCH = "in-RAM images copied into a batch, one torch.stack on torch's threads"
 OURS_U8 = 'ours ShelfDataLoaders uint8, beside the copies'
+OURS_READ = "ours get_batch alone into two batches' arrays in turn, as the loader reuses them (no DataLoader)"
 
 def _copied(ix, copy) -> tuple:
     "(images, seconds) of `copy(i)` for each batch `i` of key indices `ix`."
@@ -353,6 +355,9 @@ def bench_copy(d:Path, n:int, side:int, bs:int, rounds:int=7) -> list:
     def rows(i, j):
         for r in range(j, bs, k): out[r] = ram[i[r]]
     ts, tout = [torch.from_numpy(a) for a in ram], torch.from_numpy(out)
+    # The loader's read without the DataLoader: what of the gap to the copies is the shelf's, and what is the loader's
+    keys, outs = [f'{i:06d}' for i in range(n)], cycle([dl.shelf.get_batch([f'{i:06d}' for i in range(bs)]) for _ in range(2)])
+    def read(i): dl.shelf.get_batch([keys[j] for j in i], out=next(outs))
     def np_copy(i):  # as `get_batch` copies: this thread takes the first share of the rows, the pool the others
         futs = [pool.submit(rows, i, j) for j in range(1, k)]
         rows(i, 0)
@@ -360,6 +365,7 @@ def bench_copy(d:Path, n:int, side:int, bs:int, rounds:int=7) -> list:
     with ThreadPoolExecutor(max(k - 1, 1)) as pool:
         runs = {COPY_NP: lambda: _copied(ix, np_copy),
                 COPY_TORCH: lambda: _copied(ix, lambda i: torch.stack([ts[j] for j in i], out=tout)),
+                OURS_READ: lambda: _copied(ix, read),
                 OURS_U8: lambda: _epoch(dl)}
         for f in runs.values(): f()  # warm-up: pages faulted in, threads started
         got = {name: [] for name in runs}
@@ -708,10 +714,12 @@ def check_targets(rows, sizes) -> list:
                             f"{o['img_s']/t['img_s']:.1f}x", o['img_s'] / t['img_s'] / need)
     for side in sorted({r['side'] for r in rows if r['name'] == OURS_U8}):
         o, cn, ct = (_get(rows, name=nm, side=side)['img_s_median'] for nm in (OURS_U8, COPY_NP, COPY_TORCH))
+        rd = _get(rows, name=OURS_READ, side=side)  # where the gap lies: the shelf's read, or the DataLoader around it
+        rd = f"; get_batch alone {rd['img_s_median']/cn:.2f}x ({rd['img_s_median']:,.0f})" if rd else ''
         # The loader does the copy and more: a ceiling below it means the copies were disturbed in this run, not a result
         bad = ': a ceiling below the loader, so the copies were disturbed: run it again' if min(cn, ct) < o else ''
         add(f'ours ShelfDataLoaders uint8 >= 0.8x the memcpy ceiling at {side}x{side} (medians of the same rounds)',
-            f"{o/cn:.2f}x numpy's row copies ({o:,.0f} vs {cn:,.0f} img/s); {o/ct:.2f}x one torch.stack ({ct:,.0f}){bad}",
+            f"{o/cn:.2f}x numpy's row copies ({o:,.0f} vs {cn:,.0f} img/s); {o/ct:.2f}x one torch.stack ({ct:,.0f}){rd}{bad}",
             0. if bad else o / cn / 0.8)
     for side in sorted({r.get('side') for r in rows if r['name'].startswith('FFCV')}, key=str):
         at = [r for r in rows if r.get('side') == side]  # FFCV's loaders and ours beside them, in the same rounds

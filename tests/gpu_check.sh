@@ -10,5 +10,8 @@ nvidia-smi -L; python3 -c "import torch, fastai_shelve; print(torch.__version__,
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_ahead.py tests/test_gpu_augment.py tests/test_parity.py \
   tests/test_randomness.py tests/test_item_path.py tests/test_fastai.py tests/test_fastai_names.py \
   --deselect tests/test_fastai_names.py::test_cli_build_with_fastai_names 2>&1 | tee $OUT/tests.log | tail -25
+tests=${PIPESTATUS[0]}  # pytest's status, not tail's: the run's own exit status says whether the CUDA tests passed
 timeout 330 python3 -c "from fastai_shelve.cli import main; main()" bench --sections gpu --out /tmp/bench 2>&1 | tail -30
+bench=${PIPESTATUS[0]}
 cp /tmp/bench/bench.json /tmp/bench/bench.txt /tmp/bench/bench.png $OUT/ 2>/dev/null; ls $OUT
+echo "pytest exit $tests, bench exit $bench"; [ "$tests" = 0 ] && [ "$bench" = 0 ]
