@@ -306,6 +306,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.fetch.ShelfDL.assemble': ('fetch.html#shelfdl.assemble', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.ShelfDL.batch_plans': ( 'fetch.html#shelfdl.batch_plans',
                                                                                   'fastai_shelve/fetch.py'),
+                                     'fastai_shelve.fetch.ShelfDL.batch_pool': ('fetch.html#shelfdl.batch_pool', 'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.ShelfDL.before_iter': ( 'fetch.html#shelfdl.before_iter',
                                                                                   'fastai_shelve/fetch.py'),
                                      'fastai_shelve.fetch.ShelfDL.chunkify': ('fetch.html#shelfdl.chunkify', 'fastai_shelve/fetch.py'),

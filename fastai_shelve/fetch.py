@@ -305,9 +305,13 @@ class ShelfDL(AheadDL):
 
     def read_call(self, keys):
         "`get_batch` of `keys` into batch arrays no one holds: a call to make here or on the read-ahead thread."
-        pin = self.reads_ahead()  # pinned buffers where batches go to a GPU ahead
-        if getattr(self, '_pool', None) is None or self._pool.pin != pin: self._pool = BatchPool(pin=pin)
-        return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self._pool.get(len(keys)))
+        return partial(self.shelf.get_batch, keys, fields={f for f,_ in self.plans[0]}, out=self.batch_pool().get(len(keys)))
+
+    def batch_pool(self) -> BatchPool:
+        "The batch arrays this loader's reads fill again: pinned where batches go to a GPU ahead."
+        # One pool of each kind, kept: `one_batch` (`show_batch`) reads unpinned between epochs that read into pinned buffers
+        pin, pools = self.reads_ahead(), self.__dict__.setdefault('_pools', {})
+        return pools[pin] if pin in pools else pools.setdefault(pin, BatchPool(pin=pin))
 
     def start_read(self, idxs):
         "The read of the batch at `idxs` started on this process's read-ahead thread (a future), or None."
@@ -325,7 +329,7 @@ class ShelfDL(AheadDL):
         except (ShelfError, KeyError):  # records differ in shape: item by item for the rest of the epoch
             self.plans = None
             return None
-        self._pool.learn(arrs)
+        self.batch_pool().learn(arrs)
         return arrs
 
     def chunkify(self, b):
@@ -392,5 +396,5 @@ class ShelfDL(AheadDL):
         return super().new(dataset, cls, **merge(dict(shelf=self.shelf), kwargs))
 
     def __getstate__(self):  # batch arrays kept for reuse and reads in flight never travel (a worker, an exported Learner)
-        return {k:v for k,v in super().__getstate__().items() if k not in ('_pool', 'pending')} | {'pending': {}}
+        return {k:v for k,v in super().__getstate__().items() if k not in ('_pools', 'pending')} | {'pending': {}}
     def __setstate__(self, d): self.__dict__.update(d)

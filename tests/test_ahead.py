@@ -101,10 +101,13 @@ def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):
     dls = ShelfDataLoaders.from_shelf(path, bs=8, seed=0, num_workers=0, device='cuda')
     dl = dls.train
     x, y = dl.one_batch()  # one batch: made when asked, nothing read into pinned buffers ahead
-    assert x.is_cuda and not dl._pool.pin
+    assert x.is_cuda and set(dl._pools) == {False}
     for x, y in dl: break  # stopped after one batch: the batch started ahead is waited for
-    assert x.is_cuda and dl._pool.pin
-    assert all(torch.frombuffer(e['bufs']['image'], dtype=torch.uint8).is_pinned() for e in dl._pool.entries)
+    pinned = dl._pools[True]
+    assert x.is_cuda and pinned.pin and pinned.entries
+    assert all(torch.frombuffer(e['bufs']['image'], dtype=torch.uint8).is_pinned() for e in pinned.entries)
+    dl.one_batch()  # `show_batch` between epochs: the pinned buffers are kept for the next epoch, not made again
+    assert dl._pools[True] is pinned and dl.batch_pool() is pinned
     n = sum(len(b[0]) for b in dl)
     assert n == len(dl.items) // 8 * 8
     from torch import nn

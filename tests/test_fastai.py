@@ -35,7 +35,7 @@ def test_training_uses_the_same_batch_arrays_again(bars_shelf, n_workers):
     dls = ShelfDataLoaders.from_shelf(path, bs=4, seed=0, num_workers=n_workers)  # 10 training batches an epoch
     learn = Learner(dls, tiny_cnn(), loss_func=BCEWithLogitsLossFlat(), metrics=accuracy_multi)
     with learn.no_bar(), learn.no_logging(): learn.fit(3)
-    pool = dls.train._pool
+    pool = dls.train.batch_pool()
     assert len(pool.entries) > 0 and pool.misses == 0, f'{pool.misses} batches in fresh arrays'
     it = iter(dls.train.new(after_batch=None))
     first = next(it)
