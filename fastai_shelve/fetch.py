@@ -10,18 +10,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np, torch
 from functools import partial
 from fastcore.basics import ifnone, merge, store_attr, noop
-from fastcore.xtras import is_listy
-from fastai.torch_core import apply, to_device
-from fastai.data.load import _loaders
-from fastai.data.core import TfmdDL
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
 from .codec import ShelfError
 from .interface import ShelfBase, shelf_here
+from .ahead import AheadDL
 
 # %% auto #0
 __all__ = ['ShelfReader', 'find_shelf', 'batch_fn', 'batch_plan', 'needs_pil', 'items_need_pil', 'PilWhenNeeded', 'type_tfms',
-           'one_ahead', 'batch_tensors', 'CudaAhead', 'AheadDL', 'BatchPool', 'ahead_thread', 'read_ahead', 'ShelfDL']
+           'BatchPool', 'ahead_thread', 'read_ahead', 'ShelfDL']
 
 # %% ../nbs/03_fetch.ipynb #85e09b9b
 class ShelfReader(Transform):
@@ -76,110 +73,6 @@ def type_tfms(dataset) -> list:
     "The type transforms of each part of `dataset`."
     return [f for tl in getattr(dataset, 'tls', [dataset]) for f in getattr(getattr(tl, 'tfms', None), 'fs', [])]
 
-# %% ../nbs/03_fetch.ipynb #b7d1a0e3
-_END = object()
-
-def one_ahead(batches, start, finish):
-    "`finish(start(b))` for each of `batches`, the next one `start`ed before this one is `finish`ed and yielded."
-    it = iter(batches)
-    def nxt():
-        b = next(it, _END)
-        return b if b is _END else start(b)
-    cur = nxt()
-    while cur is not _END:
-        ahead = nxt()  # started before this batch is handed over: it is made while this one is used
-        yield finish(cur)
-        cur = ahead
-
-def batch_tensors(b) -> list:
-    "The tensors in batch `b` (nested tuples, lists and dicts, as fastai's `to_device` walks them)."
-    if isinstance(b, torch.Tensor): return [b]
-    if isinstance(b, dict): b = list(b.values())
-    return [t for o in b for t in batch_tensors(o)] if is_listy(b) else []
-
-class CudaAhead:
-    "`start` copies a batch to CUDA `device` on stream `side`; `finish` hands the copy to the current (training) stream."
-    def __init__(self, device, side):
-        self.device, self.side, self.held = device, side, None
-        self.side.wait_stream(torch.cuda.current_stream(device))  # what the training stream queued before comes first
-
-    def start(self, b):
-        # A copy from pageable memory first waits, holding this thread, for the side stream's copies before it (the batch's
-        # images): the parts made unpinned are pinned first (labels made by `.float()`: a small copy; RGB images by `.contiguous()`)
-        b = apply(lambda o: o.pin_memory() if isinstance(o, torch.Tensor) and not o.is_cuda and not o.is_pinned() else o, b)
-        with torch.cuda.stream(self.side): out = to_device(b, self.device, non_blocking=True)  # pinned memory: async
-        return b, out, self.side.record_event()
-
-    def finish(self, job):
-        b, out, ev = job
-        main = torch.cuda.current_stream(self.device)
-        main.wait_event(ev)  # the training stream uses the batch once its copy is done
-        for t in batch_tensors(out):
-            if t.is_cuda: t.record_stream(main)  # side-stream memory, used on the training stream
-        self.release((b, ev))
-        return out
-
-    def release(self, held=None):
-        "Keep host batch `held` (pinned buffers its copy may still read) until the next is handed over; let go of the one before."
-        if self.held is not None: self.held[1].synchronize()  # queued a step ago: done long since
-        self.held = held
-
-class AheadDL(TfmdDL):
-    "A `TfmdDL` that, on a CUDA device, makes each batch one step ahead and copies it `non_blocking` on a side stream."
-    def __init__(self, dataset=None, ahead:bool=True, # on a CUDA device: each batch made and copied one step ahead on a side stream
-                 **kwargs):
-        self.ahead = ahead
-        super().__init__(dataset, **kwargs)
-
-    def ahead_device(self) -> torch.device|None:
-        "The CUDA device batches are made on one step ahead, or None (no CUDA, `ahead=False`): fastai's own iteration."
-        if not self.ahead or self.device is None or not torch.cuda.is_available(): return None
-        d = torch.device(self.device)
-        return d if d.type == 'cuda' else None
-
-    def one_batch(self):
-        ahead, self.ahead = self.ahead, False  # one batch: nothing to overlap, so none read or copied ahead (`show_batch`)
-        try: return super().one_batch()
-        finally: self.ahead = ahead
-
-    def makes_ahead(self) -> bool:
-        "Can a batch be made before the one before it is used: does making it draw nothing from this process's generators?"
-        return self.fake_l.num_workers > 0  # worker processes make the items, with generators of their own
-
-    def side_stream(self, device) -> torch.cuda.Stream:
-        "This loader's stream for copies to `device`: one for its life (the caching allocator reuses memory per stream)."
-        if getattr(self, '_streams', None) is None: self._streams = {}
-        if device not in self._streams: self._streams[device] = torch.cuda.Stream(device)
-        return self._streams[device]
-
-    def __iter__(self):
-        d = self.ahead_device()
-        return super().__iter__() if d is None or not self.makes_ahead() else self.iter_ahead(d)
-
-    def iter_ahead(self, device):
-        "fastai's `DataLoader.__iter__`, each batch made and copied on a side stream one step ahead; `after_batch` in fastai's order."
-        self.randomize()
-        self.before_iter()
-        self._DataLoader__idxs = self.get_idxs()  # fastai's `sample` reads them under its class's private name
-        cuda = CudaAhead(device, self.side_stream(device))
-        def finish(job):
-            # The batch transforms draw from the generators the training step draws from (dropout, MixUp): run here, at
-            # the hand-over, they draw in fastai's order, and `ahead` on or off gives the same batches to the same model
-            return self.after_batch(cuda.finish(job))
-        def start(b):
-            if self.pin_memory and type(b) == list: b = tuple(b)  # as fastai: `pin_memory` makes lists
-            return cuda.start(b)
-        try: yield from one_ahead(_loaders[self.fake_l.num_workers == 0](self.fake_l), start, finish)
-        finally: cuda.side.synchronize(); cuda.release()  # stopped early too: no copy in flight reads buffers let go of
-        self.after_iter()
-        if hasattr(self, 'it'): del self.it
-
-    def __getstate__(self):  # CUDA streams never travel (a worker, an exported Learner)
-        return {k:v for k,v in self.__dict__.items() if k != '_streams'}
-
-    def new(self, dataset=None, cls=None, **kwargs):
-        return super().new(dataset, cls, **merge(dict(ahead=self.ahead), kwargs))
-
 # %% ../nbs/03_fetch.ipynb #2dd6b7cb
 class BatchPool:
     "Batch arrays filled again once nothing made from them is alive."
@@ -192,8 +85,8 @@ class BatchPool:
         return memoryview(torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()) if self.pin else bytearray(nbytes)
 
     def learn(self, arrs:dict):
-        "Take the fields, dtypes and row shapes of batch `arrs` as what to make; a change starts the pool afresh."
-        spec = {k:(v.dtype, v.shape[1:]) for k,v in arrs.items() if isinstance(v, np.ndarray)}
+        "Take the fields of batch `arrs` as what to make (arrays' dtypes and row shapes, lists of values); a change starts the pool afresh."
+        spec = {k:(v.dtype, v.shape[1:]) if isinstance(v, np.ndarray) else None for k,v in arrs.items()}
         if spec != self.spec: self.spec, self.entries = spec, []
 
     def free(self, n:int) -> dict|None:
@@ -216,14 +109,15 @@ class BatchPool:
             if len(self.entries) >= self.size:
                 self.misses += 1
                 return None
-            e = dict(n=n, bufs={k: self.buffer(n * int(np.prod(s, dtype=np.int64)) * dt.itemsize) for k,(dt,s) in self.spec.items()})
+            e = dict(n=n, bufs={k: self.buffer(n * int(np.prod(s[1], dtype=np.int64)) * s[0].itemsize) for k,s in self.spec.items() if s})
             self.entries.append(e)
         return self._hand_out(e)
 
     def _hand_out(self, e) -> dict:
-        owners = {k: np.frombuffer(e['bufs'][k], dt) for k,(dt,_) in self.spec.items()}
+        owners = {k: np.frombuffer(b, self.spec[k][0]) for k,b in e['bufs'].items()}
         e['refs'] = [weakref.ref(o) for o in owners.values()]
-        return {k: o.reshape((e['n'],) + self.spec[k][1]) for k,o in owners.items()}
+        # A record's JSON values (a `ShelfReader` of one) go into lists, as `get_batch` makes them without `out`
+        return {k: owners[k].reshape((e['n'],) + s[1]) if s else [None] * e['n'] for k,s in self.spec.items()}
 
 # %% ../nbs/03_fetch.ipynb #e9ffe579
 _AHEAD = 'fastai_shelve_ahead'

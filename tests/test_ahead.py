@@ -4,7 +4,8 @@ import random
 import numpy as np, pytest, torch
 from fastai.vision.all import aug_transforms, set_seed, Resize, RandomResizedCrop, Learner, BCEWithLogitsLossFlat
 from fastai_shelve.data import ShelfDataLoaders
-from fastai_shelve.fetch import ShelfDL, one_ahead
+from fastai_shelve.fetch import ShelfDL
+from fastai_shelve.ahead import one_ahead
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 
@@ -40,10 +41,11 @@ def test_made_ahead_only_where_nothing_is_drawn(bars_shelf):
 
 def test_batch_tensors_walks_what_to_device_walks():
     "Every tensor `to_device` moves (in tuples, lists, fastcore `L`s, dicts) is found, to be recorded on the training stream."
-    from fastai_shelve.fetch import batch_tensors
+    from fastai_shelve.ahead import batch_tensors
     from fastcore.foundation import L
-    a, b, c, d = torch.zeros(1), torch.ones(2), torch.full((3,), 2.), torch.zeros(4)
-    assert [t.numel() for t in batch_tensors(({'x': a, 'more': [b]}, c, L([d]), 'a name'))] == [1, 2, 3, 4]
+    from collections import UserDict
+    a, b, c, d, e = torch.zeros(1), torch.ones(2), torch.full((3,), 2.), torch.zeros(4), torch.ones(5)
+    assert [t.numel() for t in batch_tensors(({'x': a, 'more': [b]}, c, L([d]), 'a name', UserDict(y=e)))] == [1, 2, 3, 4, 5]
 
 def test_one_ahead_stops_early_and_empty():
     "A loop that breaks leaves one batch started and never finished; no batches, no calls."
@@ -120,7 +122,7 @@ def test_ahead_reads_into_pinned_buffers_and_trains(bars_shelf):
 def test_every_copy_ahead_is_from_pinned_memory():
     "What `CudaAhead` copies is page-locked (labels made by `.float()` are pinned first): no copy holds the training thread."
     from fastai.torch_core import TensorImage, TensorMultiCategory
-    from fastai_shelve.fetch import CudaAhead, batch_tensors
+    from fastai_shelve.ahead import CudaAhead, batch_tensors
     d = torch.device('cuda')
     cuda = CudaAhead(d, torch.cuda.Stream(d))
     x = TensorImage(torch.zeros(2, 1, 8, 8, dtype=torch.uint8).pin_memory())

@@ -8,7 +8,7 @@ MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 # The layers, bottom up: a module may import only from layers below its own (and `all`/`cli` sit on top).
 LAYERS = [['codec'], ['interface'], ['meta'], ['lmdb_env'], ['lmdb_check', 'lmdb_batch'], ['lmdb_shelf', 'std_shelf'], ['sharded_shelf'], ['store'],
           ['images', 'labels', 'workers', 'rerun'],
-           ['build', 'augment', 'gpu_augment', 'distributed', 'info'], ['shards', 'fetch', 'splits'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
+           ['build', 'augment', 'gpu_augment', 'distributed', 'info', 'ahead'], ['shards', 'fetch', 'splits'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 
 def imports_of(mod:str) -> list:

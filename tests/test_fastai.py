@@ -77,6 +77,28 @@ def test_whole_batch_equals_items_for_rgb_and_categories(tmp_path):
             assert x.shape[1] == 3 and torch.equal(x, u) and torch.equal(y, v) and type(x) == type(u) and type(y) == type(v)
     assert list(dls.vocab) == ['cvc', 'ett', 'ngt'], dls.vocab
 
+def test_a_json_value_field_reads_whole_batch_after_batch(tmp_path):
+    "A `ShelfReader` of a record's JSON value: every batch, the first in fresh arrays and the rest in the pool's, equals fastai's."
+    from fastai.vision.all import DataBlock, TransformBlock, IndexSplitter, Transform, TensorImageBW, TensorCategory
+    from fastai_shelve.fetch import ShelfReader
+    with open_shelf(tmp_path/'v.shelf', 'n') as s:
+        s.put_many([(f'k{i:02d}', {'image': np.full((8, 8), i, np.uint8), 'tag': 'ab'[i % 3 == 0]}) for i in range(16)])
+    shelf = open_shelf(tmp_path/'v.shelf')
+    class ToImage(Transform):
+        def encodes(self, o:np.ndarray): return TensorImageBW(torch.from_numpy(o)[None])
+        def encodes_batch(self, o:np.ndarray): return TensorImageBW(torch.from_numpy(o)[:, None])
+    class ToTag(Transform):
+        def encodes(self, o): return TensorCategory('ab'.index(o))
+        def encodes_batch(self, o): return TensorCategory(torch.tensor(['ab'.index(v) for v in o]))
+    db = DataBlock(blocks=(TransformBlock(type_tfms=ToImage()), TransformBlock(type_tfms=ToTag())), get_x=ShelfReader(shelf),
+                   get_y=ShelfReader(shelf, 'tag'), splitter=IndexSplitter(range(12, 16)), dl_type=ShelfDL)
+    dl = db.dataloaders(shelf.keys(), bs=4, shuffle=False, num_workers=0, device='cpu').train
+    assert dl.batch_plans() is not None
+    for _ in range(2):
+        got, want = list(dl), list(dl.new(cls=TfmdDL))
+        assert len(got) == len(want) == 3
+        for (x, y), (u, v) in zip(got, want): assert torch.equal(x, u) and torch.equal(y, v) and type(y) == type(v)
+
 class CountingShelf(Shelf):
     "A shelf that logs each handle it opens, with the pid that opened it."
     log = None
