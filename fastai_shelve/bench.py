@@ -281,7 +281,7 @@ def bench_loaders(d:Path, n:int, side:int, bs:int, seed_aug_imgs:int) -> list:
     from fastai.vision.all import ImageDataLoaders, MultiCategoryBlock, PILImageBW, Normalize
     from fastai_shelve.data import ShelfDataLoaders
     from fastai_shelve.augment import AlbumentationsTransform, xray_augs, xray_valid_augs
-    from fastai_shelve.data import XRAY_STATS
+    from fastai_shelve.getters import XRAY_STATS
     d.mkdir(parents=True, exist_ok=True)
     keys = _write_stores(d, n, side)
     rows = []

@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_build.ipynb #67b87bf5
 from __future__ import annotations
-import os, glob, json, time, warnings
+import os, glob, time, warnings
 from pathlib import Path
 from contextlib import suppress, nullcontext, closing
 import numpy as np, pandas as pd, cv2
@@ -21,7 +21,8 @@ from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-from .rerun import source_facts, resume_tasks, unnamed_records, served_keys, prune_unnamed, drop_records, copy_keys, drop_uncopied, same_path
+from .rerun import source_facts, check_label_meta, resume_tasks, unnamed_records, served_keys, prune_unnamed
+from .rerun import drop_records, copy_keys, drop_uncopied, same_path
 from .meta import ShelfMeta, table_entry
 
 # %% auto #0
@@ -145,8 +146,6 @@ class BuildReport:
         return bool(self.bad) and not self.written and not self.existing and all(b[2] == 'missing file' for b in self.bad)
 
 # %% ../nbs/02_build.ipynb #88eb2517
-_LABEL_META = ('label_kind', 'vocab', 'label_names')
-
 def _codec_meta(compression:str, level:int) -> dict:
     "The metadata naming a shelf's codec: its level only when given (None is the library's default)."
     return dict(compression=compression) | ({} if level is None else dict(compression_level=level))
@@ -165,15 +164,7 @@ def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:
         if old != settings:
             diff = {k:(v, w) for (k,v),w in zip(old.as_meta().items(), settings.as_meta().values()) if v != w}
             raise ShelfError(f"{path} was built with other settings {diff} (was, now): resume with the same ones or build to a new path")
-        if label_meta is not None:
-            was, now = ({k: m.get(k) for k in _LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
-            if was != now:
-                diff = {k:(was[k], now[k]) for k in _LABEL_META if was[k] != now[k]}
-                # A table without any row of a class gives a fresh build a smaller vocab: the stored records hold the old indices
-                keep = f"; keep the shelf's with vocab={was['vocab']!r}" if set(now['vocab'] or ()) < set(was['vocab'] or ()) else ''
-                raise ShelfError(f"{path} was built with other labels {diff} (was, now), which its records hold: train on this table "
-                                 f"with ShelfDataLoaders.from_df(df, shelf, ...) (targets and vocab from the table, as fastai's "
-                                 f"from_df){keep}, or build to a new path")
+        if label_meta is not None: check_label_meta(path, meta, label_meta)
         # Records in another codec would read back, but the shelf would no longer be what its metadata says
         if codec is None: return
         was = (meta.compression, meta.compression_level)  # recorded when given: None is the library's default

@@ -4,211 +4,38 @@
 
 # %% ../nbs/05_data.ipynb #87041646
 from __future__ import annotations
-import os, errno, pickle
+import os, pickle
 from pathlib import Path
-import numpy as np, pandas as pd, torch
-from PIL import Image
-from fastcore.basics import store_attr, ifnone
+import pandas as pd
+from fastcore.basics import ifnone
 from fastcore.meta import delegates
 from fastcore.foundation import L
 from fastcore.xtras import is_listy
 from fasttransform import Pipeline
-from fastai.torch_core import TensorImage, TensorImageBase, TensorImageBW, TensorMask, TensorMultiCategory, TensorCategory
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock
-from fastai.data.transforms import ColReader, IntToFloatTensor, Normalize, Transform, CategoryMap
-from fastai.data.transforms import EncodedMultiCategorize, Categorize, RegressionSetup
+from fastai.data.transforms import ColReader, Normalize, CategoryMap
 from fastai.data.core import DataLoaders
-from fastai.vision.core import AddMaskCodes, PILImage, PILImageBW, PILMask
-from fastai.losses import CrossEntropyLossFlat
+from fastai.vision.core import PILImageBW
 from .codec import ShelfError
 from .interface import ShelfBase, PixelStats, shelf_here
 from .store import open_shelf
 from .images import BuildSettings, record_meta
 from .labels import block_kind, block_options, label_columns
 from .meta import ShelfMeta
-from .fetch import ShelfDL, ShelfReader, PilWhenNeeded, needs_pil
+from .fetch import ShelfDL, needs_pil
+from .getters import XRAY_STATS, ShelfImageBlock, ShelfMaskBlock, ShelfKey, TableRow, ShelfGetter
+from .getters import MultiLabels, CategoryLabel, RegressionLabel, ShelfCategorize, ShelfMultiCategorize, ShelfRegressionSetup
+from .getters import ShelfTags
+from . import getters
+
+def __getattr__(name):
+    "The getters' names as this module had them: Learners exported by 0.2.6 and before name their classes `data`'s."
+    if name in getters.__all__: return getattr(getters, name)  # how `pickle` finds a class: the module's attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 from .splits import shelf_items, shelf_splitter, table_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
-__all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'ArrayToMask', 'ShelfImageBlock', 'ShelfMaskBlock',
-           'ShelfKey', 'TableRow', 'ShelfGetter', 'TargetGetter', 'MultiLabels', 'CategoryLabel', 'RegressionLabel',
-           'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfRegressionSetup', 'shelf_dblock', 'ShelfDataLoaders']
-
-# %% ../nbs/05_data.ipynb #82918dbf
-XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
-
-class TensorImageGray(TensorImageBW):
-    "A one-channel image shown with the `gray` colormap (bright is white)."
-    _show_args = {'cmap': 'gray'}
-
-class PILImageGray(PILImageBW):
-    "A one-channel PIL image that becomes a `TensorImageGray`."
-    _tensor_cls = TensorImageGray
-
-class ArrayToImage(PilWhenNeeded, Transform):
-    "uint8 (H,W) → `TensorImageGray` (1,H,W); (H,W,C) → `TensorImage` (C,H,W), no copy; with `pil`, PIL images (fastai's item tfms)."
-    def encodes(self, o:np.ndarray):
-        if self.makes_pil: return (PILImageGray if o.ndim == 2 else PILImage).create(o)
-        t = torch.from_numpy(o)
-        return TensorImageGray(t[None]) if t.ndim == 2 else TensorImage(t.permute(2, 0, 1))
-    def encodes_batch(self, o:np.ndarray):
-        "A stacked (N,H,W) or (N,H,W,C) batch → (N,C,H,W), as the per-item path and collation would give."
-        t = torch.from_numpy(o)
-        return TensorImageGray(t[:, None]) if t.ndim == 3 else TensorImage(t.permute(0, 3, 1, 2).contiguous())
-
-class ArrayToMask(PilWhenNeeded, Transform):
-    "An integer (H,W) array → `TensorMask` (with `pil`, a `PILMask`, for fastai's item transforms)."
-    loss_func = CrossEntropyLossFlat(axis=1)  # what fastai's `MaskBlock` gives `unet_learner` to infer
-    def encodes(self, o:np.ndarray): return PILMask.create(o) if self.makes_pil else TensorMask(torch.from_numpy(o))
-    def encodes_batch(self, o:np.ndarray): return TensorMask(torch.from_numpy(o))
-
-def ShelfImageBlock(pil:bool=False):
-    "A `TransformBlock` for record images: arrays to tensor images (PIL images with `pil`), uint8 until `IntToFloatTensor`."
-    return TransformBlock(type_tfms=ArrayToImage(pil), batch_tfms=IntToFloatTensor)
-
-def ShelfMaskBlock(codes=None, pil:bool=False):
-    "A `TransformBlock` for segmentation masks stored in records, as fastai's `MaskBlock` (`codes` name the classes)."
-    return TransformBlock(type_tfms=ArrayToMask(pil), item_tfms=AddMaskCodes(codes=codes), batch_tfms=IntToFloatTensor)
-
-# %% ../nbs/05_data.ipynb #96ff2d89
-class ShelfKey(str):
-    "A training item: a key read from the shelf only (a missing one is the shelf's `MissingKeyError`), at row `row` of its table."
-    def __new__(cls, key, row:int=None):
-        o = super().__new__(cls, key); o.row = row
-        return o
-
-class TableRow(Transform):
-    "A `ShelfKey`'s row of `df` (a DataFrame row given itself, as `test_dl(df, with_labels=True)` gives them): what `ColReader` reads."
-    def __init__(self, df): super().__init__(); self.df = df
-    def encodes(self, o): return o if isinstance(o, pd.Series) else self.df.iloc[o.row]
-
-class ShelfGetter(ShelfReader):
-    """Read `field` of a shelf key's record; with `new_items`, also a file (a `Path`, or a str that is no key), a DataFrame
-    row (its `fn_col` file, as the build named it), a PIL image, an array or a (C,H,W) tensor, prepared as the build did.
-    Floats follow fastai's rule: values in [0, 1] are ×255 (undoing `IntToFloatTensor`); other floats and 16-bit values are
-    scaled as the build scaled its files (`scale`)."""
-    input_types = (str, Path, pd.Series, Image.Image, np.ndarray, torch.Tensor)  # fastai's `test_dl` keeps this transform for all
-    def __init__(self, shelf:ShelfBase, field:str='image', new_items:bool=False, settings:BuildSettings=None, files:dict=None):
-        super().__init__(shelf, field); store_attr('new_items,settings,files')
-    def encodes(self, o):
-        # A DataFrame row at a target getter (`test_dl(df, with_labels=True)`): its label columns, as fastai's `ColReader`
-        if isinstance(o, pd.Series) and not self.new_items: return self.from_row(o)
-        return self.post(self.read(o))
-    def from_row(self, row):
-        "The target of DataFrame row `row`, from its columns as the build read them."
-        raise ShelfError(f"{self.shelf.path}: a DataFrame row's {self.field!r} is not in its columns: test_dl(df) without labels")
-    def label_cols(self, row) -> pd.Series:
-        "`row`'s values in the build's label columns."
-        cols = (self.files or {}).get('label_col')
-        if not cols: raise ShelfError(f"{self.shelf.path} keeps no label columns (built from files, or before they were kept): "
-                                      f"rebuild it from a table for test_dl(df, with_labels=True)")
-        miss = [c for c in cols if c not in row.index]
-        if miss: raise ShelfError(f"the rows have no column {miss[0]!r}, a label column of {self.shelf.path}")
-        return row[cols]
-    def read(self, o):
-        if not self.new_items or isinstance(o, ShelfKey):  # a key of the shelf's own items is never read as a file
-            if isinstance(o, str): return self.shelf[o][self.field]
-            raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
-        if isinstance(o, pd.Series): o = self.file_of(o)
-        if isinstance(o, str):
-            rec = self.record(o)
-            if rec is not None: return rec[self.field]
-            o = Path(o)
-        if isinstance(o, Path):
-            if not o.is_file(): raise FileNotFoundError(errno.ENOENT, f"no image file (nor a key of {self.shelf.path})", str(o))
-            return self.settings.load_new(o)
-        if isinstance(o, torch.Tensor):  # fastai's rule: a `TensorImage` is (C,H,W), a plain tensor (H,W,C) as numpy holds it
-            chw = isinstance(o, TensorImageBase) or (o.ndim == 3 and o.shape[0] in (1, 3) and o.shape[-1] not in (1, 3, 4))
-            o = o.detach().cpu().numpy(); o = o.transpose(1, 2, 0) if chw else o
-        if isinstance(o, np.ndarray) and o.dtype.kind == 'f' and o.size and 0 <= np.nanmin(o) and np.nanmax(o) <= 1:
-            o = (o * 255).round().astype(np.uint8)
-        if isinstance(o, (np.ndarray, Image.Image)): return self.settings.prepare(o)
-        raise TypeError(f"cannot read a {type(o).__name__} as an image: a shelf key, a file, a DataFrame row, a PIL image or an array")
-    def record(self, key:str) -> dict|None:
-        "The record of `key`, or None if it is no key here, or the shelf is not here (an exported Learner elsewhere)."
-        if not shelf_here(self.shelf): return None
-        try: return self.shelf[key]
-        except KeyError: return None
-    def file_of(self, row) -> Path:
-        "The file a DataFrame row names, as fastai's `ColReader(fn_col, pref, suff)` does with the build's `path/folder` and `suff`."
-        if not self.files: raise ShelfError(f"{self.shelf.path} was not built from a table: give test_dl files, not rows")
-        return Path(self.files['pref'])/f"{row[self.files['fn_col']]}{self.files['suff']}"
-    def post(self, x): return x
-
-# %% ../nbs/05_data.ipynb #b33d64d1
-class TargetGetter(ShelfGetter):
-    "A getter of a record's targets, written once for a whole batch (`encodes_batch`): one record is a batch of one."
-    def post(self, x): return self.encodes_batch(np.asarray(x)[None])[0]
-    def values(self, keys:list, n:int=1024, every=()) -> list:
-        "The targets of shelf keys `keys`, read `n` records at a time (or until `every` value has come): as read one by one."
-        out = []
-        for i in range(0, len(keys), n):
-            out += self.encodes_batch(self.shelf.get_batch(keys[i:i+n], [self.field])[self.field])
-            if every and set(every) <= set(out): break  # the rest cannot change a vocab learned from them (its first appearances)
-        return out
-
-class MultiLabels(TargetGetter):
-    "A record's 0/1 label vector, flat (the seed stored (1, n))."
-    def __init__(self, shelf, field='labels', names=None, files=None): super().__init__(shelf, field, files=files); self.names = names
-    def encodes_batch(self, o): return o.reshape(len(o), -1)
-    def from_row(self, row):
-        v, delim = self.label_cols(row), self.files.get('label_delim')
-        if delim is None: return v.to_numpy().astype(np.int8)  # 0/1 columns
-        v = v.iloc[0]
-        tags = [] if pd.isna(v) or str(v) == '' else str(v).split(delim)  # as the build split them
-        unknown = sorted(set(tags) - set(self.names))
-        if unknown: raise ShelfError(f"tags {unknown[:5]} are not among {self.shelf.path}'s: {self.names[:10]}")
-        return np.isin(self.names, tags).astype(np.int8)
-
-class CategoryLabel(TargetGetter):
-    "A record's category index, as its value from the shelf's vocab."
-    # `names`, not `vocab`: fastai gathers every `vocab` in a pipeline, and `Categorize` owns that one.
-    def __init__(self, shelf, names, field='labels', files=None): super().__init__(shelf, field, files=files); self.names = list(names)
-    def encodes_batch(self, o): return [self.names[i] for i in o.astype(np.int64).reshape(len(o)).tolist()]
-    def from_row(self, row):
-        v = self.label_cols(row).iloc[0]
-        return v.item() if isinstance(v, np.generic) else v  # the value itself, as `ColReader` gives `Categorize`
-
-class RegressionLabel(TargetGetter):
-    "A record's float targets: a float for one column (as fastai's `ColReader` gives it), else a vector."
-    # `values`: a category shelf's numeric vocab, read as numbers; 0/1 multi-labels are floats as they are.
-    def __init__(self, shelf, n:int, values=None, field='labels', files=None):
-        super().__init__(shelf, field, files=files); self.n, self.values = n, values
-    def encodes_batch(self, o):
-        o = np.asarray(self.values, np.float32)[o.astype(np.int64)] if self.values is not None else o.astype(np.float32)
-        o = o.reshape(len(o), -1)
-        return np.ascontiguousarray(o[:, 0] if self.n == 1 else o)
-    def from_row(self, row):
-        x = self.label_cols(row).to_numpy(np.float32)  # the numbers themselves (a numeric category's too)
-        return x[0] if self.n == 1 else x
-
-# fastai's target transforms, each written once for a whole batch (`ShelfDL` runs them so); an item is a batch of one,
-# so the per-item path (`test_dl`, `predict`, item transforms) cannot disagree with it. `decodes` and `setups` are fastai's.
-class ShelfCategorize(Categorize):
-    "fastai's `Categorize`, on a batch of values at once; its vocab, as fastai's, the training items' values."
-    def setups(self, dsets):
-        fs, items = getattr(getattr(dsets, 'tfms', None), 'fs', []), list(getattr(dsets, 'items', []))
-        # A shelf's keys through their target getter alone: their values read a chunk of records at a time, not one by one
-        if self.vocab is None and len(fs) == 1 and isinstance(fs[0], TargetGetter) and all(isinstance(o, str) for o in items):
-            dsets = fs[0].values(items, every=getattr(fs[0], 'names', ()))
-        super().setups(dsets)
-    def codes(self, o) -> torch.Tensor:
-        "The vocab indices of values `o`, as fastai's `Categorize` finds one (a KeyError in its words)."
-        try: return torch.tensor([self.vocab.o2i[v] for v in o])
-        except KeyError as e: raise KeyError(f"Label '{e.args[0]}' was not included in the training dataset") from e
-    def encodes(self, o): return TensorCategory(self.codes([o])[0])  # typed after indexing: a `TensorBase` index is slow
-    def encodes_batch(self, o): return TensorCategory(self.codes(o))
-
-class ShelfMultiCategorize(EncodedMultiCategorize):
-    "fastai's `EncodedMultiCategorize`, on a batch of 0/1 vectors at once."
-    def floats(self, o:np.ndarray) -> torch.Tensor: return torch.from_numpy(o).float()
-    def encodes(self, o): return TensorMultiCategory(self.floats(np.asarray(o)[None])[0])
-    def encodes_batch(self, o): return TensorMultiCategory(self.floats(o))
-
-class ShelfRegressionSetup(RegressionSetup):
-    "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), on a batch of targets at once."
-    def encodes(self, o): return self.encodes_batch(np.asarray(o)[None])[0]
-    def encodes_batch(self, o): return torch.from_numpy(o).float()
+__all__ = ['shelf_dblock', 'ShelfDataLoaders']
 
 # %% ../nbs/05_data.ipynb #d0737ea9
 def _meta_of(shelf:ShelfBase) -> ShelfMeta:
@@ -247,8 +74,10 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
         missing = [v for v in meta.vocab if vocab is not None and v not in vocab]
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
         # No vocab: fastai's, the training split's values, as the block sorts them (a category only in validation is not in it)
-        opts = block_options(y_block)  # the build put a given vocab in its block's order; `add_na` is this block's say
-        if built: opts = dict(sort=False, add_na=opts.get('add_na', False))
+        # A block's `sort` and `add_na` shape the vocab learnt: this one's, else the build's (as its block on the files)
+        opts = block_options(y_block) if y_block is not None else (meta.block_options or {})
+        # A given vocab the build put in its block's order (with its `#na#`): `add_na` is this block's say
+        if built: opts = dict(sort=False, add_na=block_options(y_block).get('add_na', False))
         cat = ShelfCategorize(vocab=meta.vocab if built else None, **opts) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
         return TransformBlock(type_tfms=cat), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None
@@ -260,7 +89,10 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
             raise ShelfError(f"vocab {list(vocab)[:5]} is not in {shelf.path}'s tag order {names[:5]}: leave it out, build with "
                              f"vocab= in your order, or read the tags from the table: ShelfDataLoaders.from_df(df, shelf, ...)")
         names = vocab
-    return TransformBlock(type_tfms=ShelfMultiCategorize(vocab=list(names))), MultiLabels(shelf, 'labels', stored, meta.files)
+    # Tags without a vocab given: fastai's, the training split's (the records hold the whole table's)
+    learn = vocab is None and meta.label_delim is not None and not meta.vocab_given
+    tfm = ShelfTags(stored) if learn else ShelfMultiCategorize(vocab=list(names))
+    return TransformBlock(type_tfms=tfm), MultiLabels(shelf, 'labels', stored, meta.files)
 
 def _own_handle(shelf, allow_pickle:bool=False, lock:bool=None) -> ShelfBase:
     "A handle of our own on `shelf` (a path or an open shelf): the user's `with open_shelf(p) as s:` block closes theirs."

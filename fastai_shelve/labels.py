@@ -120,7 +120,7 @@ def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, 
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     labels, meta = _encoded(df, keys, label_col, label_delim, y_block, vocab)
     # Every field, None where it has no say: a rerun's metadata is a fresh build's, not an earlier build's fields left over
-    return labels, dict(label_delim=None, vocab_given=None) | meta
+    return labels, dict(label_delim=None, vocab_given=None, block_options=None) | meta
 
 def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
     kind, n_out, bvocab = block_kind(y_block)
@@ -160,7 +160,8 @@ def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
     # `vocab_given`: the vocab is the model's (as a `CategoryBlock(vocab=)`), not one to learn from the training rows
-    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab, vocab_given=given)
+    return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab, vocab_given=given,
+                                                            block_options=block_options(y_block) or None)
 
 def _multi(a, keys, names) -> tuple:
     bad = ~np.isin(a, (0, 1))
@@ -181,7 +182,8 @@ def _tags(col, keys, cols, delim, vocab) -> tuple:
     idx = {t:i for i,t in enumerate(names)}
     a = np.zeros((len(tags), len(names)), np.int8)
     for r,ts in enumerate(tags): a[r, [idx[t] for t in ts]] = 1
-    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim)
+    # `vocab_given`: the tags are the model's (as a `MultiCategoryBlock(vocab=)`), not the training rows' to learn
+    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim, vocab_given=vocab is not None and not isinstance(vocab, TableVocab))
 
 def _regression(df, keys, cols, n_out) -> tuple:
     "Float targets (fastai's `RegressionBlock`): one float32 per column, in order."

@@ -29,6 +29,7 @@ class ShelfMeta(Mapping):
               'image_mode', # 'L' or 'RGB'
               'compression', 'compression_level', # the codec records are written with
               'label_kind', 'vocab', 'label_names', 'label_delim', 'vocab_given', # what `encode_labels` wrote
+              'block_options', # a build's `CategoryBlock(sort=, add_na=)`: they shape the vocab `from_shelf` learns
               'codes', # a mask's class names
               'valid_col', # the table's bool column marking the validation set
               'files', # how `test_dl` finds a table row's file: fn_col, pref, suff, label_col, label_delim

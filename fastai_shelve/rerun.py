@@ -4,15 +4,15 @@
 
 # %% ../nbs/02c_rerun.ipynb #2c000003
 from __future__ import annotations
-import os, zlib
+import os, zlib, json
 import numpy as np
 from .codec import ShelfError
 from .interface import frame_key, frame_file
 
 # %% auto #0
-__all__ = ['LABEL_CHUNK', 'file_facts', 'file_crc', 'source_facts', 'check_stored_labels', 'resume_tasks', 'changed_ids',
-           'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys', 'drop_uncopied', 'same_path',
-           'prune_unnamed']
+__all__ = ['LABEL_CHUNK', 'LABEL_META', 'file_facts', 'file_crc', 'source_facts', 'check_label_meta', 'check_stored_labels',
+           'resume_tasks', 'changed_ids', 'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys',
+           'drop_uncopied', 'same_path', 'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
 def file_facts(p, content:bool=False) -> list:
@@ -35,6 +35,19 @@ def source_facts(fn, mask_fn=None, content:bool=False) -> dict|None:
 
 # %% ../nbs/02c_rerun.ipynb #2c000009
 LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
+LABEL_META = ('label_kind', 'vocab', 'label_names')  # how the records' labels are encoded: a resume's must be the shelf's
+
+def check_label_meta(path, meta, label_meta:dict):
+    "Refuse a resume of `path` (metadata `meta`) whose table encodes labels otherwise (`label_meta`) than its records hold them."
+    was, now = ({k: m.get(k) for k in LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
+    if was == now: return
+    diff = {k:(was[k], now[k]) for k in LABEL_META if was[k] != now[k]}
+    # A table without any row of a class gives a fresh build a smaller vocab: the stored records hold the old indices
+    smaller = was['label_kind'] == now['label_kind'] == 'category' and set() < set(now['vocab']) < set(was['vocab'])
+    keep = f"; keep the shelf's with vocab={was['vocab']!r}" if smaller else ''
+    raise ShelfError(f"{path} was built with other labels {diff} (was, now), which its records hold: train on this table "
+                     f"with ShelfDataLoaders.from_df(df, shelf, ...) (targets and vocab from the table, as fastai's "
+                     f"from_df){keep}, or build to a new path")
 
 def check_stored_labels(shelf, want:dict, chunk:int=LABEL_CHUNK):
     "Refuse a resume whose table gives records already in `shelf` other labels than they hold (`want`: key → labels)."

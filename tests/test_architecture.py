@@ -8,7 +8,7 @@ MODULES = sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 # The layers, bottom up: a module may import only from layers below its own (and `all`/`cli` sit on top).
 LAYERS = [['codec'], ['interface'], ['meta'], ['lmdb_env'], ['lmdb_check', 'lmdb_batch'], ['lmdb_shelf', 'std_shelf'], ['sharded_shelf'], ['store'],
           ['images', 'labels', 'workers', 'rerun'],
-           ['build', 'augment', 'gpu_augment', 'distributed', 'info', 'ahead'], ['shards', 'fetch', 'splits'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
+           ['build', 'augment', 'gpu_augment', 'distributed', 'info', 'ahead'], ['shards', 'fetch', 'splits'], ['getters'], ['data'], ['demo'], ['bench'], ['cli', 'all']]
 LEVEL = {m: i for i, ms in enumerate(LAYERS) for m in ms}
 
 def imports_of(mod:str) -> list:
@@ -166,3 +166,12 @@ def test_each_name_has_one_home():
         assert '_all_' not in _defined(mod), f"{mod} re-exports names through nbdev's _all_"
         foreign = set(importlib.import_module(f'fastai_shelve.{mod}').__all__) - _defined(mod)
         assert not foreign, (mod, foreign)
+
+def test_learners_exported_before_the_getters_module_still_load():
+    "0.2.6 and before pickled the getters' classes as `fastai_shelve.data`'s (an exported Learner): those names resolve still."
+    import pickle
+    from fastai_shelve import data, getters
+    assert all(getattr(data, n) is getattr(getters, n) for n in getters.__all__)
+    old = pickle.dumps(getters.ArrayToImage(), protocol=0).replace(b'fastai_shelve.getters', b'fastai_shelve.data')
+    assert b'fastai_shelve.data\nArrayToImage' in old and type(pickle.loads(old)) is getters.ArrayToImage
+    with pytest.raises(AttributeError, match='NoSuchName'): data.NoSuchName

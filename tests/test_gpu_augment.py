@@ -2,7 +2,8 @@
 `set_seed`, per-sample random with the recipe's probabilities, the batch's fastai types kept, validation untouched."""
 import math, pytest, torch
 from fastai.vision.all import set_seed, Normalize, IntToFloatTensor
-from fastai_shelve.data import ShelfDataLoaders, TensorImageGray
+from fastai_shelve.data import ShelfDataLoaders
+from fastai_shelve.getters import TensorImageGray
 pytest.importorskip('kornia')
 from fastai_shelve.gpu_augment import xray_gpu_augs, FlipH, RotateBorders, CoarseDropout, downscale
 

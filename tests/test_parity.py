@@ -76,7 +76,7 @@ def test_pil_transforms_on_tensor_items_run_as_on_files(tmp_path):
     "A hand-made DataBlock whose shelf items are tensors: ShelfDL makes them PIL images for fastai's PIL-only Resize, as files are."
     from fastai.data.block import DataBlock
     from fastai.vision.all import ToTensor, TfmdDL
-    from fastai_shelve.data import ShelfImageBlock, ShelfGetter
+    from fastai_shelve.getters import ShelfImageBlock, ShelfGetter
     from fastai_shelve.fetch import ShelfDL
     from fastai_shelve.store import open_shelf
     df = write_bars(tmp_path, 8, ext='.png')
@@ -275,7 +275,7 @@ def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
     # Given a vocab, it is the vocab, as `CategoryBlock(vocab=)`'s
     assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, vocab=['rare', 'b', 'a']).vocab) == ['a', 'b', 'rare']
     # The labels are read a chunk at a time until every category has come: the rest cannot change the vocab
-    from fastai_shelve.data import CategoryLabel
+    from fastai_shelve.getters import CategoryLabel
     from fastai_shelve.store import open_shelf
     with open_shelf(tmp_path/'s.shelf') as s:
         get, keys = CategoryLabel(s, ['a', 'b', 'rare']), df.StudyInstanceUID.tolist()
@@ -287,3 +287,31 @@ def test_vocab_is_the_training_splits_as_in_fastai(tmp_path):
         f = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='y', valid_col='is_valid', bs=4, img_cls=PILImageBW,
                                      item_tfms=Resize(32), y_block=blk, device='cpu')
         assert list(ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, y_block=mk()).vocab) == list(f.vocab)
+        # Given to the build alone, as the files' block is given once: the shelf keeps them for from_shelf
+        build_shelf(df, tmp_path/'b.shelf', path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='y', size=32,
+                    valid_col='is_valid', n_workers=0, progress=False, y_block=mk())
+        assert list(ShelfDataLoaders.from_shelf(tmp_path/'b.shelf', bs=4).vocab) == list(f.vocab)
+
+@pytest.mark.parametrize('n_workers', [0, 2])
+def test_tag_vocab_is_the_training_splits_as_in_fastai(tmp_path, n_workers):
+    "Tags: a tag seen only in validation is no output of the model, and its row fails there, as fastai's `MultiCategorize` on files."
+    df = write_bars(tmp_path, 12, ext='.png')
+    df['fn'], df['is_valid'] = df.StudyInstanceUID + '.png', [i >= 9 for i in range(12)]
+    df['tags'] = ['a b', 'b', 'a', 'b c'] * 2 + ['a', 'c zz', 'b', 'a']  # 'zz': in one validation row only
+    kw = dict(path=tmp_path, fn_col='StudyInstanceUID', suff='.png', label_col='tags', label_delim=' ', size=32, valid_col='is_valid',
+              n_workers=0, progress=False)
+    build_shelf(df, tmp_path/'s.shelf', **kw)
+    files = ImageDataLoaders.from_df(df, tmp_path, fn_col='fn', label_col='tags', label_delim=' ', valid_col='is_valid', bs=4,
+                                     img_cls=PILImageBW, item_tfms=Resize(32), device='cpu', num_workers=n_workers)
+    ours = ShelfDataLoaders.from_shelf(tmp_path/'s.shelf', bs=4, device='cpu', num_workers=n_workers)
+    assert list(ours.vocab) == list(files.vocab) == ['a', 'b', 'c'] and ours.c == files.c == 3
+    ys = lambda dls: torch.cat([y for _, y in dls.train.new(shuffle=False, drop_last=False)])
+    assert torch.equal(ys(ours), ys(files))  # the training targets, column for column
+    for dls in (files, ours):  # the validation row with 'zz' fails as fastai fails on it
+        with pytest.raises(KeyError, match="'zz' were not included in the training dataset"): list(dls.valid)
+    rows = df[df.is_valid & (df.tags != 'c zz')]  # the other validation rows: the same targets as fastai's
+    assert torch.equal(ours.test_dl(rows, with_labels=True).one_batch()[1], files.test_dl(rows, with_labels=True).one_batch()[1])
+    # A vocab given to the build is the model's, as `MultiCategoryBlock(vocab=)` keeps it: 'zz' an output, and no error
+    build_shelf(df, tmp_path/'v.shelf', **kw, vocab=['a', 'b', 'c', 'zz'])
+    given = ShelfDataLoaders.from_shelf(tmp_path/'v.shelf', bs=4, device='cpu', num_workers=n_workers)
+    assert list(given.vocab) == ['a', 'b', 'c', 'zz'] and given.c == 4 and len(torch.cat([y for _, y in given.valid])) == 3
