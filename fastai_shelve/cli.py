@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
 from . import __version__
-from .codec import ShelfError
+from .codec import ShelfError, RecordError
 from .interface import PickleRefusedError, DamagedStoreError
 from .store import open_shelf, shelf_kind
 from .info import shelf_info
@@ -194,7 +194,8 @@ def main(argv=None):
         sys.exit(141)
     except Exception as e:  # one line, never a traceback: the CLI's promise
         print(f"fastai-shelve {cmd}: error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(1 if isinstance(e, DamagedStoreError) else 2)  # a damaged file is bad records found, not a usage error
+        # A damaged file, or a record that does not read (a `convert` meets it), is bad records found, not a usage error
+        sys.exit(1 if isinstance(e, (DamagedStoreError, RecordError)) else 2)
 
 # %% ../nbs/07_cli.ipynb #c7a1e5b0
 if __name__ == '__main__': main()  # `python -m fastai_shelve.cli ...`, as a Kaggle cell's `!python -m` runs it

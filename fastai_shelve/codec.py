@@ -232,7 +232,12 @@ def _parse_header(head:bytes, start:int) -> Layout:
     if not isinstance(h, dict) or not isinstance(h.get('a'), list) or not isinstance(h.get('v'), dict):
         raise RecordError("header lacks its array list or value dict")
     if _depth(h['v']) > _MAX_DEPTH: raise RecordError(f"header values nest deeper than {_MAX_DEPTH} levels")
-    return Layout(tuple(_field(o) for o in h['a']), h['v'], start, head)
+    fs = tuple(_field(o) for o in h['a'])
+    # Fields lie one after another, each once: a damaged offset or name would read another field's bytes as its own
+    spans = sorted((f.offset, f.offset + f.stored, f.name) for f in fs)
+    bad = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1] or a[2] == b[2]]
+    if bad: raise RecordError(f"header's fields {bad[0][0]!r} and {bad[0][1]!r} overlap (a damaged header)")
+    return Layout(fs, h['v'], start, head)
 
 # %% ../nbs/00_codec.ipynb #91031177
 _SEAL = b'{"crc32":"'  # sealed metadata: JSON whose first key is the crc32 of its name and of the rest

@@ -27,15 +27,16 @@ from .getters import XRAY_STATS, ShelfImageBlock, ShelfMaskBlock, ShelfKey, Tabl
 from .getters import MultiLabels, CategoryLabel, RegressionLabel, ShelfCategorize, ShelfMultiCategorize, ShelfRegressionSetup
 from .getters import ShelfTags
 from . import getters
-
-def __getattr__(name):
-    "The getters' names as this module had them: Learners exported by 0.2.6 and before name their classes `data`'s."
-    if name in getters.__all__: return getattr(getters, name)  # how `pickle` finds a class: the module's attribute
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 from .splits import shelf_items, shelf_splitter, table_splitter, VALID_PCT, SEED, VALID_COL
 
 # %% auto #0
 __all__ = ['shelf_dblock', 'ShelfDataLoaders']
+
+# %% ../nbs/05_data.ipynb #1f600871
+def __getattr__(name):
+    "The getters' names as this module had them: Learners exported by 0.2.6 and before name their classes `data`'s."
+    if name in getters.__all__: return getattr(getters, name)  # how `pickle` finds a class: the module's attribute
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/05_data.ipynb #d0737ea9
 def _meta_of(shelf:ShelfBase) -> ShelfMeta:

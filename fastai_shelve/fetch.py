@@ -12,7 +12,7 @@ from functools import partial
 from fastcore.basics import ifnone, merge, store_attr, noop
 from fastai.data.transforms import Transform, ItemTransform, ToTensor
 from fastai.vision.core import AddMaskCodes
-from .codec import ShelfError
+from .codec import ShelfError, RecordError
 from .interface import ShelfBase, shelf_here
 from .ahead import AheadDL
 
@@ -25,8 +25,13 @@ class ShelfReader(Transform):
     "Read `field` of a shelf record; first step of a whole-batch pipeline."
     # A `Transform`, not a plain callable: fastai wraps callables, and `ShelfDL` needs to see this object.
     def __init__(self, shelf:ShelfBase, field:str='image'): super().__init__(); store_attr('shelf,field')
-    def encodes(self, o): return self.shelf[o][self.field]
+    def encodes(self, o): return self.take(self.shelf[o], o)
     def encodes_batch(self, o): return o  # `get_batch` already stacked the field
+    def take(self, rec:dict, key):
+        "The field of `key`'s record `rec`; a record without it is a `RecordError` naming the shelf and the key."
+        if self.field in rec: return rec[self.field]
+        raise RecordError(f"{self.shelf.path}: key {key!r} has no field {self.field!r} (it has {sorted(rec)[:8]}): a damaged header, "
+                          f"or a record written otherwise; fastai-shelve verify {self.shelf.path} checks every record")
 
 def find_shelf(dataset) -> ShelfBase|None:
     "The shelf that `dataset`'s transforms read from, if any."

@@ -98,12 +98,12 @@ class ShelfGetter(ShelfReader):
         return row[cols]
     def read(self, o):
         if not self.new_items or isinstance(o, ShelfKey):  # a key of the shelf's own items is never read as a file
-            if isinstance(o, str): return self.shelf[o][self.field]
+            if isinstance(o, str): return self.take(self.shelf[o], o)
             raise TypeError(f"expected a shelf key, got {type(o).__name__}: {o!r}"[:200])
         if isinstance(o, pd.Series): o = self.file_of(o)
         if isinstance(o, str):
             rec = self.record(o)
-            if rec is not None: return rec[self.field]
+            if rec is not None: return self.take(rec, o)
             o = Path(o)
         if isinstance(o, Path):
             if not o.is_file(): raise FileNotFoundError(errno.ENOENT, f"no image file (nor a key of {self.shelf.path})", str(o))

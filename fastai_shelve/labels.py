@@ -71,6 +71,7 @@ def _block_tfms(y_block) -> list:
 
 def block_options(y_block) -> dict:
     "The `sort` and `add_na` of a `CategoryBlock` `y_block`'s `Categorize`, for a vocab learned later ({} for another block)."
+    if y_block is None: return {}  # without importing fastai: a build without a block never does (its import warns, in torch)
     from fastai.data.transforms import Categorize, MultiCategorize
     cats = [t for t in _block_tfms(y_block) if isinstance(t, Categorize) and not isinstance(t, MultiCategorize)]
     return dict(sort=cats[0].sort, add_na=cats[0].add_na) if cats else {}

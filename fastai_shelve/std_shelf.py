@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, shelve, dbm
 from pathlib import Path
 from fastcore.basics import store_attr
-from .codec import ShelfError
+from .codec import ShelfError, RecordError
 from .interface import ShelfBase, PickleRefusedError, RAISE
 from .meta import ShelfMeta
 
@@ -52,12 +52,21 @@ class StdShelf(ShelfBase):
         db, res = self.db, []
         for k in keys:
             self._check_key(k)
-            try: res.append(db[k])
+            try: rec = db[k]
             except KeyError:
                 if default is RAISE: raise self._key_error(k) from None
-                res.append(default)
+                res.append(default); continue
             except Exception as e: raise ShelfError(f"{self.path}: key {k!r}: cannot unpickle: {e}") from None
+            res.append(self.checked(k, rec))
         return res
+
+    def checked(self, k, rec) -> dict:
+        "Record `rec` of key `k`, if a record it is: a dict of fields, none of them an array of Python objects."
+        # A pickle holds anything: what is no record is a bad record here (`verify` lists it), not a TypeError in training
+        if not isinstance(rec, dict): raise RecordError(f"{self.path}: key {k!r} holds a {type(rec).__name__}, not a record (a dict of fields)")
+        bad = [n for n,v in rec.items() if getattr(getattr(v, 'dtype', None), 'kind', None) == 'O']
+        if bad: raise RecordError(f"{self.path}: key {k!r}: field {bad[0]!r} is an array of Python objects, not of numbers")
+        return rec
 
     def put_many(self, items):
         "Write records (pickled, as `shelve` does: needs `allow_pickle`)."

@@ -24,6 +24,27 @@ def test_build_info_verify(tmp_path):
             '--suff', '.jpg', '--label-col', 'a,b,c', '--size', 32, '--quiet')
     assert r.returncode == 0 and '0 written, 9 already there, 0 bad' in r.stdout, r.stdout + r.stderr
 
+def test_a_category_build_prints_one_line(tmp_path):
+    "A build with one category column prints its summary alone: no warning of a library it imports on the way."
+    df = write_bars(tmp_path, 6)
+    df['finding'] = ['cvc', 'ett'] * 3
+    df.to_csv(tmp_path/'train.csv', index=False)
+    r = run('build', tmp_path/'train.csv', tmp_path/'c.shelf', '--path', tmp_path, '--suff', '.jpg', '--label-col', 'finding',
+            '--size', 16, '--workers', 0, '--quiet')
+    assert r.returncode == 0 and r.stderr == '' and len(r.stdout.splitlines()) == 1 and '6 written' in r.stdout, r.stdout + r.stderr
+
+def test_convert_of_a_bad_record_exits_1_as_verify_does(tmp_path):
+    "A record that does not read is bad records found, for `convert` as for `verify` and `info`: exit 1, one line naming the key."
+    from fastai_shelve.store import open_shelf
+    with open_shelf(tmp_path/'s.shelf', 'c') as s:
+        s.put_many({f'k{i}': {'image': np.full((8, 8), i, np.uint8)} for i in range(4)})
+        with s.txn() as txn: b = bytearray(txn.get(b'k1'))
+        b[0] ^= 0xff  # its magic: not a record any more
+        s._commit([(b'k1', bytes(b))])
+    for cmd in (('verify',), ('info',), ('convert', tmp_path/'c.shelf')):
+        r = run(*cmd[:1], tmp_path/'s.shelf', *cmd[1:])
+        assert r.returncode == 1 and "'k1'" in r.stdout + r.stderr and 'Traceback' not in r.stderr, (cmd, r.stdout, r.stderr)
+
 def test_build_compressed_and_convert(tmp_path):
     df = write_bars(tmp_path, 12)
     df['StudyInstanceUID'] = [f'{i:03d}' for i in range(12)]  # ids with leading zeros stay text

@@ -36,6 +36,24 @@ def test_a_record_read_under_another_key_is_a_record_error(tmp_path):
         np.testing.assert_array_equal(s['k1']['image'], _img(1))
         assert [k for k,_ in s.verify()] == ['k2']
 
+def test_a_damaged_header_is_a_record_error_naming_the_key_in_training(tmp_path):
+    "A header whose field offset overlaps another field, or whose field is renamed: reads and training fail naming file and key."
+    from fastai_shelve.data import ShelfDataLoaders
+    p = _shelf(tmp_path/'s.shelf')
+    def damage(key, old, new):  # one edit of the header's JSON, its length kept
+        with open_shelf(p, 'w') as s:
+            with s.txn() as txn: b = bytes(txn.get(key.encode()))
+            assert len(old) == len(new) and b.count(old) == 1
+            s._commit([(key.encode(), b.replace(old, new))])
+    damage('k3', b'"labels","|i1",[1],1024]', b'"labels","|i1",[1],1020]')  # into the image's bytes
+    with open_shelf(p) as s:
+        with pytest.raises(RecordError, match=r"s\.shelf: key 'k3': header's fields 'image' and 'labels' overlap"): s['k3']
+        with pytest.raises(RecordError, match="key 'k3'"): s.get_batch([f'k{i}' for i in range(6)])
+    damage('k3', b'"labels","|i1",[1],1020]', b'"labels","|i1",[1],1024]')
+    damage('k5', b'"image"', b'"imagd"')
+    dls = ShelfDataLoaders.from_shelf(p, bs=5, valid_pct=0, num_workers=0, shuffle=False)
+    with pytest.raises(RecordError, match=r"s\.shelf: key 'k5' has no field 'image' \(it has \['imagd', 'labels'\]\)"): list(dls.train)
+
 def test_bytes_from_encode_record_are_bound_on_write(tmp_path):
     "Bytes encoded elsewhere (a build worker) are bound to the key they are written under."
     b = encode_record({'image': _img(0)})

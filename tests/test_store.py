@@ -308,3 +308,13 @@ def test_a_writer_opens_while_a_reader_of_this_process_holds_the_file(tmp_path):
         with open_shelf(p, 'w') as w: w['b'] = {'x': np.arange(3)}
         assert r.keys() == ['a', 'b'] and r.readonly
         with pytest.raises(__import__("fastai_shelve.interface").interface.ReadOnlyError): r["c"] = {'x': np.arange(3)}
+
+def test_a_stdlib_shelve_value_that_is_no_record_is_a_bad_record(tmp_path):
+    "A pickle holds anything: a value that is no dict of fields (or holds an array of objects) is a bad record naming its key."
+    with shelve.open(str(tmp_path/'s.db')) as d:
+        d['ok'], d['none'], d['objs'] = {'image': np.zeros((4, 4), np.uint8)}, None, {'image': np.array([1, 'x'], dtype=object)}
+    s = open_shelf(tmp_path/'s.db', allow_pickle=True)
+    assert sorted(k for k, _ in s.verify()) == ['none', 'objs']
+    with pytest.raises(RecordError, match=r"s\.db: key 'none' holds a NoneType, not a record"): s.get_batch(['ok', 'none'])
+    with pytest.raises(RecordError, match=r"key 'objs': field 'image' is an array of Python objects"): s['objs']
+    assert s['ok']['image'].shape == (4, 4)
