@@ -913,6 +913,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'fastai_shelve.splits._user_level': ('splits.html#_user_level', 'fastai_shelve/splits.py'),
                                       'fastai_shelve.splits.check_served': ('splits.html#check_served', 'fastai_shelve/splits.py'),
                                       'fastai_shelve.splits.given': ('splits.html#given', 'fastai_shelve/splits.py'),
+                                      'fastai_shelve.splits.lost_records': ('splits.html#lost_records', 'fastai_shelve/splits.py'),
                                       'fastai_shelve.splits.named_split': ('splits.html#named_split', 'fastai_shelve/splits.py'),
                                       'fastai_shelve.splits.shelf_items': ('splits.html#shelf_items', 'fastai_shelve/splits.py'),
                                       'fastai_shelve.splits.shelf_splitter': ('splits.html#shelf_splitter', 'fastai_shelve/splits.py'),

@@ -9,11 +9,11 @@ import numpy as np, pandas as pd, torch
 from fastcore.foundation import L
 from fastai.data.transforms import RandomSplitter, FuncSplitter, ColSplitter
 from .codec import ShelfError
-from .interface import frame_file
+from .interface import frame_file, MissingKeyError
 
 # %% auto #0
-__all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'shelf_items', 'check_served', 'GroupSplitter', 'KeySplitter', 'table_splitter',
-           'NotGiven', 'given', 'value_of', 'named_split', 'shelf_splitter']
+__all__ = ['VALID_PCT', 'SEED', 'VALID_COL', 'shelf_items', 'lost_records', 'check_served', 'GroupSplitter', 'KeySplitter',
+           'table_splitter', 'NotGiven', 'given', 'value_of', 'named_split', 'shelf_splitter']
 
 # %% ../nbs/05a_splits.ipynb #37d1d314
 def shelf_items(shelf) -> list:
@@ -33,10 +33,19 @@ def shelf_items(shelf) -> list:
         else:
             have = set(keys)  # records of rows an earlier table had, and this one dropped, stay unserved
             items = rows = [k for k in ids if k in have]
+            lost_records(shelf, [k for k in ids if k not in have])
     # Whether a stopped build still runs: a build holds its file while it runs, and "stopped" then is wrong advice
     running = shelf.building() if shelf.meta.complete is False else None
     check_served(shelf.path, shelf.meta, len(keys if order is None else ids), len(rows), order is not None, waiting, running)
     return items
+
+def lost_records(shelf, ids):
+    "Refuse rows `ids` of the table that have no record if a build wrote theirs: they were lost since, not bad files."
+    # A bad file has no record and nothing kept of it; a record a build wrote keeps its source's facts, which only a
+    # `delete` removes with it. Facts without a record: a damaged key or index, a record gone outside any build
+    lost = sorted(shelf.sources(ids)) if ids else []
+    if lost: raise MissingKeyError(f"{shelf.path}: {len(lost)} rows of its table lost the records its build wrote, e.g. key "
+                                   f"{lost[0]!r} (a damaged key or index): fastai-shelve verify {shelf.path}; a rerun of the build writes them again")
 
 def _user_level() -> int:
     "The `stacklevel` of the first caller outside fastai_shelve: a warning shows the user's line, whichever function they called."

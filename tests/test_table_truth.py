@@ -65,6 +65,22 @@ def test_rerun_with_fewer_rows_serves_those_rows(table):
     with open_shelf(path/'s.shelf') as s: assert sorted(s.keys()) == sorted(df2.fn) and s.verify() == []
     assert _build(path, df, valid_col='is_valid').written == 6  # the pruned rows, decoded again
 
+def test_a_record_lost_since_its_build_is_an_error_not_a_row_left_out(table):
+    "A row whose file was bad has no record and is left out; one whose record the build wrote and is gone (a damaged key) fails."
+    path, df = table
+    (path/df.fn[3]).write_bytes(b'no image')  # bad at the build: reported there, then not served, as before
+    _build(path, df)
+    with open_shelf(path/'s.shelf') as s: assert len(shelf_items(s)) == N - 1 and df.fn[3] not in shelf_items(s)
+    k = df.fn[7]
+    with open_shelf(path/'s.shelf', 'w') as s:
+        with s.txn() as txn: rec = bytes(txn.get(k.encode()))
+        s._commit([(k.encode(), None), (b'x' + k.encode()[1:], rec)])  # its key damaged: the record under another key
+    with pytest.raises(MissingKeyError, match=f"s.shelf: 1 rows of its table lost the records its build wrote, e.g. key '{k}'"):
+        ShelfDataLoaders.from_shelf(path/'s.shelf', bs=4)
+    with open_shelf(path/'s.shelf', 'w') as s: s.delete('x' + k[1:])
+    _build(path, df)  # the rerun writes it again
+    assert len(shelf_items(open_shelf(path/'s.shelf'))) == N - 1
+
 def test_rerun_with_shuffled_rows_takes_the_new_order(table):
     "The same rows in another order (a notebook's unseeded shuffle, run twice): valid_ds lines up with the new table."
     path, df = table
