@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from fastcore.script import anno_parser, store_true
 from . import __version__
-from .codec import ShelfError, RecordError
+from .codec import ShelfError, RecordError, check_compression
 from .interface import PickleRefusedError, DamagedStoreError
 from .store import open_shelf, shelf_kind
 from .info import shelf_info
@@ -130,7 +130,9 @@ def convert(src:str, # a stdlib shelve file (e.g. the seed's training_data.db), 
             compression:str=None, # zstd, lz4, lz4hc, zstd-delta or lz4hc-delta for the new shelf (default: raw)
             level:int=None): # the compression level
     "Copy a shelf to a new safe LMDB shelf, (re)compressed as asked (resumable)."
-    n = convert_shelf(src, dst, allow_pickle=allow_pickle, compression=compression, level=level)
+    check_compression(compression, level)  # a wrong argument is a usage error (exit 2), known before any record is read
+    try: n = convert_shelf(src, dst, allow_pickle=allow_pickle, compression=compression, level=level)
+    except RecordError as e: raise DamagedStoreError(str(e)) from None  # a record of `src` that does not read: bad records, as `verify` says
     print(f"{dst}: {n} records converted from {src}")
 
 def demo(out:str='demo_out', # folder for the demo data and shelf
@@ -194,8 +196,7 @@ def main(argv=None):
         sys.exit(141)
     except Exception as e:  # one line, never a traceback: the CLI's promise
         print(f"fastai-shelve {cmd}: error: {_one_line(e)}", file=sys.stderr)
-        # A damaged file, or a record that does not read (a `convert` meets it), is bad records found, not a usage error
-        sys.exit(1 if isinstance(e, (DamagedStoreError, RecordError)) else 2)
+        sys.exit(1 if isinstance(e, DamagedStoreError) else 2)  # a damaged file is bad records found, not a usage error
 
 # %% ../nbs/07_cli.ipynb #c7a1e5b0
 if __name__ == '__main__': main()  # `python -m fastai_shelve.cli ...`, as a Kaggle cell's `!python -m` runs it

@@ -163,7 +163,8 @@ def _splice(rec_bytes:bytes, frame:bytes) -> bytes:
     f = lay.fields[0]
     h = bytes(rec_bytes[12:lay.start]).replace(f'{f.offset},{f.stored},'.encode(), f'{f.offset},{len(frame)},'.encode())
     assert len(h) <= lay.start - 12 + 64
-    head = json.dumps(json.loads(h)).encode()
+    hd = json.loads(h); hd['a'] = hd['a'][:1]  # the image alone: the frame takes the bytes the other fields lay in
+    head = json.dumps(hd).encode()
     start = -(-(12 + len(head)) // 64) * 64
     out = bytearray(start) + frame + bytes(-len(frame) % 64) + bytes(4)
     out[12:12+len(head)] = head; out[12+len(head):start] = b' ' * (start - 12 - len(head))
