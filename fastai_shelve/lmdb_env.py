@@ -81,7 +81,9 @@ def prepare_lock(path:Path):
             if os.fstat(fd).st_size < LOCK_BYTES: os.posix_fallocate(fd, 0, LOCK_BYTES)  # allocates; never overwrites a live table
         finally: os.close(fd)
     except OSError as e:
-        if e.errno == errno.ENOSPC: raise ShelfError(f"{path}: no space left on device for its lock file {lockf.name}") from None
+        if e.errno == errno.ENOSPC:  # a reader need not wait for space: without a lock it maps no lock file
+            raise ShelfError(f"{path}: no space left on device for its lock file {lockf.name}: free some, or read it without "
+                             f"one (open_shelf or from_shelf with lock=False) while no process writes it") from None
         raise ShelfError(f"{path}: cannot prepare its lock file {lockf.name}: {e.strerror}") from None
 
 def os_reason(e:Exception) -> str:

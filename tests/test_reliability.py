@@ -264,7 +264,7 @@ FULL_OPEN = textwrap.dedent('''
     from fastai_shelve.store import open_shelf
     from fastai_shelve.codec import ShelfError
     try:
-        with open_shelf(sys.argv[1], sys.argv[2]) as s: print('opened', len(s))
+        with open_shelf(sys.argv[1], sys.argv[2], **({'lock': False} if sys.argv[3:] == ['nolock'] else {})) as s: print('opened', len(s))
     except ShelfError as e: print('ShelfError:', e); sys.exit(3)
 ''')
 
@@ -285,9 +285,11 @@ def test_full_disk_open_and_create_are_errors_not_signals(tmp_path):
         for args in ((small/'s.shelf', 'r'), (small/'new.shelf', 'c')):
             r = run(*args)
             assert r.returncode == 3 and 'no space left on device' in r.stdout, (args, r.returncode, r.stdout, r.stderr[-500:])
+        r = run(small/'s.shelf', 'r', 'nolock')  # what the reader's error advises: it reads without a lock file
+        assert r.returncode == 0 and f'opened {len(recs)}' in r.stdout, (r.returncode, r.stdout, r.stderr[-500:])
         (small/'s.shelf-lock').write_bytes(b'')  # a 0-byte lock file left behind: the same clean error, not a SIGBUS
         r = run(small/'s.shelf', 'r')
-        assert r.returncode == 3 and 'no space left on device' in r.stdout, (r.returncode, r.stdout)
+        assert r.returncode == 3 and 'no space left on device' in r.stdout and 'lock=False' in r.stdout, (r.returncode, r.stdout)
         (small/'filler').unlink()  # space freed: it opens
         r = run(small/'s.shelf', 'r')
         assert r.returncode == 0 and f'opened {len(recs)}' in r.stdout, r.stderr[-500:]
