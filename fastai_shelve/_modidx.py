@@ -180,6 +180,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'fastai_shelve.codec.check_compression': ('codec.html#check_compression', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.check_crc': ('codec.html#check_crc', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.check_key': ('codec.html#check_key', 'fastai_shelve/codec.py'),
+                                     'fastai_shelve.codec.check_record': ('codec.html#check_record', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.compress': ('codec.html#compress', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.decode_record': ('codec.html#decode_record', 'fastai_shelve/codec.py'),
                                      'fastai_shelve.codec.decompress': ('codec.html#decompress', 'fastai_shelve/codec.py'),

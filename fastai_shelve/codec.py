@@ -12,9 +12,9 @@ import numpy as np
 # %% auto #0
 __all__ = ['FORMAT_VERSION', 'KEYED_FROM', 'SEALED_FROM', 'MAGIC', 'PREFIX_BYTES', 'MAX_RECORD_BYTES', 'COMPRESSIONS',
            'MIN_LIMIT', 'MAX_EXPANSION', 'ShelfError', 'RecordError', 'FormatVersionError', 'RecordTooLargeError',
-           'check_compression', 'compress', 'decompress', 'encode_record', 'Field', 'Layout', 'seal_meta',
-           'unseal_meta', 'record_limit', 'record_version', 'record_layout', 'key_crc', 'record_crc', 'check_key',
-           'bind_key', 'check_crc', 'decode_record']
+           'check_record', 'check_compression', 'compress', 'decompress', 'encode_record', 'Field', 'Layout',
+           'seal_meta', 'unseal_meta', 'record_limit', 'record_version', 'record_layout', 'key_crc', 'record_crc',
+           'check_key', 'bind_key', 'check_crc', 'decode_record']
 
 # %% ../nbs/00_codec.ipynb #2cfd5e2a
 class ShelfError(Exception): "Something is wrong with a shelf, a record or an input to the builder."
@@ -48,6 +48,16 @@ def _jsonable(v) -> bool:
 
 # %% ../nbs/00_codec.ipynb #60732ee9
 COMPRESSIONS = ('zstd', 'lz4', 'lz4hc', 'zstd-delta', 'lz4hc-delta')
+def check_record(rec):
+    "Raise a `RecordError` unless `rec` is what a record holds: a dict of str-named fields, arrays of numbers or JSON values."
+    if not isinstance(rec, dict): raise RecordError(f"a record must be a dict, not {type(rec).__name__}")
+    for k,v in rec.items():
+        if not isinstance(k, str): raise RecordError(f"field names must be str, not {k!r}")
+        if isinstance(v, (np.ndarray, np.generic)):
+            if np.asarray(v).dtype.kind not in _KINDS:
+                raise RecordError(f"field {k!r}: dtype {v.dtype} cannot be stored (numbers and bools only)")
+        elif not _jsonable(v): raise RecordError(f"field {k!r}: cannot store a {type(v).__name__} (arrays, numbers, strings, lists, dicts)")
+
 _MIN_COMPRESS = 256
 _BYTES_LIBS = {'zstd': 'zstandard', 'lz4': 'lz4.block'}  # the others are imagecodecs', which decodes into a given array
 _LEVELS = {'lz4hc': 9, 'zstd-delta': 9, 'lz4hc-delta': 9}  # their defaults: smaller, decoding no slower, building slower
@@ -137,23 +147,19 @@ def decompress(data, codec:str, nbytes:int, out:np.ndarray=None):
 # %% ../nbs/00_codec.ipynb #f1d410d6
 def encode_record(rec:dict, compression:str=None, level:int=None, key=None) -> bytes:
     "Encode `rec`, a dict of arrays and JSON values, as header + aligned buffers, raw or compressed; bound to `key` if given."
-    if not isinstance(rec, dict): raise RecordError(f"a record must be a dict, not {type(rec).__name__}")
+    check_record(rec)
     check_compression(compression)
     arrays, values, off = [], {}, 0
     for k,v in rec.items():
-        if not isinstance(k, str): raise RecordError(f"field names must be str, not {k!r}")
         if isinstance(v, (np.ndarray, np.generic)):
             a = np.asarray(v)
             if not a.flags.c_contiguous: a = a.copy(order='C')
-            if a.dtype.kind not in _KINDS:
-                raise RecordError(f"field {k!r}: dtype {a.dtype} cannot be stored (numbers and bools only)")
             raw = a.reshape(-1).view(np.uint8)
             entry = [k, a.dtype.str, a.shape, off]
             if compression and a.nbytes >= _MIN_COMPRESS:
                 raw = compress(a, compression, level); entry += [len(raw), compression]
             arrays.append((entry, raw)); off += _pad(len(raw))
-        elif _jsonable(v): values[k] = v
-        else: raise RecordError(f"field {k!r}: cannot store a {type(v).__name__} (arrays, numbers, strings, lists, dicts)")
+        else: values[k] = v
     header = json.dumps({'a': [e for e,_ in arrays], 'v': values}, separators=(',', ':'), allow_nan=True).encode()
     start = _pad(_prefix.size + len(header))
     out = bytearray(start + off + _TAIL)
@@ -233,9 +239,14 @@ def _parse_header(head:bytes, start:int) -> Layout:
         raise RecordError("header lacks its array list or value dict")
     if _depth(h['v']) > _MAX_DEPTH: raise RecordError(f"header values nest deeper than {_MAX_DEPTH} levels")
     fs = tuple(_field(o) for o in h['a'])
-    # Fields lie one after another, each once: a damaged offset or name would read another field's bytes as its own
+    # Each field once, at a multiple of `_ALIGN` as every encoder has put it, clear of the others: a damaged offset or name
+    # would read another field's bytes, or padding, as its own
+    names = [f.name for f in fs] + list(h['v'])
+    if len(set(names)) < len(names): raise RecordError(f"header names field {next(n for n in names if names.count(n) > 1)!r} twice (a damaged header)")
+    odd = [f.name for f in fs if f.offset % _ALIGN]
+    if odd: raise RecordError(f"header puts field {odd[0]!r} at an offset no encoder writes (a damaged header)")
     spans = sorted((f.offset, f.offset + f.stored, f.name) for f in fs)
-    bad = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1] or a[2] == b[2]]
+    bad = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
     if bad: raise RecordError(f"header's fields {bad[0][0]!r} and {bad[0][1]!r} overlap (a damaged header)")
     return Layout(fs, h['v'], start, head)
 

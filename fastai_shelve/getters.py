@@ -208,13 +208,17 @@ class ShelfTags(ShelfMultiCategorize):
         seen = np.stack([np.asarray(o).reshape(-1) for o in targets_of(dsets)]).any(0)
         self.vocab = CategoryMap([t for t, s in zip(self.stored, seen) if s])  # sorted, as fastai's
         keep, self.c = [self.stored.index(t) for t in self.vocab], len(self.vocab)
-        self.keep = None if keep == list(range(len(self.stored))) else keep  # None: every tag was seen in training
+        # None: every tag was seen in training. Else the vocab's columns, and the others (a batch with one of them fails)
+        self.keep = None if keep == list(range(len(self.stored))) else np.array(keep, np.int64)
+        self.left = None if self.keep is None else np.setdiff1d(np.arange(len(self.stored)), self.keep)
     def encodes(self, o): return self.encodes_batch(np.asarray(o)[None])[0]
     def encodes_batch(self, o):
         if self.keep is None: return super().encodes_batch(o)
-        new = "', '".join(t for t, s in zip(self.stored, o.any(0)) if s and t not in self.vocab.o2i)
-        if new: raise KeyError(f"Labels '{new}' were not included in the training dataset")  # fastai's words
-        return super().encodes_batch(o[:, self.keep])
+        new = o.take(self.left, axis=1).any(0)
+        if new.any():
+            tags = "', '".join(self.stored[i] for i in self.left[new])
+            raise KeyError(f"Labels '{tags}' were not included in the training dataset")  # fastai's words
+        return super().encodes_batch(o.take(self.keep, axis=1))  # C-ordered, as the stored rows are
 
 class ShelfRegressionSetup(RegressionSetup):
     "fastai's `RegressionSetup` (its `c`, and `MSELossFlat` for the Learner to infer), on a batch of targets at once."

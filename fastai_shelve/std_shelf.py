@@ -7,7 +7,7 @@ from __future__ import annotations
 import os, shelve, dbm
 from pathlib import Path
 from fastcore.basics import store_attr
-from .codec import ShelfError, RecordError
+from .codec import ShelfError, RecordError, check_record
 from .interface import ShelfBase, PickleRefusedError, RAISE
 from .meta import ShelfMeta
 
@@ -61,11 +61,10 @@ class StdShelf(ShelfBase):
         return res
 
     def checked(self, k, rec) -> dict:
-        "Record `rec` of key `k`, if a record it is: a dict of fields, none of them an array of Python objects."
+        "Record `rec` of key `k`, if a record it is: what our own records hold (`check_record`), as `convert` would write it."
         # A pickle holds anything: what is no record is a bad record here (`verify` lists it), not a TypeError in training
-        if not isinstance(rec, dict): raise RecordError(f"{self.path}: key {k!r} holds a {type(rec).__name__}, not a record (a dict of fields)")
-        bad = [n for n,v in rec.items() if getattr(getattr(v, 'dtype', None), 'kind', None) == 'O']
-        if bad: raise RecordError(f"{self.path}: key {k!r}: field {bad[0]!r} is an array of Python objects, not of numbers")
+        try: check_record(rec)
+        except RecordError as e: raise RecordError(f"{self.path}: key {k!r}: not a record: {e}") from None
         return rec
 
     def put_many(self, items):

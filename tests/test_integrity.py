@@ -45,11 +45,14 @@ def test_a_damaged_header_is_a_record_error_naming_the_key_in_training(tmp_path)
             with s.txn() as txn: b = bytes(txn.get(key.encode()))
             assert len(old) == len(new) and b.count(old) == 1
             s._commit([(key.encode(), b.replace(old, new))])
-    damage('k3', b'"labels","|i1",[1],1024]', b'"labels","|i1",[1],1020]')  # into the image's bytes
+    damage('k3', b'"labels","|i1",[1],1024]', b'"labels","|i1",[1], 960]')  # into the image's bytes
     with open_shelf(p) as s:
         with pytest.raises(RecordError, match=r"s\.shelf: key 'k3': header's fields 'image' and 'labels' overlap"): s['k3']
         with pytest.raises(RecordError, match="key 'k3'"): s.get_batch([f'k{i}' for i in range(6)])
-    damage('k3', b'"labels","|i1",[1],1020]', b'"labels","|i1",[1],1024]')
+    damage('k3', b'"labels","|i1",[1], 960]', b'"labels","|i1",[1],1025]')  # into its own padding: no field overlaps
+    with open_shelf(p) as s:
+        with pytest.raises(RecordError, match=r"key 'k3': header puts field 'labels' at an offset no encoder writes"): s['k3']
+    damage('k3', b'"labels","|i1",[1],1025]', b'"labels","|i1",[1],1024]')
     damage('k5', b'"image"', b'"imagd"')
     dls = ShelfDataLoaders.from_shelf(p, bs=5, valid_pct=0, num_workers=0, shuffle=False)
     with pytest.raises(RecordError, match=r"s\.shelf: key 'k5' has no field 'image' \(it has \['imagd', 'labels'\]\)"): list(dls.train)

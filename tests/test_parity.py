@@ -307,6 +307,7 @@ def test_tag_vocab_is_the_training_splits_as_in_fastai(tmp_path, n_workers):
     assert list(ours.vocab) == list(files.vocab) == ['a', 'b', 'c'] and ours.c == files.c == 3
     ys = lambda dls: torch.cat([y for _, y in dls.train.new(shuffle=False, drop_last=False)])
     assert torch.equal(ys(ours), ys(files))  # the training targets, column for column
+    assert all(y.is_contiguous() for _, y in ours.train)  # the vocab's columns picked out, laid out as fastai's
     for dls in (files, ours):  # the validation row with 'zz' fails as fastai fails on it
         with pytest.raises(KeyError, match="'zz' were not included in the training dataset"): list(dls.valid)
     rows = df[df.is_valid & (df.tags != 'c zz')]  # the other validation rows: the same targets as fastai's

@@ -1,6 +1,6 @@
 "The shelf store: round trips, batch reads, per-process handles, stdlib shelve files, bad stores."
 import os, shelve, multiprocessing as mp
-import numpy as np, pytest, lmdb
+import numpy as np, pytest, lmdb, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from hypothesis.extra import numpy as hnp
 from fastai_shelve.codec import encode_record, decode_record, RecordError, FormatVersionError, ShelfError, FORMAT_VERSION
@@ -313,8 +313,10 @@ def test_a_stdlib_shelve_value_that_is_no_record_is_a_bad_record(tmp_path):
     "A pickle holds anything: a value that is no dict of fields (or holds an array of objects) is a bad record naming its key."
     with shelve.open(str(tmp_path/'s.db')) as d:
         d['ok'], d['none'], d['objs'] = {'image': np.zeros((4, 4), np.uint8)}, None, {'image': np.array([1, 'x'], dtype=object)}
+        d['intname'], d['tensor'] = {0: np.zeros(2, np.uint8)}, {'image': torch.zeros(2)}  # what `convert` refuses to write
     s = open_shelf(tmp_path/'s.db', allow_pickle=True)
-    assert sorted(k for k, _ in s.verify()) == ['none', 'objs']
-    with pytest.raises(RecordError, match=r"s\.db: key 'none' holds a NoneType, not a record"): s.get_batch(['ok', 'none'])
-    with pytest.raises(RecordError, match=r"key 'objs': field 'image' is an array of Python objects"): s['objs']
+    assert sorted(k for k, _ in s.verify()) == ['intname', 'none', 'objs', 'tensor']
+    with pytest.raises(RecordError, match=r"s\.db: key 'none': not a record: a record must be a dict, not NoneType"): s.get_batch(['ok', 'none'])
+    with pytest.raises(RecordError, match=r"key 'objs': not a record: field 'image': dtype object cannot be stored"): s['objs']
+    with pytest.raises(RecordError, match=r"key 'tensor': not a record: field 'image': cannot store a Tensor"): s['tensor']
     assert s['ok']['image'].shape == (4, 4)
