@@ -26,7 +26,7 @@ __all__ = ['XRAY_STATS', 'TensorImageGray', 'PILImageGray', 'ArrayToImage', 'Arr
            'targets_of', 'ShelfCategorize', 'ShelfMultiCategorize', 'ShelfTags', 'ShelfRegressionSetup']
 
 # %% ../nbs/05b_getters.ipynb #82918dbf
-XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the default `Normalize` of gray images
+XRAY_STATS = ([0.4827506], [0.22004028])  # the seed's chest X-ray mean and std: the `Normalize` of a gray shelf that keeps no statistics
 
 class TensorImageGray(TensorImageBW):
     "A one-channel image shown with the `gray` colormap (bright is white)."

@@ -41,10 +41,12 @@ def check_label_meta(path, meta, label_meta:dict):
     "Refuse a resume of `path` (metadata `meta`) whose table encodes labels otherwise (`label_meta`) than its records hold them."
     was, now = ({k: m.get(k) for k in LABEL_META} for m in (meta, json.loads(json.dumps(label_meta))))
     if was == now: return
-    diff = {k:(was[k], now[k]) for k in LABEL_META if was[k] != now[k]}
+    short = lambda v: v[:8] + [f'... {len(v)} in all'] if isinstance(v, list) and len(v) > 8 else v  # a line, not a page
+    diff = {k:(short(was[k]), short(now[k])) for k in LABEL_META if was[k] != now[k]}
     # A table without any row of a class gives a fresh build a smaller vocab: the stored records hold the old indices
     smaller = was['label_kind'] == now['label_kind'] == 'category' and set() < set(now['vocab']) < set(was['vocab'])
-    keep = f"; keep the shelf's with vocab={was['vocab']!r}" if smaller else ''
+    vocab = repr(was['vocab']) if smaller and len(was['vocab']) <= 8 else f"open_shelf({str(path)!r}).meta.vocab"
+    keep = f"; keep the shelf's with vocab={vocab}" if smaller else ''
     raise ShelfError(f"{path} was built with other labels {diff} (was, now), which its records hold: train on this table "
                      f"with ShelfDataLoaders.from_df(df, shelf, ...) (targets and vocab from the table, as fastai's "
                      f"from_df){keep}, or build to a new path")
