@@ -21,7 +21,7 @@ from .store import open_shelf, shelf_kind
 from .images import BuildSettings, is_dicom, load_mask, record_meta
 from .labels import read_source, encode_labels, label_columns
 from .workers import stream_map
-from .rerun import source_facts, check_label_meta, resume_tasks, unnamed_records, served_keys, prune_unnamed
+from .rerun import source_facts, check_label_meta, resume_codec, copy_codec, resume_tasks, unnamed_records, served_keys, prune_unnamed
 from .rerun import drop_records, copy_keys, drop_uncopied, same_path
 from .meta import ShelfMeta, table_entry
 
@@ -149,12 +149,6 @@ class BuildReport:
 def _codec_meta(compression:str, level:int) -> dict:
     "The metadata naming a shelf's codec: its level only when given (None is the library's default)."
     return dict(compression=compression) | ({} if level is None else dict(compression_level=level))
-
-def _resume_codec(meta:ShelfMeta, compression:str, level:int) -> tuple:
-    "(compression, level) a build into the shelf with `meta` writes: on a resume, None keeps the shelf's."
-    if meta.build is None: return compression, level
-    return (meta.compression if compression is None else compression,
-            meta.compression_level if level is None else level)
 
 def _check_same_build(path, settings:BuildSettings, label_meta:dict=None, codec:tuple=None):
     "A `check` for `update_meta`: refuse to resume a shelf built with other settings, labels or `codec` (compression, level)."
@@ -308,7 +302,7 @@ def build_shelf(source, # a DataFrame, a CSV file (fastai's from_df shape) or a 
     # One build at a time holds the shelf: another waits for it, then resumes it (a build is many commits, see `writing_build`)
     with open_shelf(dest, 'c', compression=compression, level=level) as shelf, _held(shelf, check_only):
         if not isinstance(shelf, Shelf): raise ReadOnlyError(f"{dest}: cannot take a build_shelf: {shelf.cannot_write}")
-        compression, level = _resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
+        compression, level = resume_codec(shelf.meta, compression, level)  # one codec in a shelf: a resume keeps it
         check_compression(compression, level)
         # This table is the dataset, as `from_df`'s: its rows, in its order, with its columns, replace an earlier build's.
         # Records of rows it dropped stay as a cache (a rerun with them decodes nothing) but are not served.
@@ -361,6 +355,7 @@ def convert_shelf(src, # the shelf to copy: a stdlib shelve file, or one of ours
     src = open_shelf(src, allow_pickle=allow_pickle)
     if same_path(src.path, dst):
         src.close(); raise ShelfError(f"{dst}: convert_shelf copies a shelf into another: give the copy a new path")
+    compression, level = copy_codec(dst, compression, level)
     with src, open_shelf(dst, 'c', compression=compression, level=level) as out, _held(out):
         # A resume copies what is missing: into another source's copy, or a build, its records (same keys) would stay theirs
         if len(out) and not same_path(out.meta.converted_from, src.path):

@@ -6,13 +6,16 @@
 from __future__ import annotations
 import os, zlib, json
 import numpy as np
+from fastcore.basics import ifnone
 from .codec import ShelfError
 from .interface import frame_key, frame_file
+from .meta import ShelfMeta
+from .store import open_shelf, shelf_kind
 
 # %% auto #0
-__all__ = ['LABEL_CHUNK', 'LABEL_META', 'file_facts', 'file_crc', 'source_facts', 'check_label_meta', 'check_stored_labels',
-           'resume_tasks', 'changed_ids', 'records_of', 'unnamed_records', 'served_keys', 'drop_records', 'copy_keys',
-           'drop_uncopied', 'same_path', 'prune_unnamed']
+__all__ = ['LABEL_CHUNK', 'LABEL_META', 'file_facts', 'file_crc', 'source_facts', 'copy_codec', 'resume_codec',
+           'check_label_meta', 'check_stored_labels', 'resume_tasks', 'changed_ids', 'records_of', 'unnamed_records',
+           'served_keys', 'drop_records', 'copy_keys', 'drop_uncopied', 'same_path', 'prune_unnamed']
 
 # %% ../nbs/02c_rerun.ipynb #2c000006
 def file_facts(p, content:bool=False) -> list:
@@ -36,6 +39,23 @@ def source_facts(fn, mask_fn=None, content:bool=False) -> dict|None:
 # %% ../nbs/02c_rerun.ipynb #2c000009
 LABEL_CHUNK = 1024  # stored labels read back at a time when a resume compares them with the table
 LABEL_META = ('label_kind', 'vocab', 'label_names')  # how the records' labels are encoded: a resume's must be the shelf's
+
+def copy_codec(dst, compression:str, level:int) -> tuple:
+    "(compression, level) a copy into `dst` writes: on a resume (records there), the copy's, which another given is refused."
+    if shelf_kind(dst) is None: return compression, level
+    with open_shelf(dst) as out:
+        if not len(out): return compression, level
+        was = (out.meta.compression, out.meta.compression_level)
+    now = (ifnone(compression, was[0]), ifnone(level, was[1]))  # one codec in a shelf: its records and metadata agree
+    if now != was: raise ShelfError(f"{dst} was copied with compression={was[0]!r}, level={was[1]!r}, not compression={now[0]!r}, "
+                                    f"level={now[1]!r}: resume with compression=None (the copy's), or convert to a new path")
+    return now
+
+def resume_codec(meta:ShelfMeta, compression:str, level:int) -> tuple:
+    "(compression, level) a build into the shelf with `meta` writes: on a resume, None keeps the shelf's."
+    if meta.build is None: return compression, level
+    return (meta.compression if compression is None else compression,
+            meta.compression_level if level is None else level)
 
 def check_label_meta(path, meta, label_meta:dict):
     "Refuse a resume of `path` (metadata `meta`) whose table encodes labels otherwise (`label_meta`) than its records hold them."

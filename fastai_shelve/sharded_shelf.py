@@ -225,9 +225,12 @@ class ShardedShelf(ShelfBase):
 
     @property
     def table(self):
-        "The shards' per-key tables, concatenated."
+        "The shards' per-key tables, concatenated, in the whole table's row order."
         ts = [t for t in (s.table for s in self.shards) if t is not None]
-        return pd.concat(ts) if ts else None
+        if not ts: return None
+        t, o = pd.concat(ts), self.order
+        # In the whole table's row order, as `build_shelf`'s table is (where the order names the same rows)
+        return t.reindex(o.index) if o is not None and len(o) == len(t) and set(o.index) == set(t.index) else t
 
     @property
     def order(self):

@@ -154,6 +154,23 @@ def test_a_copy_converted_again_takes_the_sources_rebuilt_records(dark_bright):
     assert convert_shelf(path/'s.shelf', path/'c.shelf', progress=False) == 1
     _same(path/'s.shelf', path/'c.shelf')
 
+def test_a_copy_converted_again_keeps_its_codec(dark_bright):
+    "convert_shelf again into a compressed copy: the records it recopies take the copy's codec, as a resumed build's; another is refused."
+    from fastai_shelve.build import convert_shelf
+    from fastai_shelve.codec import ShelfError
+    path, df = dark_bright
+    build_shelf(df, path/'s.shelf', path, **KW)
+    convert_shelf(path/'s.shelf', path/'c.shelf', progress=False, compression='zstd', level=5)
+    _rewrite(path/'i01.png', 123); build_shelf(df, path/'s.shelf', path, **KW)
+    assert convert_shelf(path/'s.shelf', path/'c.shelf', progress=False) == 1  # no compression given: the copy's
+    with open_shelf(path/'c.shelf') as c:
+        assert (c.meta.compression, c.meta.compression_level) == ('zstd', 5)
+        with c.txn() as txn: codecs = {c.layout(k, txn.get(k.encode())).fields[0].codec for k in c.keys()}
+        assert codecs == {'zstd'}  # every image, the recopied one too
+    _same(path/'s.shelf', path/'c.shelf')
+    with pytest.raises(ShelfError, match=r"c\.shelf was copied with compression='zstd', level=5, not compression='lz4'"):
+        convert_shelf(path/'s.shelf', path/'c.shelf', progress=False, compression='lz4')
+
 def test_a_copy_converted_again_drops_what_the_source_dropped(dark_bright):
     "convert_shelf into its earlier copy after the source's rebuild dropped a record (a file that no longer decodes) and pruned another: the copy holds neither."
     from fastai_shelve.build import convert_shelf

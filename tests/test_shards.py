@@ -30,6 +30,7 @@ def test_sharded_equals_single(sharded):
     assert sh.meta['label_names'] == ['a', 'b', 'c'] and sh.meta['n_records'] == 40
     assert sh.meta['stats']['mean'] == pytest.approx(one.meta['stats']['mean'])
     assert sh.table.loc['id0007', 'PatientID'] == 'p2' and not sh.verify()
+    assert sh.table.index.tolist() == one.table.index.tolist() == df.StudyInstanceUID.tolist()  # the table's row order, not the shards'
     with pytest.raises(KeyError, match='nope') as e: sh.get_many(['id0001', 'nope'])
     assert isinstance(e.value, ShelfError)
 
