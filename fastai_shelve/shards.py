@@ -78,7 +78,11 @@ def build_sharded(source, # a DataFrame, a CSV file or a list of image files, as
     # One build of the folder at a time, as of a shelf: the folder is held from the checks to the count (a second waits, then resumes)
     with writing_build(dest):
         check_shard_ids(dest)
-        for i in range(n_shards): build_shelf(part(i), Path(dest)/m['shards'][i], **{**kw, 'progress': False, 'check_only': True})
+        for i in range(n_shards):
+            sp = Path(dest)/m['shards'][i]
+            try: build_shelf(part(i), sp, **{**kw, 'progress': False, 'check_only': True})
+            except ShelfError as e:  # the folder is what the user built: its name, and advice for it (a shard's copy serves one shard)
+                raise type(e)(f"{dest}: {str(e).replace(f'convert {sp} NEW', f'convert {dest} NEW')}") from None
         for i in range(n_shards): claim_shard(dest, i)  # each shard carries the id the manifest names for it
         _start_shards(dest, m['shards'], keys, shard, other_columns(df, keys, col, label_col), kwargs.get('valid_col'))  # the shards keep them
         tasks = [dask.delayed(_build_part)(part(i), Path(dest)/m['shards'][i], **kw) for i in range(n_shards)]

@@ -131,3 +131,11 @@ def test_shards_learn_the_vocab_as_a_single_shelf(tmp_path):
     for p in (tmp_path/'sh', tmp_path/'one.shelf'):
         with open_shelf(p) as s: assert not s.meta['vocab_given']
         assert list(ShelfDataLoaders.from_shelf(p, bs=4, device='cpu').vocab) == ['a', 'b']
+
+def test_a_refused_rerun_names_the_folder_and_advice_for_it(sharded):
+    "A rerun a shard refuses (another compression) names the folder the user built, and advises converting that, not a shard."
+    d, df, _ = sharded
+    with pytest.raises(ShelfError) as e: build_sharded(df, d/'sh', 3, d, n_workers=0, compression='zstd', **KW)
+    msg = str(e.value)
+    assert msg.startswith(f"{d/'sh'}: ") and 'was built with compression=None' in msg, msg
+    assert f"fastai-shelve convert {d/'sh'} NEW" in msg and 'shard-000.shelf NEW' not in msg, msg
