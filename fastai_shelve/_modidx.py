@@ -625,6 +625,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'fastai_shelve.labels': { 'fastai_shelve.labels.TableVocab': ('labels.html#tablevocab', 'fastai_shelve/labels.py'),
                                       'fastai_shelve.labels._block_tfms': ('labels.html#_block_tfms', 'fastai_shelve/labels.py'),
                                       'fastai_shelve.labels._encoded': ('labels.html#_encoded', 'fastai_shelve/labels.py'),
+                                      'fastai_shelve.labels._given': ('labels.html#_given', 'fastai_shelve/labels.py'),
                                       'fastai_shelve.labels._id_column': ('labels.html#_id_column', 'fastai_shelve/labels.py'),
                                       'fastai_shelve.labels._multi': ('labels.html#_multi', 'fastai_shelve/labels.py'),
                                       'fastai_shelve.labels._nan_refusal': ('labels.html#_nan_refusal', 'fastai_shelve/labels.py'),

@@ -76,9 +76,10 @@ def _label_getter(shelf:ShelfBase, meta:ShelfMeta, y:str='labels', y_block=None,
         if missing: raise ShelfError(f"vocab lacks {missing[:5]}, categories of {shelf.path}")
         # No vocab: fastai's, the training split's values, as the block sorts them (a category only in validation is not in it)
         # A block's `sort` and `add_na` shape the vocab learnt: this one's, else the build's (as its block on the files)
-        opts = block_options(y_block) if y_block is not None else (meta.block_options or {})
+        own = block_options(y_block)
+        opts = own if y_block is not None else (meta.block_options or {})
         # A given vocab the build put in its block's order (with its `#na#`): `add_na` is this block's say
-        if built: opts = dict(sort=False, add_na=block_options(y_block).get('add_na', False))
+        if built: opts = dict(sort=False, add_na=own.get('add_na', False))
         cat = ShelfCategorize(vocab=meta.vocab if built else None, **opts) if vocab is None else ShelfCategorize(vocab=list(vocab), sort=False)
         return TransformBlock(type_tfms=cat), CategoryLabel(shelf, meta.vocab, files=meta.files)
     if kind != 'multi': return None, None

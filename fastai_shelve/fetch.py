@@ -228,7 +228,7 @@ class ShelfDL(AheadDL):
         except (ShelfError, KeyError):  # records differ in shape: item by item for the rest of the epoch
             self.plans = None
             return None
-        self.batch_pool().learn(arrs)
+        for pool in self._pools.values(): pool.learn(arrs)  # each kind's batches are alike: not `batch_pool`'s CUDA question again
         return arrs
 
     def chunkify(self, b):

@@ -117,6 +117,10 @@ def label_columns(df, label_col) -> list:
 class TableVocab(list):
     "A vocab found in a whole table, not given by the user: `build_sharded` gives each shard the one of all its rows."
 
+def _given(vocab) -> bool:
+    "`vocab_given`: is `vocab` the model's (a `vocab=`, or a block's), not one to learn from the training rows?"
+    return vocab is not None and not isinstance(vocab, TableVocab)
+
 def encode_labels(df, keys, label_col=None, label_delim:str=None, y_block=None, vocab=None) -> tuple:
     "(per-row labels, label metadata) as fastai's `from_df` reads `label_col`: a category, tags, 0/1 columns or floats."
     labels, meta = _encoded(df, keys, label_col, label_delim, y_block, vocab)
@@ -152,17 +156,16 @@ def _encoded(df, keys, label_col, label_delim, y_block, vocab) -> tuple:
         return _multi(np.array(vals), keys, [str(i) for i in range(widths.pop())])
     vals = [_native(v) for v in vals]
     found = _sorted(set(vals))
-    given = vocab is not None and not isinstance(vocab, TableVocab)
+    given, opts = _given(vocab), block_options(y_block)
     if vocab is None: vocab = found
     else:
         vocab = [_native(v) for v in vocab]
-        if block_options(y_block).get('sort') is not False: vocab = _sorted(vocab)  # as fastai's `CategoryMap`, unless `sort=False`
+        if opts.get('sort') is not False: vocab = _sorted(vocab)  # as fastai's `CategoryMap`, unless `sort=False`
     idx = {v:i for i,v in enumerate(vocab)}
     unknown = [v for v in found if v not in idx]
     if unknown: raise ShelfError(f"labels {unknown[:5]} are not in the vocab given")
-    # `vocab_given`: the vocab is the model's (as a `CategoryBlock(vocab=)`), not one to learn from the training rows
     return [np.array(idx[v], np.int16) for v in vals], dict(label_kind='category', vocab=vocab, vocab_given=given,
-                                                            block_options=block_options(y_block) or None)
+                                                            block_options=opts or None)
 
 def _multi(a, keys, names) -> tuple:
     bad = ~np.isin(a, (0, 1))
@@ -183,8 +186,7 @@ def _tags(col, keys, cols, delim, vocab) -> tuple:
     idx = {t:i for i,t in enumerate(names)}
     a = np.zeros((len(tags), len(names)), np.int8)
     for r,ts in enumerate(tags): a[r, [idx[t] for t in ts]] = 1
-    # `vocab_given`: the tags are the model's (as a `MultiCategoryBlock(vocab=)`), not the training rows' to learn
-    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim, vocab_given=vocab is not None and not isinstance(vocab, TableVocab))
+    return list(a), dict(label_kind='multi', label_names=names, label_delim=delim, vocab_given=_given(vocab))
 
 def _regression(df, keys, cols, n_out) -> tuple:
     "Float targets (fastai's `RegressionBlock`): one float32 per column, in order."
